@@ -1,0 +1,30 @@
+"""The actor's typed configuration; --learner, --env, --actor-id, --fps, --max-episodes are stable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hilrl.deploy.configtools import opt
+
+
+@dataclass
+class ActorConfig:
+    """Everything `hilrl actor` needs."""
+
+    learner: str = opt("127.0.0.1:50051", "learner address HOST:PORT")
+    env: str = opt("sim", "what to drive: 'sim' (gym-hil Panda pick-cube, scripted expert as the human)")
+    actor_id: str | None = opt(None, "stable name of this actor; none = the one stored in --state-dir, or a new one")
+    state_dir: Path | None = opt(None, "where id, sequence numbers and the outbox live; "
+                                       "none = ~/.local/state/hilrl/actors/<actor-id or 'default'>")
+    fps: int = opt(10, "control rate in Hz (0 = as fast as the sim steps; sim and replay only)")
+    max_episodes: int = opt(0, "stop after this many episodes (0 = run until SIGINT/SIGTERM)")
+    seed: int | None = opt(None, "seed of the sim, the exploration noise and the scripted human; none = random")
+    exploration_noise: float = opt(0.1, "std of Gaussian exploration noise, as a fraction of each action's half-range")
+    demo_noise: float = opt(0.1, "std of noise the scripted human adds to its demonstrations (sim only)")
+    takeover_after: int = opt(50, "scripted takeover: the human takes over a policy episode not solved after "
+                                   "this many steps (0 = never)")
+    batch_steps: int = opt(32, "transitions per batch sent to the learner (a batch also closes at episode end)")
+    flush_timeout_s: float = opt(30.0, "on exit, wait this long for the learner to acknowledge what is queued")
+    max_message_mb: int = opt(16, "largest gRPC message sent or accepted, in MiB")
+    wait_for_weights_s: float = opt(0.0, "give up waiting for the first weights after this long (0 = forever)")

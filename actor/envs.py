@@ -1,0 +1,19 @@
+"""Which arm the actor drives, and who the human is on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def make_env(name: str, seed: int | None, demo_noise: float) -> tuple[Any, Any]:
+    """Return (env, human): the arm/sim and the takeover device that produces human actions.
+
+    'sim': the gym-hil Panda pick-cube with the scripted expert standing in for the person with
+    the gamepad (it records the demonstrations and rescues stuck policy episodes).
+    """
+    if name == "sim":
+        from hilrl.hardware.expert import ScriptedExpert
+        from hilrl.hardware.sim import SimPickCube
+
+        return SimPickCube(seed=seed), ScriptedExpert(noise=demo_noise, seed=None if seed is None else seed + 1)
+    raise SystemExit(f"unknown --env {name!r}; supported: sim")

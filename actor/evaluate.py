@@ -1,0 +1,43 @@
+"""Evaluate a policy on the sim: no takeover, no exploration noise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from tqdm import tqdm
+
+from hilrl.actor.loop import PolicyRunner
+from hilrl.learner.networks import Policy, PolicyConfig, policy_from_safetensors_bytes
+
+
+def load_policy_file(path: Path) -> Policy:
+    """A policy published by the learner (`<output-dir>/policy.safetensors`); its config is in the metadata."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if "policy_config" not in metadata:
+        raise ValueError(f"{path} carries no policy_config metadata; is it a hilrl policy file?")
+    cfg = PolicyConfig.from_dict(json.loads(metadata["policy_config"]))
+    return policy_from_safetensors_bytes(cfg, Path(path).read_bytes())
+
+
+def evaluate(policy: Policy, env, episodes: int, seed: int, progress: bool = True) -> dict:
+    """Run `episodes` deterministic episodes; success rate, mean length and per-episode outcomes."""
+    runner = PolicyRunner(env.spec, noise=0.0, rng=np.random.default_rng(seed))
+    runner.policy = policy
+    rng = np.random.default_rng(seed)
+    outcomes, lengths = [], []
+    for _ in tqdm(range(episodes), desc="evaluating", unit="ep", disable=not progress):
+        obs = env.reset(seed=int(rng.integers(2**31 - 1)))
+        success, steps, done = False, 0, False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(runner.act(obs, explore=False))
+            success = success or bool(info.get("success", False))
+            steps += 1
+            done = terminated or truncated
+        outcomes.append(success)
+        lengths.append(steps)
+    return {"episodes": episodes, "success_rate": float(np.mean(outcomes)), "mean_length": float(np.mean(lengths)),
+            "successes": int(np.sum(outcomes))}

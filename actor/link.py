@@ -1,0 +1,176 @@
+"""The actor's connection to the learner: two background threads, never on the control tick.
+
+* sender: Hello, then streams outbox batches and drops each one the learner acknowledges;
+  on any transport error it reconnects with exponential backoff and resends what is unacknowledged.
+* subscriber: receives stage changes and weight chunks, verifies sha256, and builds the new policy
+  so the control loop only swaps a reference between ticks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from hilrl.actor.outbox import Outbox
+from hilrl.buffers.spec import Spec
+from hilrl.learner.networks import Policy, PolicyConfig, policy_from_safetensors_bytes
+from hilrl.protos import codec
+from hilrl.protos.transport import channel_options
+from hilrl.protos.v1 import learner_pb2 as pb
+from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+FATAL_CODES = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
+               grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+               grpc.StatusCode.UNIMPLEMENTED}
+
+
+class Backoff:
+    def __init__(self, first: float = 0.5, cap: float = 10.0) -> None:
+        self.first, self.cap, self.delay = first, cap, first
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.cap, self.delay * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class LearnerLink:
+    def __init__(self, target: str, actor_id: str, spec: Spec, outbox: Outbox, max_message_mb: int = 16) -> None:
+        self.target = target
+        self.actor_id = actor_id
+        self.spec = spec
+        self.outbox = outbox
+        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_mb))
+        self.stub = pb_grpc.LearnerStub(self.channel)
+        self.stop = threading.Event()
+        self.connected = threading.Event()
+        self.fatal: str | None = None
+        self.stage: str | None = None
+        self.policy_config: PolicyConfig | None = None
+        self.weight_version_applied = 0
+        self._new_policy: tuple[int, Policy] | None = None
+        self._received_version = 0
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._sender, name="sender", daemon=True),
+                         threading.Thread(target=self._subscriber, name="subscriber", daemon=True)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.channel.close()
+
+    def take_policy(self) -> tuple[int, Policy] | None:
+        """The newest verified policy not yet handed out (called by the control loop between ticks)."""
+        with self._lock:
+            new, self._new_policy = self._new_policy, None
+            return new
+
+    # ------------------------------------------------------------------ sender
+
+    def _hello(self) -> pb.HelloReply:
+        request = pb.HelloRequest(protocol_version=codec.PROTOCOL_VERSION, actor_id=self.actor_id,
+                                  spec=codec.encode_spec(self.spec))
+        reply = self.stub.Hello(request, timeout=10.0)
+        self.policy_config = PolicyConfig.from_dict(json.loads(reply.policy_config_json))
+        self.stage = codec.STAGE_NAMES.get(reply.stage, self.stage)
+        self.outbox.ack(reply.last_acked_seq)
+        return reply
+
+    def _sender(self) -> None:
+        backoff = Backoff()
+        while not self.stop.is_set():
+            try:
+                reply = self._hello()
+                if not self.connected.is_set():
+                    log.info("connected to learner %s (run %s, stage %s, weights v%d)", self.target,
+                             reply.run_id, self.stage, reply.weight_version)
+                self.connected.set()
+                backoff.reset()
+                for ack in self.stub.StreamTransitions(self._batches()):
+                    self.outbox.ack(ack.seq)
+                if not self.stop.is_set():
+                    raise RuntimeError("learner closed the transition stream")
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in FATAL_CODES:
+                    self.fatal = f"learner refused this actor ({code.name}): {exc.details()}"
+                    log.error(self.fatal)
+                    self.stop.set()
+                    return
+                self._retry(backoff, f"{code.name}: {exc.details()}")
+            except RuntimeError as exc:
+                self._retry(backoff, str(exc))
+
+    def _retry(self, backoff: Backoff, why: str) -> None:
+        self.connected.clear()
+        delay = backoff.next()
+        log.warning("learner %s unreachable (%s); %d batches kept in the outbox; retrying in %.1fs",
+                    self.target, why, len(self.outbox), delay)
+        self.stop.wait(delay)
+
+    def _batches(self) -> Iterator[pb.TransitionBatch]:
+        sent = self.outbox.last_acked
+        while not self.stop.is_set():
+            for batch in self.outbox.pending_after(sent, timeout=0.2):
+                batch.weight_version_applied = self.weight_version_applied
+                yield batch
+                sent = batch.seq
+
+    # ------------------------------------------------------------------ subscriber
+
+    def _subscriber(self) -> None:
+        backoff = Backoff()
+        while not self.stop.is_set():
+            if not self.connected.wait(timeout=0.2):
+                continue
+            try:
+                request = pb.SubscribeRequest(actor_id=self.actor_id, have_version=self._received_version)
+                parts: list[bytes] = []
+                for event in self.stub.SubscribeWeights(request):
+                    backoff.reset()
+                    if event.WhichOneof("kind") == "stage":
+                        self.stage = codec.STAGE_NAMES.get(event.stage, self.stage)
+                        continue
+                    chunk = event.weights
+                    if chunk.offset == 0:
+                        parts = []
+                    parts.append(chunk.data)
+                    if chunk.offset + len(chunk.data) >= chunk.total_size:
+                        self._install(chunk.version, chunk.sha256, b"".join(parts))
+                        parts = []
+            except grpc.RpcError as exc:
+                if self.stop.is_set():
+                    return
+                delay = backoff.next()
+                log.warning("weight subscription lost (%s); retrying in %.1fs", exc.code().name, delay)
+                self.stop.wait(delay)
+
+    def _install(self, version: int, sha256: str, blob: bytes) -> None:
+        if hashlib.sha256(blob).hexdigest() != sha256:
+            log.error("weights v%d failed the sha256 check; keeping the current weights", version)
+            return
+        if self.policy_config is None:
+            return
+        try:
+            policy = policy_from_safetensors_bytes(self.policy_config, blob)
+        except Exception as exc:  # a malformed safetensors blob must never take the actor down
+            log.error("weights v%d could not be loaded (%s); keeping the current weights", version, exc)
+            return
+        with self._lock:
+            self._new_policy = (version, policy)
+        self._received_version = version

@@ -1,0 +1,57 @@
+"""`hilrl actor`: wire state directory, outbox, learner link and control loop together."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+
+import torch
+
+from hilrl.actor.config import ActorConfig
+from hilrl.actor.envs import make_env
+from hilrl.actor.link import LearnerLink
+from hilrl.actor.loop import ActorLoop
+from hilrl.actor.outbox import Outbox, StateDir, StateDirInUse, default_state_dir
+
+log = logging.getLogger(__name__)
+
+EXIT_REFUSED = 3
+
+
+def run(cfg: ActorConfig) -> int:
+    torch.set_num_threads(1)  # a small MLP per tick; leave the cores to the sim and the learner
+    state_dir = cfg.state_dir or default_state_dir(cfg.actor_id)
+    try:
+        state = StateDir(state_dir, cfg.actor_id)
+    except StateDirInUse as exc:
+        print(f"hilrl actor: {exc}", file=sys.stderr)
+        return 2
+    outbox = Outbox(state.path / "outbox")
+    if len(outbox):
+        log.info("outbox holds %d unacknowledged batches from an earlier run; they will be resent", len(outbox))
+    env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise)
+    link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb)
+    log.info("actor %s (state %s) -> learner %s", state.actor_id, state.path, cfg.learner)
+    link.start()
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        summary = ActorLoop(cfg, env, human, link, outbox, state, stop).run()
+    finally:
+        env.close()
+    if link.fatal is None and len(outbox):
+        log.info("waiting up to %.0fs for the learner to acknowledge %d batches", cfg.flush_timeout_s, len(outbox))
+        outbox.wait_empty(cfg.flush_timeout_s)
+    link.close()
+    summary["unacked"] = len(outbox)
+    summary["actor_id"] = state.actor_id
+    state.close()
+    if link.fatal is not None:
+        print(f"hilrl actor: {link.fatal}", file=sys.stderr)
+    print(json.dumps(summary), flush=True)
+    return EXIT_REFUSED if link.fatal is not None else 0

@@ -1,0 +1,138 @@
+"""The actor's state directory and its durable outbox.
+
+Every batch is written to `outbox/<seq>.batch` (serialised protobuf, our own file) before it may
+be sent, and deleted only when the learner acknowledges it. A restarted actor resends whatever is
+left. The directory is locked (flock) so two actors can never share one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import threading
+from pathlib import Path
+
+from hilrl.protos.v1 import learner_pb2 as pb
+
+
+class StateDirInUse(RuntimeError):
+    pass
+
+
+def default_state_dir(actor_id: str | None) -> Path:
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return base / "hilrl" / "actors" / (actor_id or "default")
+
+
+class StateDir:
+    """Holds the lock, the actor id and the episode counter of one actor."""
+
+    def __init__(self, path: Path, actor_id: str | None) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.path / "lock", "a+")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            raise StateDirInUse(f"state directory {self.path} is in use by {holder}; "
+                                "each actor needs its own --state-dir (or its own --actor-id)") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"pid {os.getpid()}\n")
+        self._lock_file.flush()
+        self._meta_path = self.path / "actor.json"
+        meta = json.loads(self._meta_path.read_text()) if self._meta_path.exists() else {}
+        stored = meta.get("actor_id")
+        if stored and actor_id and stored != actor_id:
+            raise StateDirInUse(f"state directory {self.path} belongs to actor {stored!r}, not {actor_id!r}; "
+                                "use another --state-dir")
+        self.actor_id: str = stored or actor_id or f"actor-{secrets.token_hex(3)}"
+        self.next_episode: int = int(meta.get("next_episode", 0))
+        self._save()
+
+    def take_episode_index(self) -> int:
+        index = self.next_episode
+        self.next_episode += 1
+        self._save()
+        return index
+
+    def _save(self) -> None:
+        tmp = self._meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"actor_id": self.actor_id, "next_episode": self.next_episode}))
+        os.replace(tmp, self._meta_path)
+
+    def close(self) -> None:
+        self._lock_file.close()
+
+
+class Outbox:
+    """Batches kept until acknowledged; sequence numbers strictly increase, also across restarts."""
+
+    def __init__(self, path: Path) -> None:
+        self.dir = Path(path)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._cond = threading.Condition()
+        self._pending: dict[int, pb.TransitionBatch] = {}
+        for f in sorted(self.dir.glob("*.batch")):
+            batch = pb.TransitionBatch()
+            batch.ParseFromString(f.read_bytes())
+            self._pending[batch.seq] = batch
+        for f in self.dir.glob("*.tmp"):
+            f.unlink()
+        acked_path = self.dir / "acked.json"
+        self.last_acked = json.loads(acked_path.read_text())["seq"] if acked_path.exists() else 0
+        self._next_seq = max([self.last_acked, *self._pending]) + 1
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def put(self, batch: pb.TransitionBatch) -> int:
+        """Assign the next seq, write the batch durably, and make it available to the sender."""
+        with self._cond:
+            seq = self._next_seq
+            self._next_seq += 1
+            batch.seq = seq
+            path = self.dir / f"{seq:012d}.batch"
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(batch.SerializeToString())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            self._pending[seq] = batch
+            self._cond.notify_all()
+            return seq
+
+    def pending_after(self, seq: int, timeout: float) -> list[pb.TransitionBatch]:
+        """Batches with a seq above `seq`, in order; waits up to `timeout` for one to appear."""
+        with self._cond:
+            self._cond.wait_for(lambda: any(s > seq for s in self._pending), timeout=timeout)
+            return [self._pending[s] for s in sorted(self._pending) if s > seq]
+
+    def ack(self, seq: int) -> None:
+        """The learner stored every batch up to `seq`: forget them."""
+        with self._cond:
+            done = [s for s in self._pending if s <= seq]
+            for s in done:
+                del self._pending[s]
+                (self.dir / f"{s:012d}.batch").unlink(missing_ok=True)
+            if seq > self.last_acked:
+                self.last_acked = seq
+                tmp = self.dir / "acked.json.tmp"
+                tmp.write_text(json.dumps({"seq": seq}))
+                os.replace(tmp, self.dir / "acked.json")
+                self._next_seq = max(self._next_seq, seq + 1)
+            self._cond.notify_all()
+
+    def first_pending(self) -> int | None:
+        with self._cond:
+            return min(self._pending) if self._pending else None
+
+    def wait_empty(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout=timeout)

@@ -1,0 +1,1 @@
+"""hilrl.deploy."""

@@ -1,0 +1,41 @@
+"""The learner's typed configuration (YAML in deploy/configs/, overridable on the command line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hilrl.deploy.configtools import opt
+from hilrl.learner.td3 import TD3Config
+
+
+@dataclass
+class LearnerConfig:
+    """Everything `hilrl learner` needs; the flags --port, --output-dir and --resume are stable."""
+
+    port: int = opt(50051, "TCP port to listen on (0 picks a free one and prints it)")
+    host: str = opt("127.0.0.1", "address to bind; anything but loopback needs TLS + token or --insecure")
+    output_dir: Path = opt(Path("hilrl-runs/learner"), "directory for the spec, checkpoints and TensorBoard logs")
+    resume: bool = opt(False, "continue the run in --output-dir (weights, version counter, actor records)")
+    insecure: bool = opt(False, "allow plaintext on a non-loopback address (not recommended)")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "training device; auto = cuda when available")
+    seed: int | None = opt(0, "random seed (runs are repeatable on CPU); none = random")
+    torch_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    spec_file: Path | None = opt(None, "observation/action spec JSON; none = adopt the first actor's spec")
+
+    demo_episodes: int = opt(20, "complete human demonstration episodes to wait for before the offline stage")
+    offline_steps: int = opt(5000, "TD3+BC updates on the human buffer before going online (0 skips)")
+    online_bc_weight: float = opt(0.0, "BC weight during online TD3 (0 = pure TD3, the seed recipe)")
+    utd_ratio: float = opt(1.0, "online updates per received transition (update-to-data ratio)")
+    batch_size: int = opt(256, "minibatch size")
+    human_ratio: float = opt(0.5, "fraction of every online minibatch drawn from the human buffer")
+    publish_every: int = opt(500, "publish actor weights every N online updates")
+    keep_weight_versions: int = opt(10, "published weight files kept in <output-dir>/weights/ (newest first)")
+    checkpoint_every: int = opt(5000, "write a full training checkpoint every N updates")
+    log_every: int = opt(100, "TensorBoard scalars every N updates")
+    human_capacity: int = opt(200_000, "transitions kept in the human buffer")
+    policy_capacity: int = opt(500_000, "transitions kept in the policy buffer")
+    hidden: tuple[int, ...] = opt((256, 256), "hidden layer sizes of actor and critics")
+    max_message_mb: int = opt(16, "largest gRPC message accepted or sent, in MiB")
+    algo: TD3Config = field(default_factory=TD3Config, metadata={"help": "TD3 / TD3+BC hyper-parameters"})

@@ -1,0 +1,279 @@
+"""The learner's state: spec, dual buffer, actor records, stage, published weights.
+
+Thread-safe; the gRPC service calls into it from many threads and the training loop
+(`learner/training.py`) from one. Nothing here knows about protobuf.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
+from hilrl.buffers.replay import DualBuffer
+from hilrl.buffers.spec import Spec, state_vector
+from hilrl.learner.config import LearnerConfig
+from hilrl.learner.networks import PolicyConfig
+
+log = logging.getLogger(__name__)
+
+WAITING, OFFLINE, ONLINE = "waiting_for_demos", "offline", "online"
+
+
+class SpecMismatch(Exception):
+    """An actor's spec differs from the learner's; the text names every difference."""
+
+
+@dataclass
+class ActorRecord:
+    actor_id: str
+    last_seq: int = 0
+    transitions: int = 0
+    episodes: int = 0
+    interventions: int = 0
+    weight_version_applied: int = 0
+    connected: bool = False
+
+
+@dataclass
+class PublishedWeights:
+    version: int
+    blob: bytes
+    sha256: str
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write-then-rename with fsync, so a crash leaves either the old or the new file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class LearnerCore:
+    def __init__(self, cfg: LearnerConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.lock = threading.Condition()
+        self.spec: Spec | None = None
+        self.buffers: DualBuffer | None = None
+        self.assembler = EpisodeAssembler()
+        self.actors: dict[str, ActorRecord] = {}
+        self.stage = WAITING
+        self.learner_step = 0
+        self.offline_steps_done = 0
+        self.demo_episodes = 0
+        self._demo_keys: set[int] = set()
+        self.online_transitions = 0  # transitions received since the online stage began
+        self.weights = PublishedWeights(0, b"", "")
+        self.normalization: dict[str, np.ndarray] = {}
+        self.run_id = ""
+        self.episode_events: list[dict] = []  # drained by the training loop for logging
+        self.stopping = False
+
+    # ------------------------------------------------------------------ start-up
+
+    def open(self) -> None:
+        """Prepare the output directory: a fresh run, or the previous one with --resume."""
+        marker = self.out / "run.json"
+        if marker.exists() and not self.cfg.resume:
+            raise SystemExit(f"{self.out} already holds a learner run; pass --resume to continue it, "
+                             "or choose another --output-dir")
+        if self.cfg.resume and not marker.exists():
+            raise SystemExit(f"--resume: no learner run in {self.out} (run.json missing)")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if marker.exists():
+            self.run_id = json.loads(marker.read_text())["run_id"]
+        else:
+            self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+            atomic_write(marker, json.dumps({"run_id": self.run_id}).encode())
+        spec_path = self.out / "spec.json"
+        if self.cfg.spec_file is not None:
+            self._adopt_spec(Spec.from_dict(json.loads(Path(self.cfg.spec_file).read_text())))
+        elif spec_path.exists():
+            self._adopt_spec(Spec.from_dict(json.loads(spec_path.read_text())))
+        version_path = self.out / "weights_version.json"
+        if version_path.exists():
+            self.weights = PublishedWeights(json.loads(version_path.read_text())["version"], b"", "")
+
+    def _adopt_spec(self, spec: Spec) -> None:
+        if self.spec is not None:
+            return
+        self.spec = spec
+        self.buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
+        atomic_write(self.out / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
+        log.info("spec adopted: %s", "; ".join(f.describe() for f in (*spec.observation, spec.action)))
+
+    def policy_config(self) -> PolicyConfig:
+        assert self.spec is not None
+        return PolicyConfig(self.spec.state_dim, self.spec.action_dim, tuple(self.cfg.hidden))
+
+    # ------------------------------------------------------------------ actors
+
+    def hello(self, actor_id: str, spec: Spec) -> dict:
+        """Register an actor; raises SpecMismatch when its spec differs from the learner's."""
+        with self.lock:
+            if self.spec is None:
+                self._adopt_spec(spec)
+                self.lock.notify_all()
+            else:
+                problem = self.spec.mismatch(spec)
+                if problem:
+                    raise SpecMismatch(f"actor {actor_id!r} spec does not match the learner's "
+                                       f"({self.out / 'spec.json'}): {problem}")
+            record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
+            record.connected = True
+            return {"run_id": self.run_id, "policy_config": self.policy_config(), "stage": self.stage,
+                    "weight_version": self.weights.version, "last_acked_seq": record.last_seq,
+                    "normalization": dict(self.normalization)}
+
+    def disconnected(self, actor_id: str) -> None:
+        with self.lock:
+            if actor_id in self.actors:
+                self.actors[actor_id].connected = False
+
+    def ingest(self, actor_id: str, seq: int, items: list[Step | Discard], weight_version_applied: int) -> bool:
+        """Store one batch from an actor; returns True when it had been stored before (duplicate)."""
+        with self.lock:
+            record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
+            record.weight_version_applied = weight_version_applied
+            if seq <= record.last_seq:
+                return True
+            if seq != record.last_seq + 1:
+                log.warning("actor %s: batch seq jumped from %d to %d", actor_id, record.last_seq, seq)
+            assert self.buffers is not None
+            for item in items:
+                if isinstance(item, Discard):
+                    key = self.assembler.discard(actor_id, item.episode)
+                    removed = self.buffers.discard_episode(key)
+                    if key in self._demo_keys:
+                        self._demo_keys.discard(key)
+                        self.demo_episodes -= 1
+                    log.info("actor %s discarded episode %d (%d stored steps removed)", actor_id, item.episode,
+                             removed)
+                    continue
+                transitions, end = self.assembler.add(actor_id, item)
+                for t in transitions:
+                    self.buffers.add(t)
+                    record.transitions += 1
+                    record.interventions += int(t.is_intervention)
+                    if self.stage == ONLINE:
+                        self.online_transitions += 1
+                if end is not None:
+                    record.episodes += 1
+                    if end.all_human:
+                        self.demo_episodes += 1
+                        self._demo_keys.add(end.episode_key)
+                    self.episode_events.append({"actor": actor_id, **asdict(end)})
+            record.last_seq = seq
+            self.lock.notify_all()
+            return False
+
+    # ------------------------------------------------------------------ stage and weights
+
+    def set_stage(self, stage: str) -> None:
+        with self.lock:
+            self.stage = stage
+            if stage == ONLINE:
+                self.online_transitions = 0
+            self.lock.notify_all()
+        log.info("stage -> %s", stage)
+
+    def publish(self, blob: bytes) -> int:
+        """Make new actor weights visible; the version counter is persisted before it is used."""
+        version = self.weights.version + 1
+        atomic_write(self.out / "weights_version.json", json.dumps({"version": version}).encode())
+        atomic_write(self.out / "policy.safetensors", blob)
+        history = self.out / "weights"
+        history.mkdir(exist_ok=True)
+        atomic_write(history / f"v{version:06d}.safetensors", blob)
+        for old in sorted(history.glob("v*.safetensors"))[: -self.cfg.keep_weight_versions]:
+            old.unlink(missing_ok=True)
+        with self.lock:
+            self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
+            self.lock.notify_all()
+        return version
+
+    def wait_for_change(self, stage_seen: str | None, version_seen: int,
+                        timeout: float) -> tuple[str, PublishedWeights]:
+        """Block until the stage or the published version differs from what a subscriber has."""
+        with self.lock:
+            self.lock.wait_for(lambda: self.stopping or self.stage != stage_seen
+                               or self.weights.version > version_seen, timeout=timeout)
+            return self.stage, self.weights
+
+    def normalization_states(self) -> np.ndarray | None:
+        """State vectors of the human buffer (or the policy one if no demos) for normalisation."""
+        with self.lock:
+            assert self.buffers is not None and self.spec is not None
+            source = self.buffers.human if len(self.buffers.human) else self.buffers.policy
+            if len(source) == 0:
+                return None
+            return state_vector(source.valid_slice(), self.spec)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        with self.lock:
+            human = self.buffers.human if self.buffers else None
+            policy = self.buffers.policy if self.buffers else None
+            return {
+                "run_id": self.run_id,
+                "stage": self.stage,
+                "learner_step": self.learner_step,
+                "offline_steps": self.offline_steps_done,
+                "weight_version": self.weights.version,
+                "demo_episodes": self.demo_episodes,
+                "demo_episodes_needed": self.cfg.demo_episodes,
+                "buffers": {
+                    "human": _buffer_status(human, self.cfg.human_capacity),
+                    "policy": _buffer_status(policy, self.cfg.policy_capacity),
+                },
+                "actors": [
+                    {"id": a.actor_id, "transitions_received": a.transitions, "last_acked_seq": a.last_seq,
+                     "weight_version_applied": a.weight_version_applied,
+                     "policy_lag": max(0, self.weights.version - a.weight_version_applied),
+                     "connected": a.connected, "episodes": a.episodes, "interventions": a.interventions}
+                    for a in self.actors.values()
+                ],
+            }
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_state(self) -> None:
+        """Counters and actor records (the buffers' own persistence is the buffer store's job)."""
+        with self.lock:
+            state = {"stage": self.stage, "learner_step": self.learner_step,
+                     "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
+                     "actors": [asdict(a) | {"connected": False} for a in self.actors.values()],
+                     "normalization": {k: v.tolist() for k, v in self.normalization.items()}}
+        atomic_write(self.out / "learner_state.json", json.dumps(state, indent=2).encode())
+
+    def load_state(self) -> bool:
+        path = self.out / "learner_state.json"
+        if not path.exists():
+            return False
+        state = json.loads(path.read_text())
+        self.stage = state["stage"]
+        self.learner_step = state["learner_step"]
+        self.offline_steps_done = state["offline_steps"]
+        self.demo_episodes = state["demo_episodes"]
+        self.actors = {a["actor_id"]: ActorRecord(**a) for a in state["actors"]}
+        self.normalization = {k: np.asarray(v, dtype=np.float32) for k, v in state["normalization"].items()}
+        return True
+
+
+def _buffer_status(buffer, capacity: int) -> dict:
+    if buffer is None:
+        return {"size": 0, "capacity": capacity}
+    return {"size": len(buffer), "capacity": buffer.capacity}

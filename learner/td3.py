@@ -1,0 +1,223 @@
+"""TD3 (Fujimoto et al. 2018) and TD3+BC (Fujimoto & Gu 2021) on state vectors.
+
+One `TD3.update` is one gradient step of the paper:
+
+    a'  = clip(pi'(s') + clip(N(0, policy_noise), -noise_clip, noise_clip), -1, 1)
+    y   = r + gamma * (1 - done) * min(Q1'(s', a'), Q2'(s', a'))
+    L_Q = MSE(Q1(s, a), y) + MSE(Q2(s, a), y)
+    every `policy_delay` critic steps:
+        TD3+BC (bc_weight > 0):  lambda = alpha / mean|Q1(s, pi(s))|  (no gradient through lambda)
+                                 L_pi   = -lambda * mean Q1(s, pi(s)) + bc_weight * mean (pi(s) - a)^2
+        TD3    (bc_weight = 0):  L_pi   = -mean Q1(s, pi(s))
+        theta' <- tau * theta + (1 - tau) * theta'   (actor and critic targets)
+
+States are normalised with the policy's statistics and actions mapped to [-1, 1] by its bounds,
+so all of the above happens in normalised space. Checkpoints are safetensors + JSON (no pickle).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from hilrl.deploy.configtools import opt as option
+from hilrl.learner.networks import Critic, Policy, PolicyConfig
+
+
+@dataclass
+class TD3Config:
+    """Hyper-parameters of TD3 / TD3+BC (defaults are the papers')."""
+
+    gamma: float = option(0.99, "discount factor")
+    tau: float = option(0.005, "Polyak rate of the target networks")
+    actor_lr: float = option(3e-4, "Adam learning rate of the actor")
+    critic_lr: float = option(3e-4, "Adam learning rate of the twin critic")
+    policy_noise: float = option(0.2, "std of the target-policy smoothing noise (normalised action units)")
+    noise_clip: float = option(0.5, "the smoothing noise is clipped to [-noise_clip, noise_clip]")
+    policy_delay: int = option(2, "actor and targets are updated once every `policy_delay` critic steps")
+    alpha: float = option(2.5, "TD3+BC: lambda = alpha / mean|Q|, balances the Q term against the BC term")
+
+
+class TD3:
+    """Networks, targets, optimisers and the update rule. Everything lives on ``device``."""
+
+    def __init__(
+        self, policy_cfg: PolicyConfig, cfg: TD3Config, device: torch.device, seed: int | None = None
+    ) -> None:
+        self.policy_cfg = policy_cfg
+        self.cfg = cfg
+        self.device = torch.device(device)
+        # Initialise on the CPU under a private RNG: same seed -> same weights on any device,
+        # and the caller's global RNG is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            policy = Policy(policy_cfg)
+            critic = Critic(policy_cfg.state_dim, policy_cfg.action_dim, policy_cfg.hidden)
+        self.policy = policy.to(self.device)
+        self.critic = critic.to(self.device)
+        self.target_policy = copy.deepcopy(self.policy).requires_grad_(False)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.policy.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.generator = torch.Generator(device=self.device)  # target-policy smoothing noise
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        else:
+            self.generator.seed()  # non-deterministic
+        self.total_it = 0  # number of critic updates done so far
+
+    @property
+    def actor(self) -> nn.Module:
+        return self.policy.actor
+
+    def set_normalization(self, mean: Any, std: Any, action_low: Any, action_high: Any) -> None:
+        """Set state statistics and action bounds on the policy and on the target policy."""
+        self.policy.set_normalization(mean, std, action_low, action_high)
+        self.target_policy.set_normalization(mean, std, action_low, action_high)
+
+    def update(self, batch: dict[str, Tensor], bc_weight: float) -> dict[str, float]:
+        """One critic step (and, every `policy_delay` steps, one actor step + target update).
+
+        ``batch``: "state" [B,S], "action" [B,A] (raw, in bounds), "reward" [B], "next_state" [B,S],
+        "done" [B] (1.0 only on true termination). Returns critic_loss and q_mean every call;
+        actor_loss and bc_loss on actor steps; lambda on actor steps with ``bc_weight > 0``.
+        """
+        cfg, dev = self.cfg, self.device
+        state = self.policy.normalize_state(batch["state"].to(dev, torch.float32))
+        next_state = self.policy.normalize_state(batch["next_state"].to(dev, torch.float32))
+        action = self.policy.normalize_action(batch["action"].to(dev, torch.float32)).clamp(-1.0, 1.0)
+        reward = batch["reward"].to(dev, torch.float32).reshape(-1)
+        done = batch["done"].to(dev, torch.float32).reshape(-1)
+
+        # ---- critic ----
+        with torch.no_grad():
+            noise = torch.randn(action.shape, device=dev, generator=self.generator) * cfg.policy_noise
+            noise = noise.clamp(-cfg.noise_clip, cfg.noise_clip)
+            next_action = (self.target_policy.actor(next_state) + noise).clamp(-1.0, 1.0)
+            target_q1, target_q2 = self.target_critic(next_state, next_action)
+            target_q = reward + cfg.gamma * (1.0 - done) * torch.min(target_q1, target_q2)
+        q1, q2 = self.critic(state, action)
+        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        self.total_it += 1
+
+        metrics: dict[str, Tensor] = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean()}
+
+        # ---- delayed actor + targets ----
+        if self.total_it % cfg.policy_delay == 0:
+            pi = self.policy.actor(state)
+            q = self.critic.q1(state, pi)
+            bc_loss = F.mse_loss(pi, action)
+            if bc_weight > 0:
+                lmbda = cfg.alpha / q.abs().mean().detach()
+                actor_loss = -lmbda * q.mean() + bc_weight * bc_loss
+                metrics["lambda"] = lmbda
+            else:
+                actor_loss = -q.mean()
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_opt.step()
+            # The critic got gradients from the actor loss; they are discarded by the next zero_grad.
+            self._soft_update(self.policy.actor, self.target_policy.actor)
+            self._soft_update(self.critic, self.target_critic)
+            metrics["actor_loss"] = actor_loss.detach()
+            metrics["bc_loss"] = bc_loss.detach()
+
+        # One host sync per call (a single .tolist() rather than one .item() per metric). On a GPU this
+        # still stalls the pipeline each step; callers that want full overlap can log every N steps.
+        values = torch.stack(list(metrics.values())).tolist()
+        return dict(zip(metrics.keys(), values, strict=True))
+
+    @torch.no_grad()
+    def _soft_update(self, net: nn.Module, target: nn.Module) -> None:
+        """``target <- tau * net + (1 - tau) * target`` for every parameter."""
+        for p, tp in zip(net.parameters(), target.parameters(), strict=True):
+            tp.lerp_(p, self.cfg.tau)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return {
+            "policy": self.policy,
+            "critic": self.critic,
+            "target_policy": self.target_policy,
+            "target_critic": self.target_critic,
+        }
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write the full training state: ``<module>.safetensors``, ``optim.safetensors``, ``td3.json``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        for name, module in self._modules().items():
+            _save_tensors(d / f"{name}.safetensors", module.state_dict())
+        tensors: dict[str, Tensor] = {"generator_state": self.generator.get_state()}
+        param_groups: dict[str, Any] = {}
+        for name, opt in self._optimizers().items():
+            sd = opt.state_dict()
+            param_groups[name] = sd["param_groups"]
+            for idx, state in sd["state"].items():
+                for key, value in state.items():
+                    tensors[f"{name}.{idx}.{key}"] = torch.as_tensor(value)
+        _save_tensors(d / "optim.safetensors", tensors)
+        meta = {
+            "total_it": self.total_it,
+            "td3_config": asdict(self.cfg),
+            "policy_config": self.policy_cfg.to_dict(),
+            "param_groups": param_groups,
+        }
+        _atomic_write(d / "td3.json", json.dumps(meta, indent=2).encode())
+
+    def load(self, directory: str | os.PathLike[str]) -> None:
+        """Restore what `save` wrote (into networks built with the same `PolicyConfig`).
+
+        Restores weights, targets, buffers, Adam moments, the noise generator and the step counter;
+        hyper-parameters (learning rates, gamma, ...) stay those of this object's `TD3Config`.
+        """
+        d = Path(directory)
+        meta = json.loads((d / "td3.json").read_text())
+        if PolicyConfig.from_dict(meta["policy_config"]) != self.policy_cfg:
+            raise ValueError(f"checkpoint policy config {meta['policy_config']} != {self.policy_cfg}")
+        for name, module in self._modules().items():
+            module.load_state_dict(load_file(d / f"{name}.safetensors", device=str(self.device)), strict=True)
+        tensors = load_file(d / "optim.safetensors")  # CPU; Adam moves its state to the params' device
+        self.generator.set_state(tensors.pop("generator_state"))
+        for name, opt in self._optimizers().items():
+            state: dict[int, dict[str, Tensor]] = {}
+            for key, value in tensors.items():
+                opt_name, idx, field = key.split(".")
+                if opt_name == name:
+                    state.setdefault(int(idx), {})[field] = value
+            groups = [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"][name]]
+            opt.load_state_dict({"state": state, "param_groups": groups})
+        # Hyper-parameters come from the live TD3Config (the checkpoint's copy is informational).
+        for opt, lr in ((self.actor_opt, self.cfg.actor_lr), (self.critic_opt, self.cfg.critic_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        self.total_it = int(meta["total_it"])
+
+
+def _save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,211 @@
+"""The training loop: wait for demos, TD3+BC offline, then online TD3 on the 50/50 dual buffer.
+
+Runs in one thread beside the gRPC server. Sampling happens under the core's lock (a copy of the
+minibatch), the gradient step outside it, so ingest never waits for a backward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hilrl.buffers.spec import state_vector
+from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore, atomic_write
+from hilrl.learner.networks import compute_state_stats, policy_to_safetensors_bytes
+from hilrl.learner.td3 import TD3
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available (use --device auto or cpu)")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, core: LearnerCore) -> None:
+        self.core = core
+        self.cfg = core.cfg
+        self.device = resolve_device(self.cfg.device)
+        if self.cfg.torch_threads > 0:
+            torch.set_num_threads(self.cfg.torch_threads)
+        self.rng = np.random.default_rng(self.cfg.seed)
+        self.td3: TD3 | None = None
+        self.writer = None
+        self.ckpt_root = Path(self.cfg.output_dir) / "checkpoints"
+        self._last_report = 0.0
+        self._policy_successes: list[float] = []
+        self._published_step = -1
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, stop: threading.Event) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(Path(self.cfg.output_dir) / "tensorboard"))
+        try:
+            self._run(stop)
+        finally:
+            if self.td3 is not None:
+                if self.core.stage == ONLINE and self._published_step != self.core.learner_step:
+                    self._publish()  # the final weights, so policy.safetensors is what training ended with
+                self.checkpoint()
+            self.writer.close()
+
+    def _run(self, stop: threading.Event) -> None:
+        core = self.core
+        with core.lock:
+            core.lock.wait_for(lambda: core.spec is not None or stop.is_set())
+        if stop.is_set():
+            return
+        self._build()
+        online_updates = 0
+        while not stop.is_set():
+            self._report()
+            stage = core.stage
+            if stage == WAITING:
+                if core.demo_episodes >= self.cfg.demo_episodes and self._has_data():
+                    self._start_offline()
+                else:
+                    stop.wait(0.05)
+            elif stage == OFFLINE:
+                if core.offline_steps_done >= self.cfg.offline_steps:
+                    self._publish()
+                    core.set_stage(ONLINE)
+                    continue
+                self._update(bc_weight=1.0, human_only=True)
+                core.offline_steps_done += 1
+            else:
+                if online_updates >= self.cfg.utd_ratio * core.online_transitions or not self._has_data():
+                    stop.wait(0.005)
+                    continue
+                self._update(bc_weight=self.cfg.online_bc_weight, human_only=False)
+                online_updates += 1
+                if online_updates % self.cfg.publish_every == 0:
+                    self._publish()
+
+    def _has_data(self) -> bool:
+        b = self.core.buffers
+        return b is not None and (len(b.human) + len(b.policy)) > 0
+
+    def _build(self) -> None:
+        core = self.core
+        assert core.spec is not None
+        self.td3 = TD3(core.policy_config(), self.cfg.algo, self.device, seed=self.cfg.seed)
+        low, high = np.array(core.spec.action.low), np.array(core.spec.action.high)
+        self.td3.set_normalization(np.zeros(core.spec.state_dim), np.ones(core.spec.state_dim), low, high)
+        latest = self._latest_checkpoint()
+        if self.cfg.resume and latest is not None:
+            self.td3.load(latest)
+            log.info("resumed training state from %s (step %d)", latest, core.learner_step)
+
+    def _start_offline(self) -> None:
+        states = self.core.normalization_states()
+        assert states is not None and self.core.spec is not None
+        mean, std = compute_state_stats(states)
+        self.td3.set_normalization(mean, std, self.core.spec.action.low, self.core.spec.action.high)
+        with self.core.lock:
+            self.core.normalization = {"obs_mean": mean, "obs_std": std}
+        log.info("normalisation from %d human transitions; offline TD3+BC for %d updates",
+                 len(states), self.cfg.offline_steps)
+        self.core.set_stage(OFFLINE)
+
+    # ------------------------------------------------------------------ one update
+
+    def _sample(self, human_only: bool) -> dict[str, torch.Tensor]:
+        core, cfg = self.core, self.cfg
+        with core.lock:
+            assert core.buffers is not None and core.spec is not None
+            if human_only:
+                idx = core.buffers.human.sample_indices(cfg.batch_size, self.rng)
+                batch = core.buffers.human.gather(idx)
+            else:
+                batch = core.buffers.sample(cfg.batch_size, cfg.human_ratio, self.rng)
+            spec = core.spec
+        dev = self.device
+        return {
+            "state": torch.from_numpy(state_vector(batch["obs"], spec)).to(dev),
+            "next_state": torch.from_numpy(state_vector(batch["next_obs"], spec)).to(dev),
+            "action": torch.from_numpy(batch["action"]).to(dev),
+            "reward": torch.from_numpy(batch["reward"]).to(dev),
+            "done": torch.from_numpy(batch["terminated"].astype(np.float32)).to(dev),
+        }
+
+    def _update(self, bc_weight: float, human_only: bool) -> None:
+        assert self.td3 is not None
+        metrics = self.td3.update(self._sample(human_only), bc_weight=bc_weight)
+        self.core.learner_step += 1
+        step = self.core.learner_step
+        if step % self.cfg.log_every == 0 and self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+            b = self.core.buffers
+            self.writer.add_scalar("buffer/human", len(b.human), step)
+            self.writer.add_scalar("buffer/policy", len(b.policy), step)
+        if step % self.cfg.checkpoint_every == 0:
+            self.checkpoint()
+
+    def _publish(self) -> None:
+        assert self.td3 is not None
+        blob = policy_to_safetensors_bytes(self.td3.policy)
+        version = self.core.publish(blob)
+        self._published_step = self.core.learner_step
+        if self.writer is not None:
+            self.writer.add_scalar("weights/version", version, self.core.learner_step)
+        log.info("published weights v%d at learner step %d", version, self.core.learner_step)
+
+    # ------------------------------------------------------------------ reporting and checkpoints
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self._last_report < 10.0:
+            return
+        self._last_report = now
+        core = self.core
+        with core.lock:
+            events, core.episode_events = core.episode_events, []
+        for e in events:
+            if e["interventions"] == 0:
+                self._policy_successes.append(float(e["success"]))
+        recent = self._policy_successes[-20:]
+        if self.writer is not None and recent:
+            self.writer.add_scalar("episodes/autonomous_success_rate_last20", float(np.mean(recent)),
+                                   core.learner_step)
+        s = core.status()
+        log.info("stage=%s step=%d weights=v%d human=%d policy=%d demos=%d/%d actors=%d%s", s["stage"],
+                 s["learner_step"], s["weight_version"], s["buffers"]["human"]["size"],
+                 s["buffers"]["policy"]["size"], s["demo_episodes"], s["demo_episodes_needed"], len(s["actors"]),
+                 f" autonomous_success(last {len(recent)})={np.mean(recent):.2f}" if recent else "")
+
+    def _latest_checkpoint(self) -> Path | None:
+        pointer = self.ckpt_root / "latest.json"
+        if not pointer.exists():
+            return None
+        path = self.ckpt_root / json.loads(pointer.read_text())["dir"]
+        return path if (path / "DONE").exists() else None
+
+    def checkpoint(self) -> Path:
+        """Write a complete checkpoint directory (DONE marker last), then point `latest.json` at it."""
+        assert self.td3 is not None
+        name = f"step-{self.core.learner_step:09d}"
+        path = self.ckpt_root / name
+        if path.exists():
+            shutil.rmtree(path)
+        self.td3.save(path)
+        (path / "DONE").write_text("complete\n")
+        previous = self._latest_checkpoint()
+        atomic_write(self.ckpt_root / "latest.json", json.dumps({"dir": name}).encode())
+        self.core.save_state()
+        if previous is not None and previous != path:
+            shutil.rmtree(previous, ignore_errors=True)
+        return path

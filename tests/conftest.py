@@ -1,0 +1,99 @@
+"""Shared helpers: real hilrl processes on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A `hilrl ...` subprocess whose stdout/stderr go to files under the test's tmp dir."""
+
+    def __init__(self, args: list[str], log_dir: Path, name: str) -> None:
+        self.name = name
+        self.stdout_path = log_dir / f"{name}.out"
+        self.stderr_path = log_dir / f"{name}.err"
+        env = dict(os.environ, PYTHONUNBUFFERED="1", MUJOCO_GL="egl")
+        self.popen = subprocess.Popen([sys.executable, "-m", "hilrl.deploy.cli", *args],
+                                      stdout=open(self.stdout_path, "wb"), stderr=open(self.stderr_path, "wb"),  # noqa: SIM115
+                                      env=env, start_new_session=True)
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    procs: list[Proc] = []
+
+    def _spawn(*args: str, name: str) -> Proc:
+        p = Proc(list(args), tmp_path, name)
+        procs.append(p)
+        return p
+
+    yield _spawn
+    for p in procs:
+        if p.popen.poll() is None:
+            p.popen.kill()
+            p.popen.wait()
+
+
+def run_hilrl(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MUJOCO_GL="egl")
+    return subprocess.run([sys.executable, "-m", "hilrl.deploy.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def hilrl_status(address: str) -> dict | None:
+    """`hilrl status` as a user runs it; None when the learner cannot be reached."""
+    r = run_hilrl("status", "--learner", address, "--timeout-s", "5")
+    if r.returncode != 0:
+        return None
+    return json.loads(r.stdout)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 1.0,
+               diagnose: Callable[[], str] | None = None) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    extra = f"\n{diagnose()}" if diagnose else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")

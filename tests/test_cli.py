@@ -1,0 +1,71 @@
+"""The `hilrl` command as operators use it: help, config errors, refusals with actionable messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import free_port, run_hilrl
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("learner", ["--port", "--output-dir", "--resume", "--insecure", "--demo-episodes", "--algo.tau"]),
+    ("actor", ["--learner", "--env", "--actor-id", "--fps", "--max-episodes", "--state-dir"]),
+    ("status", ["--learner"]),
+    ("demo", ["--train-minutes", "--eval-episodes"]),
+])
+def test_every_subcommand_explains_its_options(command: str, expected: list[str]) -> None:
+    r = run_hilrl(command, "--help")
+    assert r.returncode == 0, r.stderr
+    for flag in expected:
+        assert flag in r.stdout
+
+
+def test_top_level_usage_and_unknown_command() -> None:
+    assert "learner" in run_hilrl("--help").stdout
+    r = run_hilrl("train")
+    assert r.returncode == 2 and "unknown command 'train'" in r.stderr
+
+
+def test_unknown_config_key_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "learner.yaml"
+    cfg.write_text("port: 50099\nofline_steps: 10\n")
+    r = run_hilrl("learner", "--config", str(cfg), "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 2
+    assert "unknown key 'ofline_steps'" in r.stderr and "offline_steps" in r.stderr and str(cfg) in r.stderr
+
+
+def test_unknown_option_is_named() -> None:
+    r = run_hilrl("actor", "--learnr", "127.0.0.1:1")
+    assert r.returncode == 2 and "--learnr" in r.stderr and "did you mean --learner" in r.stderr
+
+
+def test_stable_flags_parse_exactly_as_written(tmp_path: Path) -> None:
+    r = run_hilrl("learner", "--port", "50123", "--output-dir", str(tmp_path), "--resume", "--print-config")
+    assert r.returncode == 0, r.stderr
+    assert "resume: true" in r.stdout and "port: 50123" in r.stdout
+    r = run_hilrl("actor", "--learner", "10.0.0.5:50051", "--env", "sim", "--actor-id", "arm-2", "--fps", "0",
+                  "--max-episodes", "3", "--print-config")
+    assert r.returncode == 0, r.stderr
+    assert "actor_id: arm-2" in r.stdout and "fps: 0" in r.stdout and "max_episodes: 3" in r.stdout
+
+
+def test_status_of_a_learner_that_is_not_running_fails_cleanly() -> None:
+    r = run_hilrl("status", "--learner", f"127.0.0.1:{free_port()}", "--timeout-s", "2")
+    assert r.returncode == 1 and r.stdout == ""
+    assert "cannot reach the learner" in r.stderr
+
+
+def test_plaintext_on_a_non_loopback_address_needs_insecure(tmp_path: Path) -> None:
+    r = run_hilrl("learner", "--host", "0.0.0.0", "--port", str(free_port()), "--output-dir", str(tmp_path / "o"))
+    assert r.returncode != 0 and "--insecure" in r.stderr and "loopback" in r.stderr
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text('{"run_id": "x"}')
+    r = run_hilrl("learner", "--port", str(free_port()), "--output-dir", str(out))
+    assert r.returncode != 0 and "pass --resume" in r.stderr
+    r = run_hilrl("learner", "--port", str(free_port()), "--output-dir", str(tmp_path / "empty"), "--resume")
+    assert r.returncode != 0 and "no learner run" in r.stderr

@@ -1,0 +1,119 @@
+"""A real learner process and a real sim actor process over loopback gRPC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import free_port, hilrl_status, wait_until
+from safetensors.numpy import load_file
+
+from hilrl.buffers.spec import Feature, Spec
+from hilrl.protos import codec
+from hilrl.protos.v1 import learner_pb2 as pb
+from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.e2e
+
+FAST_LEARNER = ["--demo-episodes", "3", "--offline-steps", "60", "--publish-every", "20", "--batch-size", "64",
+                "--keep-weight-versions", "1000", "--torch-threads", "1", "--hidden", "64,64"]
+
+
+def learner_args(port: int, out: Path, *extra: str) -> list[str]:
+    return ["learner", "--port", str(port), "--output-dir", str(out), *FAST_LEARNER, *extra]
+
+
+def actor_args(port: int, state: Path, *extra: str) -> list[str]:
+    return ["actor", "--learner", f"127.0.0.1:{port}", "--env", "sim", "--fps", "0", "--state-dir", str(state),
+            "--seed", "0", *extra]
+
+
+def test_sim_actor_trains_against_learner_and_applies_new_weights(spawn, tmp_path: Path) -> None:
+    port, out = free_port(), tmp_path / "learner"
+    learner = spawn(*learner_args(port, out), name="learner")
+    actor = spawn(*actor_args(port, tmp_path / "actor", "--actor-id", "sim-e2e"), name="actor")
+    address = f"127.0.0.1:{port}"
+
+    def trained() -> dict | None:
+        s = hilrl_status(address)
+        if not s or not s["actors"]:
+            return None
+        a = s["actors"][0]
+        ok = (s["stage"] == "online" and s["buffers"]["human"]["size"] > 0 and s["buffers"]["policy"]["size"] > 0
+              and s["learner_step"] > 60 and a["weight_version_applied"] >= 2)
+        return s if ok else None
+
+    status = wait_until(trained, 240, "both buffers filled, online updates and weights v>=2 applied",
+                        diagnose=lambda: f"learner:\n{learner.stderr[-2000:]}\nactor:\n{actor.stderr[-2000:]}")
+    assert status["actors"][0]["id"] == "sim-e2e"
+    assert status["actors"][0]["last_acked_seq"] > 0
+    v1, v2 = load_file(out / "weights" / "v000001.safetensors"), load_file(out / "weights" / "v000002.safetensors")
+    assert v1.keys() == v2.keys()
+    assert any(not np.array_equal(v1[k], v2[k]) for k in v1 if k.startswith("actor.")), "v2 weights equal v1"
+    np.testing.assert_array_equal(v1["obs_mean"], v2["obs_mean"])  # normalisation frozen after offline
+
+    assert actor.stop() == 0
+    summary = json.loads(actor.stdout.strip().splitlines()[-1])
+    assert summary["unacked"] == 0 and summary["weight_version"] >= 2
+    assert summary["interventions"] > 0 and summary["demo_episodes"] >= 3
+    final = hilrl_status(address)
+    a = final["actors"][0]
+    # exactly once: every executed step is stored, none twice (the interrupted episode is closed as truncated)
+    assert a["transitions_received"] == summary["steps"]
+    assert final["buffers"]["human"]["size"] + final["buffers"]["policy"]["size"] == summary["steps"]
+    assert a["interventions"] == summary["interventions"]
+
+    assert learner.stop() == 0
+    assert (out / "checkpoints" / "latest.json").exists()
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())["dir"]
+    assert (out / "checkpoints" / latest / "DONE").exists()
+    assert json.loads((out / "spec.json").read_text())["action"]["shape"] == [4]
+
+
+def test_actor_keeps_retrying_until_the_learner_comes_up(spawn, tmp_path: Path) -> None:
+    port = free_port()
+    actor = spawn(*actor_args(port, tmp_path / "actor"), name="actor")
+    wait_until(lambda: "retrying in" in actor.stderr, 60, "the actor to report that it is retrying",
+               diagnose=lambda: actor.stderr[-2000:])
+    assert actor.popen.poll() is None, "the actor gave up instead of retrying"
+    assert f"127.0.0.1:{port} unreachable" in actor.stderr
+    spawn(*learner_args(port, tmp_path / "learner"), name="learner")
+    wait_until(lambda: (s := hilrl_status(f"127.0.0.1:{port}")) and s["buffers"]["human"]["size"] > 0, 120,
+               "the late learner to receive demonstrations", diagnose=lambda: actor.stderr[-2000:])
+
+
+def test_wrong_spec_is_refused_and_malformed_batches_do_not_stop_the_learner(spawn, tmp_path: Path) -> None:
+    port, address = free_port(), None
+    spec = Spec(observation=(Feature("agent_pos", "float32", (7,)), Feature("environment_state", "float32", (3,))),
+                action=Feature("action", "float32", (4,), (-1, -1, -1, 0), (1, 1, 1, 2)))
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec.to_dict()))
+    learner = spawn(*learner_args(port, tmp_path / "learner", "--spec-file", str(spec_file)), name="learner")
+    address = f"127.0.0.1:{port}"
+    wait_until(lambda: hilrl_status(address), 60, "the learner to serve", diagnose=lambda: learner.stderr[-2000:])
+
+    actor = spawn(*actor_args(port, tmp_path / "actor"), name="actor")
+    assert actor.wait(120) == 3
+    assert "FAILED_PRECONDITION" in actor.stderr and "agent_pos" in actor.stderr
+    assert "float32[7]" in actor.stderr and "float32[18]" in actor.stderr
+
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.LearnerStub(channel)
+        stub.Hello(pb.HelloRequest(protocol_version=1, actor_id="probe", spec=codec.encode_spec(spec)), timeout=10)
+        bad = pb.TransitionBatch(actor_id="probe", seq=1, items=[pb.Item(transition=pb.Transition(
+            observation={"agent_pos": codec.encode_tensor(np.full(7, np.nan, np.float32)),
+                         "environment_state": codec.encode_tensor(np.zeros(3, np.float32))},
+            action=codec.encode_tensor(np.zeros(4, np.float32))))])
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.StreamTransitions(iter([bad]), timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "agent_pos" in err.value.details() and "NaN" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Hello(pb.HelloRequest(protocol_version=99, actor_id="old", spec=codec.encode_spec(spec)), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    status = hilrl_status(address)
+    assert status is not None and status["buffers"]["human"]["size"] == 0  # nothing half-stored
+    assert learner.popen.poll() is None

@@ -1,0 +1,59 @@
+"""The actor's durable outbox and state directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hilrl.actor.outbox import Outbox, StateDir, StateDirInUse
+from hilrl.protos.v1 import learner_pb2 as pb
+
+
+def batch() -> pb.TransitionBatch:
+    return pb.TransitionBatch(actor_id="a", items=[pb.Item(discard=pb.DiscardEpisode(episode=1))])
+
+
+def test_unacked_batches_survive_a_restart_and_seq_keeps_increasing(tmp_path: Path) -> None:
+    box = Outbox(tmp_path)
+    assert [box.put(batch()) for _ in range(4)] == [1, 2, 3, 4]
+    box.ack(2)
+    assert len(box) == 2
+    reopened = Outbox(tmp_path)  # as after an actor crash
+    assert [b.seq for b in reopened.pending_after(0, timeout=0)] == [3, 4]
+    assert reopened.put(batch()) == 5
+    reopened.ack(5)
+    again = Outbox(tmp_path)
+    assert len(again) == 0 and again.put(batch()) == 6  # seq is never reused, even with an empty outbox
+
+
+def test_ack_from_the_learner_handshake_catches_up(tmp_path: Path) -> None:
+    box = Outbox(tmp_path)
+    for _ in range(3):
+        box.put(batch())
+    box.ack(3)  # the learner's Hello says it already stored up to seq 3
+    assert len(box) == 0 and box.wait_empty(0)
+
+
+def test_state_dir_keeps_the_actor_id_and_episode_counter(tmp_path: Path) -> None:
+    s = StateDir(tmp_path, None)
+    generated = s.actor_id
+    assert s.take_episode_index() == 0 and s.take_episode_index() == 1
+    s.close()
+    s2 = StateDir(tmp_path, None)
+    assert s2.actor_id == generated and s2.take_episode_index() == 2
+    s2.close()
+    with pytest.raises(StateDirInUse, match="belongs to actor"):
+        StateDir(tmp_path, "someone-else")
+
+
+def test_second_process_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    holder = StateDir(tmp_path, "arm-1")
+    code = ("import sys; from hilrl.actor.outbox import StateDir, StateDirInUse\n"
+            f"try:\n    StateDir({str(tmp_path)!r}, 'arm-1')\nexcept StateDirInUse as e:\n    print(e); sys.exit(7)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 7, r.stderr
+    assert "is in use by pid" in r.stdout and "own --state-dir" in r.stdout
+    holder.close()
