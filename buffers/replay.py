@@ -129,12 +129,14 @@ class DualBuffer:
         return n_human, batch_size - n_human
 
     def sample(self, batch_size: int, human_ratio: float, rng: np.random.Generator) -> dict:
+        """A minibatch whose "human" entry marks (1.0) the rows drawn from the human buffer."""
         n_human, n_policy = self.split(batch_size, human_ratio)
         parts = []
-        if n_human:
-            parts.append(self.human.gather(self.human.sample_indices(n_human, rng)))
-        if n_policy:
-            parts.append(self.policy.gather(self.policy.sample_indices(n_policy, rng)))
+        for buffer, n, flag in ((self.human, n_human, 1.0), (self.policy, n_policy, 0.0)):
+            if n:
+                part = buffer.gather(buffer.sample_indices(n, rng))
+                part["human"] = np.full(n, flag, dtype=np.float32)
+                parts.append(part)
         return concat_batches(parts)
 
 

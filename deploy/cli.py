@@ -15,6 +15,7 @@ commands:
   actor     drive an arm (or the sim) with the current policy, stream every step to the learner
   demo      learner + simulated arm as two processes on loopback: demos, training, evaluation
   status    print the learner's status as one JSON object (exit 1 if it cannot be reached)
+  record    record human demonstrations to a file (seed a learner with: hilrl learner --demos FILE)
 """
 
 
@@ -61,8 +62,18 @@ def status(argv: list[str]) -> int:
     return print_status(cfg)
 
 
+def record(argv: list[str]) -> int:
+    from hilrl.deploy.record import RecordConfig
+    from hilrl.deploy.record import record as run_record
+
+    cfg = parse_config(RecordConfig, argv, "hilrl record",
+                       "Record human demonstrations to a file; seed a learner with it: hilrl learner --demos FILE.")
+    _logging()
+    return run_record(cfg)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "learner": learner, "actor": actor, "demo": demo, "status": status,
+    "learner": learner, "actor": actor, "demo": demo, "status": status, "record": record,
 }
 
 

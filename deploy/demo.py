@@ -30,6 +30,9 @@ class DemoConfig:
     online_steps: int = opt(6000, "online TD3 updates; the demo stops early once they are done")
     publish_every: int = opt(250, "publish weights every N online updates")
     utd_ratio: float = opt(1.0, "online updates per received transition")
+    alpha: float = opt(0.5, "TD3+BC alpha for this demo (the learner's default is the paper's 2.5; on 20 "
+                            "deterministic expert demos with a sparse reward 0.5 imitates far better)")
+    online_bc_weight: float = opt(0.0, "BC weight in the online stage (0 = pure TD3, the seed recipe)")
     takeover_after: int = opt(50, "the scripted human takes over a policy episode after this many steps")
     eval_episodes: int = opt(50, "evaluation episodes (random block positions, no takeover, no noise)")
     seed: int = opt(0, "seed for learner, sim and evaluation")
@@ -83,7 +86,9 @@ def run_demo(cfg: DemoConfig) -> int:
     learner = _spawn(["learner", "--port", "0", "--output-dir", str(learner_dir), "--seed", str(cfg.seed),
                       "--torch-threads", "1", "--demo-episodes", str(cfg.demo_episodes),
                       "--offline-steps", str(cfg.offline_steps), "--publish-every", str(cfg.publish_every),
-                      "--utd-ratio", str(cfg.utd_ratio)], learner_log)
+                      "--utd-ratio", str(cfg.utd_ratio), "--algo.alpha", str(cfg.alpha),
+                      "--online-bc-weight", str(cfg.online_bc_weight), "--keep-weight-versions", "100000"],
+                     learner_log)
     actor = None
     try:
         address = _wait_for_address(learner, learner_dir / "learner.json", learner_log)

@@ -23,10 +23,15 @@ class LearnerConfig:
     seed: int | None = opt(0, "random seed (runs are repeatable on CPU); none = random")
     torch_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
     spec_file: Path | None = opt(None, "observation/action spec JSON; none = adopt the first actor's spec")
+    demos: Path | None = opt(None, "seed the human buffer from this demonstration recording (see `hilrl record`); "
+                                   "its episodes count towards --demo-episodes")
 
     demo_episodes: int = opt(20, "complete human demonstration episodes to wait for before the offline stage")
     offline_steps: int = opt(5000, "TD3+BC updates on the human buffer before going online (0 skips)")
-    online_bc_weight: float = opt(0.0, "BC weight during online TD3 (0 = pure TD3, the seed recipe)")
+    online_bc_weight: float = opt(0.0, "BC weight (on human rows only) during online TD3; "
+                                       "0 = pure TD3, the seed recipe")
+    online_bc_decay_steps: int = opt(0, "decay the online BC weight linearly to 0 over this many online updates "
+                                        "(0 = keep it constant)")
     utd_ratio: float = opt(1.0, "online updates per received transition (update-to-data ratio)")
     batch_size: int = opt(256, "minibatch size")
     human_ratio: float = opt(0.5, "fraction of every online minibatch drawn from the human buffer")

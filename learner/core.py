@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
+from hilrl.buffers.recording import RecordingError, read_steps
 from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.learner.config import LearnerConfig
@@ -102,6 +103,11 @@ class LearnerCore:
             self._adopt_spec(Spec.from_dict(json.loads(Path(self.cfg.spec_file).read_text())))
         elif spec_path.exists():
             self._adopt_spec(Spec.from_dict(json.loads(spec_path.read_text())))
+        if self.cfg.demos is not None and not self.cfg.resume:
+            try:
+                self.seed_demos(Path(self.cfg.demos))
+            except RecordingError as exc:
+                raise SystemExit(f"--demos: {exc}") from exc
         version_path = self.out / "weights_version.json"
         if version_path.exists():
             self.weights = PublishedWeights(json.loads(version_path.read_text())["version"], b"", "")
@@ -113,6 +119,28 @@ class LearnerCore:
         self.buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
         atomic_write(self.out / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
         log.info("spec adopted: %s", "; ".join(f.describe() for f in (*spec.observation, spec.action)))
+
+    def seed_demos(self, path: Path) -> tuple[int, int]:
+        """Load a demonstration recording into the human buffer; returns (episodes, transitions)."""
+        spec, steps = read_steps(path)
+        if self.spec is None:
+            self._adopt_spec(spec)
+        elif problem := self.spec.mismatch(spec):
+            raise SystemExit(f"--demos {path}: its spec does not match the learner's: {problem}")
+        assert self.buffers is not None
+        source, episodes, transitions = f"dataset:{path}", 0, 0
+        for step in steps:
+            step.is_intervention = True  # demonstrations are human data, whoever recorded them
+            done, end = self.assembler.add(source, step)
+            for t in done:
+                self.buffers.human.add(t)
+            transitions += len(done)
+            if end is not None:
+                episodes += 1
+                self._demo_keys.add(end.episode_key)
+        self.demo_episodes += episodes
+        log.info("seeded the human buffer from %s: %d episodes, %d transitions", path, episodes, transitions)
+        return episodes, transitions
 
     def policy_config(self) -> PolicyConfig:
         assert self.spec is not None

@@ -7,7 +7,8 @@ One `TD3.update` is one gradient step of the paper:
     L_Q = MSE(Q1(s, a), y) + MSE(Q2(s, a), y)
     every `policy_delay` critic steps:
         TD3+BC (bc_weight > 0):  lambda = alpha / mean|Q1(s, pi(s))|  (no gradient through lambda)
-                                 L_pi   = -lambda * mean Q1(s, pi(s)) + bc_weight * mean (pi(s) - a)^2
+                                 L_pi   = -lambda * mean Q1(s, pi(s)) + bc_weight * mean_H (pi(s) - a)^2
+                                 (mean_H: over the rows marked human; all rows when no mask is given)
         TD3    (bc_weight = 0):  L_pi   = -mean Q1(s, pi(s))
         theta' <- tau * theta + (1 - tau) * theta'   (actor and critic targets)
 
@@ -89,7 +90,9 @@ class TD3:
         """One critic step (and, every `policy_delay` steps, one actor step + target update).
 
         ``batch``: "state" [B,S], "action" [B,A] (raw, in bounds), "reward" [B], "next_state" [B,S],
-        "done" [B] (1.0 only on true termination). Returns critic_loss and q_mean every call;
+        "done" [B] (1.0 only on true termination), optional "human" [B] (1.0 for rows from the human
+        buffer: the BC term imitates only those; policy rows are the policy's own noisy actions).
+        Returns critic_loss and q_mean every call;
         actor_loss and bc_loss on actor steps; lambda on actor steps with ``bc_weight > 0``.
         """
         cfg, dev = self.cfg, self.device
@@ -119,7 +122,13 @@ class TD3:
         if self.total_it % cfg.policy_delay == 0:
             pi = self.policy.actor(state)
             q = self.critic.q1(state, pi)
-            bc_loss = F.mse_loss(pi, action)
+            squared = ((pi - action) ** 2).mean(dim=-1)
+            human = batch.get("human")
+            if human is None:
+                bc_loss = squared.mean()
+            else:
+                human = human.to(dev, torch.float32).reshape(-1)
+                bc_loss = (squared * human).sum() / human.sum().clamp_min(1.0)
             if bc_weight > 0:
                 lmbda = cfg.alpha / q.abs().mean().detach()
                 actor_loss = -lmbda * q.mean() + bc_weight * bc_loss

@@ -89,10 +89,15 @@ class Trainer:
                 if online_updates >= self.cfg.utd_ratio * core.online_transitions or not self._has_data():
                     stop.wait(0.005)
                     continue
-                self._update(bc_weight=self.cfg.online_bc_weight, human_only=False)
+                self._update(bc_weight=self.online_bc_weight(online_updates), human_only=False)
                 online_updates += 1
                 if online_updates % self.cfg.publish_every == 0:
                     self._publish()
+
+    def online_bc_weight(self, online_updates: int) -> float:
+        """The BC weight after `online_updates` online updates: constant, or decaying linearly to 0."""
+        w, decay = self.cfg.online_bc_weight, self.cfg.online_bc_decay_steps
+        return w if decay <= 0 else w * max(0.0, 1.0 - online_updates / decay)
 
     def _has_data(self) -> bool:
         b = self.core.buffers
@@ -133,7 +138,9 @@ class Trainer:
                 batch = core.buffers.sample(cfg.batch_size, cfg.human_ratio, self.rng)
             spec = core.spec
         dev = self.device
+        human = batch.get("human", np.ones(len(batch["reward"]), np.float32))
         return {
+            "human": torch.from_numpy(human).to(dev),
             "state": torch.from_numpy(state_vector(batch["obs"], spec)).to(dev),
             "next_state": torch.from_numpy(state_vector(batch["next_obs"], spec)).to(dev),
             "action": torch.from_numpy(batch["action"]).to(dev),
@@ -149,6 +156,7 @@ class Trainer:
         if step % self.cfg.log_every == 0 and self.writer is not None:
             for k, v in metrics.items():
                 self.writer.add_scalar(f"train/{k}", v, step)
+            self.writer.add_scalar("train/bc_weight", bc_weight, step)
             b = self.core.buffers
             self.writer.add_scalar("buffer/human", len(b.human), step)
             self.writer.add_scalar("buffer/policy", len(b.policy), step)

@@ -211,3 +211,28 @@ def test_save_load_restores_identical_updates(tmp_path):
 
     with pytest.raises(ValueError):
         TD3(PolicyConfig(S, A, (32, 32)), TD3Config(), CPU).load(tmp_path / "ckpt")
+
+
+def test_bc_term_imitates_only_the_rows_marked_human():
+    data = make_dataset(512)
+    td3 = make_td3(data, policy_delay=1)
+    batch = next(batches(data, 1, size=8))
+    batch["human"] = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0], dtype=torch.float32)
+    actor_before = copy.deepcopy(td3.policy.actor)
+    m = td3.update(batch, bc_weight=1.0)
+    with torch.no_grad():
+        pi = actor_before(td3.policy.normalize_state(batch["state"]))
+        per_row = ((pi - td3.policy.normalize_action(batch["action"])) ** 2).mean(dim=-1)
+    assert m["bc_loss"] == pytest.approx(per_row[:3].mean().item(), rel=1e-5)
+
+
+def test_online_bc_weight_schedule(tmp_path):
+    from hilrl.learner.config import LearnerConfig
+    from hilrl.learner.core import LearnerCore
+    from hilrl.learner.training import Trainer
+
+    constant = Trainer(LearnerCore(LearnerConfig(output_dir=tmp_path, online_bc_weight=0.5)))
+    assert constant.online_bc_weight(0) == constant.online_bc_weight(10**6) == 0.5
+    decaying = Trainer(LearnerCore(LearnerConfig(output_dir=tmp_path, online_bc_weight=1.0,
+                                                 online_bc_decay_steps=100)))
+    assert [decaying.online_bc_weight(n) for n in (0, 50, 100, 500)] == [1.0, 0.5, 0.0, 0.0]

@@ -1,0 +1,74 @@
+"""LearnerCore without the network: spec adoption, dedup by (actor, seq), discards, versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hilrl.buffers.assembler import Discard, Step
+from hilrl.buffers.spec import Feature, Spec
+from hilrl.learner.config import LearnerConfig
+from hilrl.learner.core import LearnerCore, SpecMismatch
+
+SPEC = Spec(observation=(Feature("x", "float32", (3,)),), action=Feature("action", "float32", (2,), (-1, -1), (1, 1)))
+
+
+def steps(episode: int, n: int, human: bool) -> list[Step]:
+    out = []
+    for t in range(n):
+        last = t == n - 1
+        out.append(Step({"x": np.full(3, t, np.float32)}, np.zeros(2, np.float32), float(last), last, False, human,
+                        episode, t, {"x": np.full(3, t + 1, np.float32)} if last else None))
+    return out
+
+
+def core(tmp_path: Path, **kw) -> LearnerCore:
+    c = LearnerCore(LearnerConfig(output_dir=tmp_path / "out", **kw))
+    c.open()
+    return c
+
+
+def test_first_spec_is_adopted_and_recorded_later_mismatch_is_refused(tmp_path: Path) -> None:
+    c = core(tmp_path)
+    c.hello("a", SPEC)
+    assert Spec.from_dict(json.loads((tmp_path / "out" / "spec.json").read_text())) == SPEC
+    other = Spec(observation=(Feature("x", "float32", (4,)),), action=SPEC.action)
+    with pytest.raises(SpecMismatch, match=r"x: float32\[3\].*x: float32\[4\]"):
+        c.hello("b", other)
+
+
+def test_duplicate_batches_are_acknowledged_but_stored_once(tmp_path: Path) -> None:
+    c = core(tmp_path)
+    c.hello("a", SPEC)
+    batch = steps(0, 4, human=True)
+    assert c.ingest("a", 1, batch[:2], 0) is False
+    assert c.ingest("a", 1, batch[:2], 0) is True  # resent after a reconnect
+    assert c.ingest("a", 2, batch[2:], 0) is False
+    s = c.status()
+    assert s["buffers"]["human"]["size"] == 4 and s["actors"][0]["transitions_received"] == 4
+    assert s["actors"][0]["last_acked_seq"] == 2 and s["demo_episodes"] == 1
+
+
+def test_discarded_episode_leaves_the_buffer_and_the_demo_count(tmp_path: Path) -> None:
+    c = core(tmp_path)
+    c.hello("a", SPEC)
+    c.ingest("a", 1, steps(0, 3, human=True), 0)
+    c.ingest("a", 2, steps(1, 2, human=False)[:1], 0)  # one policy step of episode 1 still waits for its successor
+    c.ingest("a", 3, [Discard(1), Discard(0)], 0)
+    s = c.status()
+    assert s["buffers"]["human"]["size"] == 0 and s["buffers"]["policy"]["size"] == 0 and s["demo_episodes"] == 0
+
+
+def test_weight_versions_persist_and_never_repeat(tmp_path: Path) -> None:
+    c = core(tmp_path)
+    c.hello("a", SPEC)
+    assert c.publish(b"one") == 1 and c.publish(b"two") == 2
+    c.save_state()
+    resumed = core(tmp_path, resume=True)
+    assert resumed.load_state() and resumed.weights.version == 2
+    assert resumed.publish(b"three") == 3
+    assert sorted(p.name for p in (tmp_path / "out" / "weights").iterdir())[-1] == "v000003.safetensors"
+    assert resumed.status()["actors"][0]["id"] == "a"
