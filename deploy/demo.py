@@ -27,12 +27,13 @@ class DemoConfig:
     train_minutes: float = opt(6.0, "wall-clock budget for demos + training before both processes are stopped")
     demo_episodes: int = opt(20, "scripted human demonstrations before offline training")
     offline_steps: int = opt(4000, "offline TD3+BC updates")
-    online_steps: int = opt(6000, "online TD3 updates; the demo stops early once they are done")
+    online_steps: int = opt(8000, "online TD3 updates; the demo stops early once they are done")
     publish_every: int = opt(250, "publish weights every N online updates")
     utd_ratio: float = opt(1.0, "online updates per received transition")
     alpha: float = opt(0.5, "TD3+BC alpha for this demo (the learner's default is the paper's 2.5; on 20 "
                             "deterministic expert demos with a sparse reward 0.5 imitates far better)")
-    online_bc_weight: float = opt(0.0, "BC weight in the online stage (0 = pure TD3, the seed recipe)")
+    online_bc_weight: float = opt(1.0, "BC weight on human rows in the online stage (the learner default, 0, "
+                                       "is pure TD3: it needs more online data than this CPU demo collects)")
     takeover_after: int = opt(50, "the scripted human takes over a policy episode after this many steps")
     eval_episodes: int = opt(50, "evaluation episodes (random block positions, no takeover, no noise)")
     seed: int = opt(0, "seed for learner, sim and evaluation")

@@ -117,3 +117,18 @@ def test_wrong_spec_is_refused_and_malformed_batches_do_not_stop_the_learner(spa
     status = hilrl_status(address)
     assert status is not None and status["buffers"]["human"]["size"] == 0  # nothing half-stored
     assert learner.popen.poll() is None
+
+
+def test_demo_command_runs_both_processes_and_reports(tmp_path: Path) -> None:
+    from conftest import run_hilrl
+
+    r = run_hilrl("demo", "--output-dir", str(tmp_path / "demo"), "--demo-episodes", "2", "--offline-steps", "40",
+                  "--online-steps", "40", "--publish-every", "20", "--eval-episodes", "2", "--train-minutes", "3",
+                  timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["eval_episodes"] == 2 and 0.0 <= summary["eval_success_rate"] <= 1.0
+    assert summary["demo_episodes"] >= 2 and summary["interventions"] > 0
+    assert summary["weight_versions_applied"] >= 1 and summary["learner_step"] >= 80
+    assert "=== hilrl demo summary ===" in r.stdout
+    assert Path(summary["checkpoint"]).exists()
