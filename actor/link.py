@@ -57,6 +57,7 @@ class LearnerLink:
         self.fatal: str | None = None
         self.stage: str | None = None
         self.policy_config: PolicyConfig | None = None
+        self.run_id = ""
         self.weight_version_applied = 0
         self._new_policy: tuple[int, Policy] | None = None
         self._received_version = 0
@@ -86,6 +87,11 @@ class LearnerLink:
         request = pb.HelloRequest(protocol_version=codec.PROTOCOL_VERSION, actor_id=self.actor_id,
                                   spec=codec.encode_spec(self.spec))
         reply = self.stub.Hello(request, timeout=10.0)
+        if self.run_id and reply.run_id != self.run_id:
+            log.warning("the learner now serves run %s (was %s); accepting its weight versions from v1",
+                        reply.run_id, self.run_id)
+            self._received_version = 0
+        self.run_id = reply.run_id
         self.policy_config = PolicyConfig.from_dict(json.loads(reply.policy_config_json))
         self.stage = codec.STAGE_NAMES.get(reply.stage, self.stage)
         self.outbox.ack(reply.last_acked_seq)

@@ -110,7 +110,10 @@ class LearnerCore:
                 raise SystemExit(f"--demos: {exc}") from exc
         version_path = self.out / "weights_version.json"
         if version_path.exists():
-            self.weights = PublishedWeights(json.loads(version_path.read_text())["version"], b"", "")
+            version = json.loads(version_path.read_text())["version"]
+            policy_path = self.out / "policy.safetensors"
+            blob = policy_path.read_bytes() if policy_path.exists() else b""
+            self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
 
     def _adopt_spec(self, spec: Spec) -> None:
         if self.spec is not None:

@@ -64,8 +64,9 @@ class Trainer:
 
     def _run(self, stop: threading.Event) -> None:
         core = self.core
-        with core.lock:
-            core.lock.wait_for(lambda: core.spec is not None or stop.is_set())
+        with core.lock:  # no spec yet: wait for the first actor (stop is an Event, so poll it)
+            while core.spec is None and not stop.is_set():
+                core.lock.wait(0.2)
         if stop.is_set():
             return
         self._build()
@@ -82,6 +83,9 @@ class Trainer:
                 if core.offline_steps_done >= self.cfg.offline_steps:
                     self._publish()
                     core.set_stage(ONLINE)
+                    continue
+                if len(core.buffers.human) == 0:  # resumed mid-offline before the demos are back
+                    stop.wait(0.05)
                     continue
                 self._update(bc_weight=1.0, human_only=True)
                 core.offline_steps_done += 1
@@ -168,6 +172,7 @@ class Trainer:
         blob = policy_to_safetensors_bytes(self.td3.policy)
         version = self.core.publish(blob)
         self._published_step = self.core.learner_step
+        self.checkpoint()  # training state, stage and actor records consistent with the newest version
         if self.writer is not None:
             self.writer.add_scalar("weights/version", version, self.core.learner_step)
         log.info("published weights v%d at learner step %d", version, self.core.learner_step)
@@ -207,6 +212,9 @@ class Trainer:
         assert self.td3 is not None
         name = f"step-{self.core.learner_step:09d}"
         path = self.ckpt_root / name
+        if (path / "DONE").exists():  # this very step is already saved (e.g. publish, then shutdown)
+            self.core.save_state()
+            return path
         if path.exists():
             shutil.rmtree(path)
         self.td3.save(path)

@@ -86,7 +86,7 @@ def test_actor_keeps_retrying_until_the_learner_comes_up(spawn, tmp_path: Path) 
 
 
 def test_wrong_spec_is_refused_and_malformed_batches_do_not_stop_the_learner(spawn, tmp_path: Path) -> None:
-    port, address = free_port(), None
+    port = free_port()
     spec = Spec(observation=(Feature("agent_pos", "float32", (7,)), Feature("environment_state", "float32", (3,))),
                 action=Feature("action", "float32", (4,), (-1, -1, -1, 0), (1, 1, 1, 2)))
     spec_file = tmp_path / "spec.json"
@@ -132,3 +132,26 @@ def test_demo_command_runs_both_processes_and_reports(tmp_path: Path) -> None:
     assert summary["weight_versions_applied"] >= 1 and summary["learner_step"] >= 80
     assert "=== hilrl demo summary ===" in r.stdout
     assert Path(summary["checkpoint"]).exists()
+
+
+def test_learner_killed_mid_stream_resumes_and_the_actor_carries_on(spawn, tmp_path: Path) -> None:
+    port, out = free_port(), tmp_path / "learner"
+    address = f"127.0.0.1:{port}"
+    learner = spawn(*learner_args(port, out), name="learner")
+    actor = spawn(*actor_args(port, tmp_path / "actor", "--actor-id", "arm"), name="actor")
+    before = wait_until(lambda: (s := hilrl_status(address)) and s["weight_version"] >= 2 and s, 240,
+                        "weights v2", diagnose=lambda: learner.stderr[-2000:])
+    learner.popen.kill()  # SIGKILL: no shutdown handler, no final checkpoint
+    learner.popen.wait()
+    wait_until(lambda: "unreachable" in actor.stderr, 60, "the actor to notice", diagnose=lambda: actor.stderr[-2000:])
+    assert actor.popen.poll() is None
+    resumed = spawn(*learner_args(port, out, "--resume"), name="learner2")
+    after = wait_until(lambda: (s := hilrl_status(address)) and s["actors"]
+                       and s["actors"][0]["weight_version_applied"] > before["weight_version"] and s, 240,
+                       "the actor to apply a version newer than any before the crash",
+                       diagnose=lambda: resumed.stderr[-2000:] + actor.stderr[-2000:])
+    assert after["stage"] == "online" and after["learner_step"] >= before["learner_step"] - 20
+    assert after["actors"][0]["id"] == "arm"
+    assert actor.stop() == 0
+    assert json.loads(actor.stdout.strip().splitlines()[-1])["unacked"] == 0
+    assert resumed.stop() == 0
