@@ -21,12 +21,14 @@ from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
 from hilrl.buffers.recording import RecordingError, read_steps
 from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.spec import Spec, state_vector
+from hilrl.buffers.store import BufferStore, StoreError
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.networks import PolicyConfig
 
 log = logging.getLogger(__name__)
 
 WAITING, OFFLINE, ONLINE = "waiting_for_demos", "offline", "online"
+DATASET = "dataset:"  # store source prefix of seeded demonstration files (not actors)
 
 
 class SpecMismatch(Exception):
@@ -68,6 +70,7 @@ class LearnerCore:
         self.lock = threading.Condition()
         self.spec: Spec | None = None
         self.buffers: DualBuffer | None = None
+        self.store: BufferStore | None = None
         self.assembler = EpisodeAssembler()
         self.actors: dict[str, ActorRecord] = {}
         self.stage = WAITING
@@ -108,6 +111,11 @@ class LearnerCore:
                 self.seed_demos(Path(self.cfg.demos))
             except RecordingError as exc:
                 raise SystemExit(f"--demos: {exc}") from exc
+        if self.cfg.resume:
+            self.load_state()
+            if self.store is not None:
+                self._replay_store()
+                self.online_transitions = 0
         version_path = self.out / "weights_version.json"
         if version_path.exists():
             version = json.loads(version_path.read_text())["version"]
@@ -121,29 +129,31 @@ class LearnerCore:
         self.spec = spec
         self.buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
         atomic_write(self.out / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
+        try:
+            self.store = BufferStore(self.out / "store", spec)
+        except StoreError as exc:
+            raise SystemExit(str(exc)) from exc
         log.info("spec adopted: %s", "; ".join(f.describe() for f in (*spec.observation, spec.action)))
 
-    def seed_demos(self, path: Path) -> tuple[int, int]:
-        """Load a demonstration recording into the human buffer; returns (episodes, transitions)."""
+    def seed_demos(self, path: Path) -> int:
+        """Load a demonstration recording into the store and the human buffer; returns its episodes."""
         spec, steps = read_steps(path)
         if self.spec is None:
             self._adopt_spec(spec)
         elif problem := self.spec.mismatch(spec):
             raise SystemExit(f"--demos {path}: its spec does not match the learner's: {problem}")
-        assert self.buffers is not None
-        source, episodes, transitions = f"dataset:{path}", 0, 0
+        assert self.store is not None
+        items: list[Step | Discard] = []
         for step in steps:
             step.is_intervention = True  # demonstrations are human data, whoever recorded them
-            done, end = self.assembler.add(source, step)
-            for t in done:
-                self.buffers.human.add(t)
-            transitions += len(done)
-            if end is not None:
-                episodes += 1
-                self._demo_keys.add(end.episode_key)
-        self.demo_episodes += episodes
-        log.info("seeded the human buffer from %s: %d episodes, %d transitions", path, episodes, transitions)
-        return episodes, transitions
+            items.append(step)
+        before = self.demo_episodes
+        source = f"{DATASET}{path}"
+        self.store.append(source, 1, items)
+        self._apply(source, items, None)
+        log.info("seeded the human buffer from %s: %d episodes, %d steps", path, self.demo_episodes - before,
+                 len(items))
+        return self.demo_episodes - before
 
     def policy_config(self) -> PolicyConfig:
         assert self.spec is not None
@@ -174,7 +184,11 @@ class LearnerCore:
                 self.actors[actor_id].connected = False
 
     def ingest(self, actor_id: str, seq: int, items: list[Step | Discard], weight_version_applied: int) -> bool:
-        """Store one batch from an actor; returns True when it had been stored before (duplicate)."""
+        """Store one batch from an actor; returns True when it had been stored before (duplicate).
+
+        The batch is durable in the buffer store, together with its `(actor_id, seq)` record, before
+        this returns False, so the caller may acknowledge it.
+        """
         with self.lock:
             record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
             record.weight_version_applied = weight_version_applied
@@ -182,33 +196,53 @@ class LearnerCore:
                 return True
             if seq != record.last_seq + 1:
                 log.warning("actor %s: batch seq jumped from %d to %d", actor_id, record.last_seq, seq)
-            assert self.buffers is not None
-            for item in items:
-                if isinstance(item, Discard):
-                    key = self.assembler.discard(actor_id, item.episode)
-                    removed = self.buffers.discard_episode(key)
-                    if key in self._demo_keys:
-                        self._demo_keys.discard(key)
-                        self.demo_episodes -= 1
-                    log.info("actor %s discarded episode %d (%d stored steps removed)", actor_id, item.episode,
-                             removed)
-                    continue
-                transitions, end = self.assembler.add(actor_id, item)
-                for t in transitions:
-                    self.buffers.add(t)
-                    record.transitions += 1
-                    record.interventions += int(t.is_intervention)
-                    if self.stage == ONLINE:
-                        self.online_transitions += 1
-                if end is not None:
-                    record.episodes += 1
-                    if end.all_human:
-                        self.demo_episodes += 1
-                        self._demo_keys.add(end.episode_key)
-                    self.episode_events.append({"actor": actor_id, **asdict(end)})
+            assert self.store is not None
+            self.store.append(actor_id, seq, items)
+            self._apply(actor_id, items, record)
             record.last_seq = seq
             self.lock.notify_all()
             return False
+
+    def _apply(self, source: str, items: list[Step | Discard], record: ActorRecord | None) -> None:
+        """Feed stored items to the assembler and the dual buffer (also used when replaying the store)."""
+        assert self.buffers is not None
+        for item in items:
+            if isinstance(item, Discard):
+                key = self.assembler.discard(source, item.episode)
+                removed = self.buffers.discard_episode(key)
+                if key in self._demo_keys:
+                    self._demo_keys.discard(key)
+                    self.demo_episodes -= 1
+                log.info("%s discarded episode %d (%d stored steps removed)", source, item.episode, removed)
+                continue
+            transitions, end = self.assembler.add(source, item)
+            for t in transitions:
+                self.buffers.add(t)
+                if record is not None:
+                    record.transitions += 1
+                    record.interventions += int(t.is_intervention)
+                if self.stage == ONLINE:
+                    self.online_transitions += 1
+            if end is not None:
+                if record is not None:
+                    record.episodes += 1
+                if end.all_human:
+                    self.demo_episodes += 1
+                    self._demo_keys.add(end.episode_key)
+                self.episode_events.append({"actor": source, **asdict(end)})
+
+    def _replay_store(self) -> None:
+        """Rebuild buffers, demo count and actor records from the store (on --resume)."""
+        assert self.store is not None
+        for source, item in self.store.replay():
+            record = None if source.startswith(DATASET) else self.actors.setdefault(source, ActorRecord(source))
+            self._apply(source, [item], record)
+        for source, last_seq in self.store.last_seqs().items():
+            if not source.startswith(DATASET):
+                self.actors.setdefault(source, ActorRecord(source)).last_seq = last_seq
+        self.episode_events.clear()
+        log.info("replayed %d stored steps: human %d, policy %d transitions, %d demo episodes", len(self.store),
+                 len(self.buffers.human), len(self.buffers.policy), self.demo_episodes)
 
     # ------------------------------------------------------------------ stage and weights
 
@@ -282,7 +316,7 @@ class LearnerCore:
     # ------------------------------------------------------------------ persistence
 
     def save_state(self) -> None:
-        """Counters and actor records (the buffers' own persistence is the buffer store's job)."""
+        """Stage and training counters (buffers, demo count and actor records live in the store)."""
         with self.lock:
             state = {"stage": self.stage, "learner_step": self.learner_step,
                      "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
@@ -291,6 +325,7 @@ class LearnerCore:
         atomic_write(self.out / "learner_state.json", json.dumps(state, indent=2).encode())
 
     def load_state(self) -> bool:
+        """Stage, step counters and normalisation of a previous run (see `save_state`)."""
         path = self.out / "learner_state.json"
         if not path.exists():
             return False
@@ -298,8 +333,6 @@ class LearnerCore:
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]
-        self.demo_episodes = state["demo_episodes"]
-        self.actors = {a["actor_id"]: ActorRecord(**a) for a in state["actors"]}
         self.normalization = {k: np.asarray(v, dtype=np.float32) for k, v in state["normalization"].items()}
         return True
 

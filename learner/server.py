@@ -40,7 +40,7 @@ def serve(cfg: LearnerConfig) -> int:
                          "Use --host 127.0.0.1, or pass --insecure if this network is trusted.")
     core = LearnerCore(cfg)
     core.open()
-    if cfg.resume and core.load_state():
+    if cfg.resume:
         log.info("resumed %s: stage %s, learner step %d, weights v%d", cfg.output_dir, core.stage,
                  core.learner_step, core.weights.version)
 

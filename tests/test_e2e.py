@@ -146,6 +146,11 @@ def test_learner_killed_mid_stream_resumes_and_the_actor_carries_on(spawn, tmp_p
     wait_until(lambda: "unreachable" in actor.stderr, 60, "the actor to notice", diagnose=lambda: actor.stderr[-2000:])
     assert actor.popen.poll() is None
     resumed = spawn(*learner_args(port, out, "--resume"), name="learner2")
+    first = wait_until(lambda: hilrl_status(address), 60, "the resumed learner", diagnose=lambda: resumed.stderr)
+    # both buffers come back from the store: everything acknowledged before the kill is there
+    assert first["buffers"]["human"]["size"] >= before["buffers"]["human"]["size"]
+    assert first["buffers"]["policy"]["size"] >= before["buffers"]["policy"]["size"]
+    assert first["actors"][0]["transitions_received"] >= before["actors"][0]["transitions_received"]
     after = wait_until(lambda: (s := hilrl_status(address)) and s["actors"]
                        and s["actors"][0]["weight_version_applied"] > before["weight_version"] and s, 240,
                        "the actor to apply a version newer than any before the crash",
@@ -153,5 +158,10 @@ def test_learner_killed_mid_stream_resumes_and_the_actor_carries_on(spawn, tmp_p
     assert after["stage"] == "online" and after["learner_step"] >= before["learner_step"] - 20
     assert after["actors"][0]["id"] == "arm"
     assert actor.stop() == 0
-    assert json.loads(actor.stdout.strip().splitlines()[-1])["unacked"] == 0
+    summary = json.loads(actor.stdout.strip().splitlines()[-1])
+    assert summary["unacked"] == 0
+    final = hilrl_status(address)
+    # exactly once across the crash: steps the actor resent after the kill were not stored twice
+    assert final["actors"][0]["transitions_received"] == summary["steps"]
+    assert final["buffers"]["human"]["size"] + final["buffers"]["policy"]["size"] == summary["steps"]
     assert resumed.stop() == 0

@@ -68,7 +68,22 @@ def test_weight_versions_persist_and_never_repeat(tmp_path: Path) -> None:
     assert c.publish(b"one") == 1 and c.publish(b"two") == 2
     c.save_state()
     resumed = core(tmp_path, resume=True)
-    assert resumed.load_state() and resumed.weights.version == 2
+    assert resumed.weights.version == 2 and resumed.weights.blob == b"two"
     assert resumed.publish(b"three") == 3
     assert sorted(p.name for p in (tmp_path / "out" / "weights").iterdir())[-1] == "v000003.safetensors"
-    assert resumed.status()["actors"][0]["id"] == "a"
+
+
+def test_resume_rebuilds_buffers_and_actor_records_from_the_store(tmp_path: Path) -> None:
+    c = core(tmp_path)
+    c.hello("a", SPEC)
+    c.ingest("a", 1, steps(0, 3, human=True), 0)
+    c.ingest("a", 2, steps(1, 4, human=False), 0)
+    c.ingest("a", 3, steps(2, 2, human=False)[:1], 0)  # an episode still in progress
+    before = c.status()
+    resumed = core(tmp_path, resume=True)
+    after = resumed.status()
+    assert after["buffers"] == before["buffers"] and after["demo_episodes"] == 1
+    assert after["actors"][0]["last_acked_seq"] == 3 and after["actors"][0]["transitions_received"] == 7
+    assert resumed.ingest("a", 3, steps(2, 2, human=False)[:1], 0) is True  # resent after the crash: dropped
+    resumed.ingest("a", 4, steps(2, 2, human=False)[1:], 0)  # the rest of the episode completes it
+    assert resumed.status()["buffers"]["policy"]["size"] == 6
