@@ -13,7 +13,9 @@ class ActorConfig:
     """Everything `hilrl actor` needs."""
 
     learner: str = opt("127.0.0.1:50051", "learner address HOST:PORT")
-    env: str = opt("sim", "what to drive: 'sim' (gym-hil Panda pick-cube, scripted expert as the human)")
+    env: str = opt("sim", "what to drive: 'sim' (gym-hil Panda pick-cube, scripted expert as the human), or "
+                          "'replay:PATH' (stream a recording made with --record through to the learner)")
+    record: Path | None = opt(None, "also record every step sent to the learner into this new file (zarr)")
     actor_id: str | None = opt(None, "stable name of this actor; none = the one stored in --state-dir, or a new one")
     state_dir: Path | None = opt(None, "where id, sequence numbers and the outbox live; "
                                        "none = ~/.local/state/hilrl/actors/<actor-id or 'default'>")

@@ -10,10 +10,19 @@ def make_env(name: str, seed: int | None, demo_noise: float) -> tuple[Any, Any]:
 
     'sim': the gym-hil Panda pick-cube with the scripted expert standing in for the person with
     the gamepad (it records the demonstrations and rescues stuck policy episodes).
+    'replay:PATH': a recording replayed step by step; there is no human (the steps say who acted).
     """
+    if name.startswith("replay:"):
+        from hilrl.actor.replay import ReplaySource
+        from hilrl.buffers.recording import RecordingError
+
+        try:
+            return ReplaySource(name.removeprefix("replay:")), None
+        except RecordingError as exc:
+            raise SystemExit(f"--env {name}: {exc}") from exc
     if name == "sim":
         from hilrl.hardware.expert import ScriptedExpert
         from hilrl.hardware.sim import SimPickCube
 
         return SimPickCube(seed=seed), ScriptedExpert(noise=demo_noise, seed=None if seed is None else seed + 1)
-    raise SystemExit(f"unknown --env {name!r}; supported: sim")
+    raise SystemExit(f"unknown --env {name!r}; supported: sim, replay:PATH")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -18,7 +18,9 @@ import torch
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.link import LearnerLink
 from hilrl.actor.outbox import Outbox
+from hilrl.actor.replay import ReplaySource
 from hilrl.buffers.assembler import Step
+from hilrl.buffers.recording import StepRecorder
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.learner.networks import Policy
 from hilrl.protos import codec
@@ -87,7 +89,7 @@ class PolicyRunner:
 
 class ActorLoop:
     def __init__(self, cfg: ActorConfig, env, human, link: LearnerLink, outbox: Outbox, state,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, recorder: StepRecorder | None = None) -> None:
         self.cfg = cfg
         self.env = env
         self.human = human
@@ -95,6 +97,7 @@ class ActorLoop:
         self.outbox = outbox
         self.state = state
         self.stop = stop
+        self.recorder = recorder
         self.spec: Spec = env.spec
         self.rng = np.random.default_rng(cfg.seed)
         self.runner = PolicyRunner(self.spec, cfg.exploration_noise, self.rng)
@@ -105,6 +108,8 @@ class ActorLoop:
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> dict:
+        if isinstance(self.env, ReplaySource):
+            return self._replay()
         said: set[str] = set()
         while not self.stop.is_set() and self.link.fatal is None:
             if self.cfg.max_episodes and self.stats.episodes >= self.cfg.max_episodes:
@@ -201,9 +206,34 @@ class ActorLoop:
         log.info("episode %d (%s): %d steps, %s, weights v%d", s.episodes, kind, steps,
                  "success" if success else "failure", self.runner.version)
 
+    # ------------------------------------------------------------------ replay
+
+    def _replay(self) -> dict:
+        """Send every recorded episode as it was executed, under this actor's episode numbers."""
+        for recorded in self.env.episodes():
+            if self.stop.is_set() or self.link.fatal is not None:
+                break
+            if self.cfg.max_episodes and self.stats.episodes >= self.cfg.max_episodes:
+                break
+            episode = self.state.take_episode_index()
+            takeovers, previous = 0, False
+            for step in recorded:
+                takeovers += int(step.is_intervention and not previous)
+                previous = step.is_intervention
+                self._record(replace(step, episode=episode))
+                if self._period:
+                    time.sleep(self._period)
+            self._flush()
+            last = recorded[-1]
+            self._count(len(recorded), sum(s.is_intervention for s in recorded), takeovers,
+                        last.terminated and last.reward > 0, all(s.is_intervention for s in recorded))
+        return self.stats.summary(self.runner.version, len(self.outbox))
+
     # ------------------------------------------------------------------ recording
 
     def _record(self, step: Step) -> None:
+        if self.recorder is not None:
+            self.recorder.add(step)
         self._items.append(codec.encode_step(step))
         if len(self._items) >= self.cfg.batch_steps:
             self._flush()

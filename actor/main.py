@@ -15,6 +15,7 @@ from hilrl.actor.envs import make_env
 from hilrl.actor.link import LearnerLink
 from hilrl.actor.loop import ActorLoop
 from hilrl.actor.outbox import Outbox, StateDir, StateDirInUse, default_state_dir
+from hilrl.buffers.recording import StepRecorder
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ def run(cfg: ActorConfig) -> int:
     outbox = Outbox(state.path / "outbox")
     if len(outbox):
         log.info("outbox holds %d unacknowledged batches from an earlier run; they will be resent", len(outbox))
+    if cfg.record is not None and cfg.record.exists():
+        print(f"hilrl actor: --record {cfg.record} already exists; choose a new path", file=sys.stderr)
+        return 2
     env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise)
     link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb)
     log.info("actor %s (state %s) -> learner %s", state.actor_id, state.path, cfg.learner)
@@ -40,10 +44,13 @@ def run(cfg: ActorConfig) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    recorder = StepRecorder(cfg.record, env.spec) if cfg.record is not None else None
     try:
-        summary = ActorLoop(cfg, env, human, link, outbox, state, stop).run()
+        summary = ActorLoop(cfg, env, human, link, outbox, state, stop, recorder).run()
     finally:
         env.close()
+        if recorder is not None:
+            recorder.close()
     if link.fatal is None and len(outbox):
         log.info("waiting up to %.0fs for the learner to acknowledge %d batches", cfg.flush_timeout_s, len(outbox))
         outbox.wait_empty(cfg.flush_timeout_s)

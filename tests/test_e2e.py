@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 from conftest import free_port, hilrl_status, wait_until
 from safetensors.numpy import load_file
 
+from hilrl.buffers.recording import read_steps
 from hilrl.buffers.spec import Feature, Spec
+from hilrl.buffers.store import BufferStore
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
@@ -138,7 +141,8 @@ def test_learner_killed_mid_stream_resumes_and_the_actor_carries_on(spawn, tmp_p
     port, out = free_port(), tmp_path / "learner"
     address = f"127.0.0.1:{port}"
     learner = spawn(*learner_args(port, out), name="learner")
-    actor = spawn(*actor_args(port, tmp_path / "actor", "--actor-id", "arm"), name="actor")
+    actor = spawn(*actor_args(port, tmp_path / "actor", "--actor-id", "arm", "--record", str(tmp_path / "sent.zarr")),
+                  name="actor")
     before = wait_until(lambda: (s := hilrl_status(address)) and s["weight_version"] >= 2 and s, 240,
                         "weights v2", diagnose=lambda: learner.stderr[-2000:])
     learner.popen.kill()  # SIGKILL: no shutdown handler, no final checkpoint
@@ -165,3 +169,15 @@ def test_learner_killed_mid_stream_resumes_and_the_actor_carries_on(spawn, tmp_p
     assert final["actors"][0]["transitions_received"] == summary["steps"]
     assert final["buffers"]["human"]["size"] + final["buffers"]["policy"]["size"] == summary["steps"]
     assert resumed.stop() == 0
+    # by content: what the learner stored is exactly what the actor recorded sending, no gaps, no doubles
+    spec, sent = read_steps(tmp_path / "sent.zarr")
+    stored = [step for _, step in BufferStore(out / "store", spec).replay()]
+    assert sorted(map(fingerprint, stored)) == sorted(map(fingerprint, sent))
+    assert "retrying in" in actor.stderr  # the actor really had to resend after the kill
+
+
+def fingerprint(step) -> tuple:
+    digest = hashlib.sha256(step.action.tobytes())
+    for name in sorted(step.obs):
+        digest.update(step.obs[name].tobytes())
+    return step.episode, step.step, step.is_intervention, step.reward, digest.hexdigest()
