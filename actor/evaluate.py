@@ -28,16 +28,18 @@ def evaluate(policy: Policy, env, episodes: int, seed: int, progress: bool = Tru
     runner = PolicyRunner(env.spec, noise=0.0, rng=np.random.default_rng(seed))
     runner.policy = policy
     rng = np.random.default_rng(seed)
-    outcomes, lengths = [], []
+    outcomes, lengths, returns = [], [], []
     for _ in tqdm(range(episodes), desc="evaluating", unit="ep", disable=not progress):
         obs = env.reset(seed=int(rng.integers(2**31 - 1)))
-        success, steps, done = False, 0, False
+        success, steps, done, total = False, 0, False, 0.0
         while not done:
-            obs, _, terminated, truncated, info = env.step(runner.act(obs, explore=False))
+            obs, reward, terminated, truncated, info = env.step(runner.act(obs, explore=False))
             success = success or bool(info.get("success", False))
+            total += reward
             steps += 1
             done = terminated or truncated
         outcomes.append(success)
         lengths.append(steps)
-    return {"episodes": episodes, "success_rate": float(np.mean(outcomes)), "mean_length": float(np.mean(lengths)),
-            "successes": int(np.sum(outcomes))}
+        returns.append(total)
+    return {"episodes": episodes, "success_rate": float(np.mean(outcomes)), "mean_return": float(np.mean(returns)),
+            "mean_length": float(np.mean(lengths)), "successes": int(np.sum(outcomes))}

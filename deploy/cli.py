@@ -15,6 +15,7 @@ commands:
   actor     drive an arm (or the sim) with the current policy, stream every step to the learner
   demo      learner + simulated arm as two processes on loopback: demos, training, evaluation
   status    print the learner's status as one JSON object (exit 1 if it cannot be reached)
+  eval      evaluate a trained policy (no noise, no takeover); prints one JSON object
   record    record human demonstrations to a file (seed a learner with: hilrl learner --demos FILE)
 """
 
@@ -72,8 +73,17 @@ def record(argv: list[str]) -> int:
     return run_record(cfg)
 
 
+def evaluate(argv: list[str]) -> int:
+    from hilrl.deploy.eval import EvalConfig, run_eval
+
+    cfg = parse_config(EvalConfig, argv, "hilrl eval",
+                       "Evaluate a trained policy without exploration noise or takeover; prints one JSON object.")
+    return run_eval(cfg)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "learner": learner, "actor": actor, "demo": demo, "status": status, "record": record,
+    "eval": evaluate,
 }
 
 

@@ -69,3 +69,25 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path: Path) -> Non
     assert r.returncode != 0 and "pass --resume" in r.stderr
     r = run_hilrl("learner", "--port", str(free_port()), "--output-dir", str(tmp_path / "empty"), "--resume")
     assert r.returncode != 0 and "no learner run" in r.stderr
+
+
+def test_eval_prints_one_json_object_and_names_bad_checkpoints(tmp_path: Path) -> None:
+    import json
+
+    from hilrl.learner.networks import Policy, PolicyConfig, policy_to_safetensors_bytes
+
+    untrained = Policy(PolicyConfig(state_dim=21, action_dim=4))
+    untrained.set_normalization([0] * 21, [1] * 21, [-1, -1, -1, 0], [1, 1, 1, 2])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "policy.safetensors").write_bytes(policy_to_safetensors_bytes(untrained))
+    r = run_hilrl("eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "2", timeout=120)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)  # the whole of stdout is one JSON object
+    assert result["episodes"] == 2 and result["success_rate"] == 0.0 and "mean_return" in result
+
+    wrong = tmp_path / "wrong.safetensors"
+    wrong.write_bytes(policy_to_safetensors_bytes(Policy(PolicyConfig(state_dim=5, action_dim=4))))
+    r = run_hilrl("eval", "--checkpoint", str(wrong), "--episodes", "1", timeout=120)
+    assert r.returncode != 0 and "expects state 5" in r.stderr
+    r = run_hilrl("eval", "--checkpoint", str(tmp_path / "nothing"), timeout=120)
+    assert r.returncode != 0 and "no policy at" in r.stderr

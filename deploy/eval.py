@@ -1,0 +1,44 @@
+"""`hilrl eval`: run a trained policy with no exploration noise and no takeover, print one JSON object."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from hilrl.deploy.configtools import opt
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: Path = opt(Path("hilrl-runs/learner"), "a learner --output-dir (its newest policy.safetensors) "
+                                                       "or a policy .safetensors file")
+    env: str = opt("sim", "where to evaluate: 'sim' (gym-hil Panda pick-cube, random block positions)")
+    episodes: int = opt(50, "evaluation episodes")
+    seed: int = opt(10_000, "seed of the block positions (same seed = same positions for every policy)")
+
+
+def resolve_policy_file(path: Path) -> Path:
+    candidate = path / "policy.safetensors" if path.is_dir() else path
+    if not candidate.exists():
+        raise SystemExit(f"no policy at {candidate}: give a learner --output-dir that has published weights, "
+                         "or a policy .safetensors file")
+    return candidate
+
+
+def run_eval(cfg: EvalConfig) -> int:
+    from hilrl.actor.envs import make_env
+    from hilrl.actor.evaluate import evaluate, load_policy_file
+
+    policy_file = resolve_policy_file(cfg.checkpoint)
+    policy = load_policy_file(policy_file)
+    env, _ = make_env(cfg.env, cfg.seed, 0.0)
+    try:
+        if env.spec.state_dim != policy.cfg.state_dim or env.spec.action_dim != policy.cfg.action_dim:
+            raise SystemExit(f"{policy_file} expects state {policy.cfg.state_dim} / action {policy.cfg.action_dim}, "
+                             f"--env {cfg.env} gives {env.spec.state_dim} / {env.spec.action_dim}")
+        result = evaluate(policy, env, cfg.episodes, seed=cfg.seed)
+    finally:
+        env.close()
+    print(json.dumps({"checkpoint": str(policy_file), **result}))
+    return 0
