@@ -17,7 +17,8 @@ class LearnerConfig:
     port: int = opt(50051, "TCP port to listen on (0 picks a free one and prints it)")
     host: str = opt("127.0.0.1", "address to bind; anything but loopback needs TLS + token or --insecure")
     output_dir: Path = opt(Path("hilrl-runs/learner"), "directory for the spec, checkpoints and TensorBoard logs")
-    resume: bool = opt(False, "continue the run in --output-dir (weights, version counter, actor records)")
+    resume: bool = opt(False, "continue the run in --output-dir (buffers, weights, version counter, actor records); "
+                              "starts fresh, with a warning, when there is none yet")
     insecure: bool = opt(False, "allow plaintext on a non-loopback address (not recommended)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "training device; auto = cuda when available")
     seed: int | None = opt(0, "random seed (runs are repeatable on CPU); none = random")
@@ -32,11 +33,13 @@ class LearnerConfig:
                                        "0 = pure TD3, the seed recipe")
     online_bc_decay_steps: int = opt(0, "decay the online BC weight linearly to 0 over this many online updates "
                                         "(0 = keep it constant)")
+    critic_warmup_steps: int = opt(0, "first online updates that train only the critic (the actor holds still)")
     utd_ratio: float = opt(1.0, "online updates per received transition (update-to-data ratio)")
     batch_size: int = opt(256, "minibatch size")
     human_ratio: float = opt(0.5, "fraction of every online minibatch drawn from the human buffer")
     publish_every: int = opt(500, "publish actor weights every N online updates")
     keep_weight_versions: int = opt(10, "published weight files kept in <output-dir>/weights/ (newest first)")
+    keep_checkpoints: int = opt(3, "complete training checkpoints kept in <output-dir>/checkpoints/")
     checkpoint_every: int = opt(5000, "write a full training checkpoint every N updates")
     log_every: int = opt(100, "TensorBoard scalars every N updates")
     human_capacity: int = opt(200_000, "transitions kept in the human buffer")

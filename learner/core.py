@@ -94,7 +94,7 @@ class LearnerCore:
             raise SystemExit(f"{self.out} already holds a learner run; pass --resume to continue it, "
                              "or choose another --output-dir")
         if self.cfg.resume and not marker.exists():
-            raise SystemExit(f"--resume: no learner run in {self.out} (run.json missing)")
+            log.warning("--resume: no learner run in %s yet; starting a fresh one", self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if marker.exists():
             self.run_id = json.loads(marker.read_text())["run_id"]

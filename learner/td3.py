@@ -86,7 +86,7 @@ class TD3:
         self.policy.set_normalization(mean, std, action_low, action_high)
         self.target_policy.set_normalization(mean, std, action_low, action_high)
 
-    def update(self, batch: dict[str, Tensor], bc_weight: float) -> dict[str, float]:
+    def update(self, batch: dict[str, Tensor], bc_weight: float, update_actor: bool = True) -> dict[str, float]:
         """One critic step (and, every `policy_delay` steps, one actor step + target update).
 
         ``batch``: "state" [B,S], "action" [B,A] (raw, in bounds), "reward" [B], "next_state" [B,S],
@@ -118,8 +118,10 @@ class TD3:
 
         metrics: dict[str, Tensor] = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean()}
 
-        # ---- delayed actor + targets ----
-        if self.total_it % cfg.policy_delay == 0:
+        # ---- delayed actor + targets (a critic warm-up passes update_actor=False: critic target only) ----
+        if self.total_it % cfg.policy_delay == 0 and not update_actor:
+            self._soft_update(self.critic, self.target_critic)
+        elif self.total_it % cfg.policy_delay == 0:
             pi = self.policy.actor(state)
             q = self.critic.q1(state, pi)
             squared = ((pi - action) ** 2).mean(dim=-1)

@@ -6,8 +6,8 @@ minibatch), the gradient step outside it, so ingest never waits for a backward p
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hilrl.buffers.spec import state_vector
-from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore, atomic_write
+from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
 from hilrl.learner.networks import compute_state_stats, policy_to_safetensors_bytes
 from hilrl.learner.td3 import TD3
 
@@ -45,7 +45,9 @@ class Trainer:
         self.ckpt_root = Path(self.cfg.output_dir) / "checkpoints"
         self._last_report = 0.0
         self._policy_successes: list[float] = []
+        self._policy_episodes = 0
         self._published_step = -1
+        self._last_log: float | None = None
 
     # ------------------------------------------------------------------ loop
 
@@ -93,7 +95,9 @@ class Trainer:
                 if online_updates >= self.cfg.utd_ratio * core.online_transitions or not self._has_data():
                     stop.wait(0.005)
                     continue
-                self._update(bc_weight=self.online_bc_weight(online_updates), human_only=False)
+                warming_up = online_updates < self.cfg.critic_warmup_steps
+                self._update(bc_weight=self.online_bc_weight(online_updates), human_only=False,
+                             update_actor=not warming_up)
                 online_updates += 1
                 if online_updates % self.cfg.publish_every == 0:
                     self._publish()
@@ -152,15 +156,21 @@ class Trainer:
             "done": torch.from_numpy(batch["terminated"].astype(np.float32)).to(dev),
         }
 
-    def _update(self, bc_weight: float, human_only: bool) -> None:
+    def _update(self, bc_weight: float, human_only: bool, update_actor: bool = True) -> None:
         assert self.td3 is not None
-        metrics = self.td3.update(self._sample(human_only), bc_weight=bc_weight)
+        batch = self._sample(human_only)
+        metrics = self.td3.update(batch, bc_weight=bc_weight, update_actor=update_actor)
         self.core.learner_step += 1
         step = self.core.learner_step
         if step % self.cfg.log_every == 0 and self.writer is not None:
+            now = time.monotonic()
             for k, v in metrics.items():
                 self.writer.add_scalar(f"train/{k}", v, step)
             self.writer.add_scalar("train/bc_weight", bc_weight, step)
+            self.writer.add_scalar("train/batch_human_share", float(batch["human"].mean()), step)
+            if self._last_log is not None:
+                self.writer.add_scalar("train/updates_per_s", self.cfg.log_every / (now - self._last_log), step)
+            self._last_log = now
             b = self.core.buffers
             self.writer.add_scalar("buffer/human", len(b.human), step)
             self.writer.add_scalar("buffer/policy", len(b.policy), step)
@@ -190,6 +200,11 @@ class Trainer:
         for e in events:
             if e["interventions"] == 0:
                 self._policy_successes.append(float(e["success"]))
+            if self.writer is not None and not e["all_human"]:  # policy episodes, with or without takeover
+                self._policy_episodes += 1
+                self.writer.add_scalar("episodes/success", float(e["success"]), self._policy_episodes)
+                self.writer.add_scalar("episodes/intervention_rate", e["interventions"] / max(e["length"], 1),
+                                       self._policy_episodes)
         recent = self._policy_successes[-20:]
         if self.writer is not None and recent:
             self.writer.add_scalar("episodes/autonomous_success_rate_last20", float(np.mean(recent)),
@@ -201,27 +216,36 @@ class Trainer:
                  f" autonomous_success(last {len(recent)})={np.mean(recent):.2f}" if recent else "")
 
     def _latest_checkpoint(self) -> Path | None:
-        pointer = self.ckpt_root / "latest.json"
-        if not pointer.exists():
-            return None
-        path = self.ckpt_root / json.loads(pointer.read_text())["dir"]
-        return path if (path / "DONE").exists() else None
+        """The newest checkpoint directory that has its DONE marker (incomplete ones are ignored)."""
+        done = sorted(p.parent for p in self.ckpt_root.glob("step-*/DONE"))
+        return done[-1] if done else None
 
     def checkpoint(self) -> Path:
-        """Write a complete checkpoint directory (DONE marker last), then point `latest.json` at it."""
+        """Write a complete checkpoint: into a temporary directory, fsync, DONE marker, rename; keep the last K."""
         assert self.td3 is not None
-        name = f"step-{self.core.learner_step:09d}"
-        path = self.ckpt_root / name
-        if (path / "DONE").exists():  # this very step is already saved (e.g. publish, then shutdown)
-            self.core.save_state()
-            return path
-        if path.exists():
-            shutil.rmtree(path)
-        self.td3.save(path)
-        (path / "DONE").write_text("complete\n")
-        previous = self._latest_checkpoint()
-        atomic_write(self.ckpt_root / "latest.json", json.dumps({"dir": name}).encode())
+        path = self.ckpt_root / f"step-{self.core.learner_step:09d}"
+        if not (path / "DONE").exists():  # else this very step is saved already (e.g. publish, then shutdown)
+            tmp = self.ckpt_root / f".tmp-{path.name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.td3.save(tmp)
+            (tmp / "DONE").write_text("complete\n")
+            for f in tmp.iterdir():
+                fsync_path(f)
+            fsync_path(tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+            fsync_path(self.ckpt_root)
         self.core.save_state()
-        if previous is not None and previous != path:
-            shutil.rmtree(previous, ignore_errors=True)
+        complete = sorted(p.parent for p in self.ckpt_root.glob("step-*/DONE"))
+        for old in complete[: -max(self.cfg.keep_checkpoints, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
         return path
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

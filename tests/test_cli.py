@@ -61,14 +61,12 @@ def test_plaintext_on_a_non_loopback_address_needs_insecure(tmp_path: Path) -> N
     assert r.returncode != 0 and "--insecure" in r.stderr and "loopback" in r.stderr
 
 
-def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path: Path) -> None:
+def test_an_existing_run_is_never_overwritten_without_resume(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "run.json").write_text('{"run_id": "x"}')
     r = run_hilrl("learner", "--port", str(free_port()), "--output-dir", str(out))
     assert r.returncode != 0 and "pass --resume" in r.stderr
-    r = run_hilrl("learner", "--port", str(free_port()), "--output-dir", str(tmp_path / "empty"), "--resume")
-    assert r.returncode != 0 and "no learner run" in r.stderr
 
 
 def test_eval_prints_one_json_object_and_names_bad_checkpoints(tmp_path: Path) -> None:

@@ -70,9 +70,9 @@ def test_sim_actor_trains_against_learner_and_applies_new_weights(spawn, tmp_pat
     assert a["interventions"] == summary["interventions"]
 
     assert learner.stop() == 0
-    assert (out / "checkpoints" / "latest.json").exists()
-    latest = json.loads((out / "checkpoints" / "latest.json").read_text())["dir"]
-    assert (out / "checkpoints" / latest / "DONE").exists()
+    complete = sorted(p.parent.name for p in (out / "checkpoints").glob("step-*/DONE"))
+    assert 1 <= len(complete) <= 3  # the last K=3 complete checkpoints are kept
+    assert complete[-1] == f"step-{final['learner_step']:09d}" or int(complete[-1][5:]) >= final["learner_step"]
     assert json.loads((out / "spec.json").read_text())["action"]["shape"] == [4]
 
 

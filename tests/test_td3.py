@@ -236,3 +236,39 @@ def test_online_bc_weight_schedule(tmp_path):
     decaying = Trainer(LearnerCore(LearnerConfig(output_dir=tmp_path, online_bc_weight=1.0,
                                                  online_bc_decay_steps=100)))
     assert [decaying.online_bc_weight(n) for n in (0, 50, 100, 500)] == [1.0, 0.5, 0.0, 0.0]
+
+
+def test_critic_warmup_keeps_the_actor_still_and_moves_only_the_critic_target():
+    data = make_dataset(256)
+    td3 = make_td3(data, policy_delay=1)
+    batch = next(batches(data, 1))
+    actor_before = flat_params(td3.policy.actor).clone()
+    critic_target_before = flat_params(td3.target_critic).clone()
+    actor_target_before = flat_params(td3.target_policy.actor).clone()
+    m = td3.update(batch, bc_weight=0.0, update_actor=False)
+    assert "actor_loss" not in m
+    assert torch.equal(flat_params(td3.policy.actor), actor_before)
+    assert torch.equal(flat_params(td3.target_policy.actor), actor_target_before)
+    assert not torch.equal(flat_params(td3.target_critic), critic_target_before)
+
+
+def test_checkpoints_are_complete_or_ignored_and_only_the_last_k_are_kept(tmp_path):
+    from hilrl.buffers.spec import Feature, Spec
+    from hilrl.learner.config import LearnerConfig
+    from hilrl.learner.core import LearnerCore
+    from hilrl.learner.training import Trainer
+
+    spec = Spec(observation=(Feature("s", "float32", (S,)),),
+                action=Feature("action", "float32", (A,), tuple(LOW), tuple(HIGH)))
+    core = LearnerCore(LearnerConfig(output_dir=tmp_path / "out", keep_checkpoints=2, hidden=(16, 16)))
+    core.open()
+    core.hello("a", spec)
+    trainer = Trainer(core)
+    trainer._build()
+    for step in (10, 20, 30):
+        core.learner_step = step
+        trainer.checkpoint()
+    root = tmp_path / "out" / "checkpoints"
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-000000020", "step-000000030"]
+    (root / "step-000000040").mkdir()  # a crash mid-write leaves a directory without DONE
+    assert trainer._latest_checkpoint() == root / "step-000000030"
