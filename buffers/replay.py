@@ -1,16 +1,42 @@
-"""Preallocated ring replay storage and the dual human/policy buffer on top of it.
+"""Compact preallocated ring replay storage and the dual human/policy buffer on top of it.
 
-Each slot holds one complete transition (s, a, r, s', terminated) with every observation feature
-in its own dtype (uint8 images stay uint8). Slots of a discarded episode stop being sampled.
+Layout. Every observation is stored once, as a *frame* in a `FrameRing` (spec dtypes: uint8 images
+stay uint8). A transition slot holds the numbers of two frames, its observation's and its next
+observation's, plus action, reward and flags. When a transition continues the previous one added
+to the same buffer (same episode, no end in between, and its observation is bit-for-bit the
+previous next observation) it *shares* that frame, so a run of consecutive steps costs one frame
+per transition. Otherwise (first step of an episode; first step after a takeover starts or ends,
+whose predecessor went to the other buffer; after a discard or an actor restart) its observation
+gets a frame of its own. The next observation is always written as given, so it is exact at every terminal, every
+truncation (timeout) and every human/policy switch.
+
+Ring invariant. Transitions and frames are numbered by absolute, monotonic counters (`added`,
+`frames.written`) and a transition's observation frame is older than its next-observation frame,
+so transition ``i`` is alive iff
+
+    i >= added - capacity   and   obs_frame[i] >= frames.written - frame_capacity
+
+(its slot was not reused and its oldest frame was not overwritten). Frame numbers grow with
+transition numbers, so the live transitions are always one contiguous run ``[lo, added)``: the
+oldest transitions die first, whichever ring runs out. The frame ring has ``capacity / 8`` slots of
+slack by default: while the live window averages at least 8 steps per contiguous run, frames never
+run out before transitions; with shorter runs (worst case: human and policy alternating every
+step, two frames per transition) the oldest transitions are retired early, exactly by the rule
+above, and `len()` says so. ``frame_capacity=2 * capacity`` makes that impossible at naive memory.
+`len()` counts the live transitions that were not discarded: only those are ever sampled.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from hilrl.buffers.frames import FrameRing
 from hilrl.buffers.spec import Spec
+
+DEFAULT_FRAME_SLACK = 0.125
 
 
 @dataclass
@@ -27,37 +53,56 @@ class Transition:
     is_intervention: bool
 
 
-class ReplayBuffer:
-    """A fixed-capacity ring of transitions; the oldest is overwritten when full."""
+def default_frame_capacity(capacity: int, slack: float = DEFAULT_FRAME_SLACK) -> int:
+    """Frames for `capacity` transitions: one each, plus `slack` (a fraction) for run starts."""
+    return capacity + max(1, math.ceil(capacity * slack))
 
-    def __init__(self, spec: Spec, capacity: int) -> None:
+
+class ReplayBuffer:
+    """A fixed-capacity ring of transitions over a shared ring of observation frames."""
+
+    def __init__(self, spec: Spec, capacity: int, frame_capacity: int | None = None) -> None:
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
+        frame_capacity = default_frame_capacity(capacity) if frame_capacity is None else frame_capacity
+        if frame_capacity < 2:
+            raise ValueError(f"frame_capacity must be at least 2 (one transition's two frames), got {frame_capacity}")
         self.spec = spec
         self.capacity = capacity
-        self.obs = {f.name: np.zeros((capacity, *f.shape), dtype=f.dtype) for f in spec.observation}
-        self.next_obs = {f.name: np.zeros((capacity, *f.shape), dtype=f.dtype) for f in spec.observation}
+        self.frames = FrameRing(spec, frame_capacity)
+        self.obs_frame = np.full(capacity, -1, dtype=np.int64)
+        self.next_frame = np.full(capacity, -1, dtype=np.int64)
         self.action = np.zeros((capacity, spec.action_dim), dtype=np.float32)
         self.reward = np.zeros(capacity, dtype=np.float32)
         self.terminated = np.zeros(capacity, dtype=np.bool_)
         self.truncated = np.zeros(capacity, dtype=np.bool_)
         self.is_intervention = np.zeros(capacity, dtype=np.bool_)
         self.episode_key = np.full(capacity, -1, dtype=np.int64)
-        self.valid = np.zeros(capacity, dtype=np.bool_)
-        self._next = 0
-        self._size = 0
-        self.added = 0
+        self.valid = np.zeros(capacity, dtype=np.bool_)  # alive and not discarded
+        self.added = 0  # transitions ever added; transition i lives in slot i % capacity
+        self._lo = 0  # the oldest live transition number; live = [_lo, added)
+        self._discarded = 0  # discarded transitions among the live ones
+        self._tail: tuple[int, int] | None = None  # (episode key, frame) the next add may continue from
 
     def __len__(self) -> int:
-        return self._size
+        return self.added - self._lo - self._discarded
+
+    @property
+    def oldest(self) -> int:
+        """The oldest live transition number (live ones are ``[oldest, added)``, some maybe discarded)."""
+        return self._lo
 
     def add(self, t: Transition) -> None:
-        i = self._next
-        if self.valid[i]:
-            self._size -= 1
-        for name in self.obs:
-            self.obs[name][i] = t.obs[name]
-            self.next_obs[name][i] = t.next_obs[name]
+        """Append one transition, retiring the oldest ones whose slot or frames are needed."""
+        cap = self.capacity
+        self._retire_until(self.added + 1 - cap)
+        obs_frame = self._continued_frame(t)
+        if obs_frame is None:
+            obs_frame = self.frames.write(t.obs)
+        next_frame = self.frames.write(t.next_obs)
+        i = self.added % cap
+        self.obs_frame[i] = obs_frame
+        self.next_frame[i] = next_frame
         self.action[i] = t.action
         self.reward[i] = t.reward
         self.terminated[i] = t.terminated
@@ -65,51 +110,104 @@ class ReplayBuffer:
         self.is_intervention[i] = t.is_intervention
         self.episode_key[i] = t.episode_key
         self.valid[i] = True
-        self._size += 1
         self.added += 1
-        self._next = (i + 1) % self.capacity
+        oldest_frame = self.frames.oldest
+        while self.obs_frame[self._lo % cap] < oldest_frame:  # ends at the newest: it holds newest frames
+            self._retire_until(self._lo + 1)
+        self._tail = None if (t.terminated or t.truncated) else (t.episode_key, next_frame)
+
+    def _continued_frame(self, t: Transition) -> int | None:
+        """The previous transition's next-observation frame, if `t` starts from exactly it."""
+        if self._tail is None:
+            return None
+        key, frame = self._tail
+        if key != t.episode_key or not self.frames.equals(frame, t.obs):
+            return None
+        return frame
+
+    def _retire_until(self, lo: int) -> None:
+        """Make every transition below number `lo` dead."""
+        while self._lo < lo:
+            slot = self._lo % self.capacity
+            if not self.valid[slot]:
+                self._discarded -= 1
+            self.valid[slot] = False
+            self._lo += 1
 
     def discard_episode(self, episode_key: int) -> int:
         """Stop sampling every stored step of an episode; returns how many were removed."""
         hit = self.valid & (self.episode_key == episode_key)
         n = int(hit.sum())
         self.valid[hit] = False
-        self._size -= n
+        self._discarded += n
+        if self._tail is not None and self._tail[0] == episode_key:
+            self._tail = None
         return n
 
+    def sampleable(self) -> np.ndarray:
+        """Slot indices of every sampleable transition (live and not discarded)."""
+        return np.flatnonzero(self.valid)
+
+    def transition_numbers(self, idx: np.ndarray) -> np.ndarray:
+        """The absolute transition numbers of live slots `idx` (the n-th transition added is n)."""
+        last = self.added - 1
+        return last - (last - np.asarray(idx, dtype=np.int64)) % self.capacity
+
     def sample_indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        if self._size == 0:
+        """`n` slot indices drawn uniformly, with replacement, from the sampleable transitions."""
+        size = len(self)
+        if size == 0:
             raise ValueError("cannot sample from an empty buffer")
-        if self._size == min(self.added, self.capacity):  # nothing discarded: every filled slot is valid
-            return rng.integers(0, self._size, size=n)
-        return rng.choice(np.flatnonzero(self.valid), size=n, replace=True)
+        window = self.added - self._lo
+        if self._discarded == 0:
+            return (self._lo + rng.integers(0, window, size=n)) % self.capacity
+        if 2 * size < window:  # mostly discarded: draw from the explicit list
+            return rng.choice(self.sampleable(), size=n, replace=True)
+        out = np.empty(n, dtype=np.int64)  # rejection sampling: each draw is accepted with p >= 1/2
+        filled = 0
+        while filled < n:
+            draw = (self._lo + rng.integers(0, window, size=2 * (n - filled))) % self.capacity
+            draw = draw[self.valid[draw]][: n - filled]
+            out[filled : filled + len(draw)] = draw
+            filled += len(draw)
+        return out
 
     def gather(self, idx: np.ndarray) -> dict[str, np.ndarray | dict[str, np.ndarray]]:
+        """The transitions in slots `idx` as arrays with a leading batch axis."""
         return {
-            "obs": {k: v[idx] for k, v in self.obs.items()},
-            "next_obs": {k: v[idx] for k, v in self.next_obs.items()},
+            "obs": self.frames.get(self.obs_frame[idx]),
+            "next_obs": self.frames.get(self.next_frame[idx]),
             "action": self.action[idx],
             "reward": self.reward[idx],
             "terminated": self.terminated[idx],
         }
 
-    def valid_slice(self) -> dict[str, np.ndarray]:
-        """Every sampleable transition's observation features (for statistics)."""
-        idx = np.flatnonzero(self.valid)
-        return {k: v[idx] for k, v in self.obs.items()}
+    def valid_slice(self, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Every sampleable transition's observation features (for statistics).
+
+        `names` restricts the features gathered (e.g. the state features: gathering every image of
+        a large buffer costs as much memory as the buffer itself).
+        """
+        return self.frames.get(self.obs_frame[self.sampleable()], names)
 
     def bytes_per_transition(self) -> float:
-        arrays = [*self.obs.values(), *self.next_obs.values(), self.action, self.reward, self.terminated,
-                  self.truncated, self.is_intervention, self.episode_key, self.valid]
-        return sum(a.nbytes for a in arrays) / self.capacity
+        """Preallocated memory (frames + per-transition arrays) per transition of capacity."""
+        arrays = [self.obs_frame, self.next_frame, self.action, self.reward, self.terminated, self.truncated,
+                  self.is_intervention, self.episode_key, self.valid]
+        return (self.frames.nbytes + sum(a.nbytes for a in arrays)) / self.capacity
+
+    def frames_per_transition(self) -> float:
+        """Frames written per transition added so far (1.0 = every observation shared)."""
+        return self.frames.written / self.added if self.added else 0.0
 
 
 class DualBuffer:
     """Human (demos + interventions) and policy (autonomous) storage, sampled at a fixed mix."""
 
-    def __init__(self, spec: Spec, human_capacity: int, policy_capacity: int) -> None:
-        self.human = ReplayBuffer(spec, human_capacity)
-        self.policy = ReplayBuffer(spec, policy_capacity)
+    def __init__(self, spec: Spec, human_capacity: int, policy_capacity: int,
+                 frame_slack: float = DEFAULT_FRAME_SLACK) -> None:
+        self.human = ReplayBuffer(spec, human_capacity, default_frame_capacity(human_capacity, frame_slack))
+        self.policy = ReplayBuffer(spec, policy_capacity, default_frame_capacity(policy_capacity, frame_slack))
 
     def add(self, t: Transition) -> None:
         (self.human if t.is_intervention else self.policy).add(t)
@@ -141,6 +239,7 @@ class DualBuffer:
 
 
 def concat_batches(parts: list[dict]) -> dict:
+    """Row-wise concatenation of gathered batches (nested observation dicts included)."""
     if len(parts) == 1:
         return parts[0]
     out: dict = {}

@@ -284,7 +284,8 @@ class LearnerCore:
             source = self.buffers.human if len(self.buffers.human) else self.buffers.policy
             if len(source) == 0:
                 return None
-            return state_vector(source.valid_slice(), self.spec)
+            names = tuple(f.name for f in self.spec.state_features)  # never gather every stored image
+            return state_vector(source.valid_slice(names), self.spec)
 
     # ------------------------------------------------------------------ status
 
