@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hilrl.deploy.configtools import opt
+from hilrl.protos.transport import ClientSecurity
 
 
 @dataclass
-class ActorConfig:
-    """Everything `hilrl actor` needs."""
+class ActorConfig(ClientSecurity):
+    """Everything `hilrl actor` needs (TLS and token options come from ``ClientSecurity``)."""
 
     learner: str = opt("127.0.0.1:50051", "learner address HOST:PORT")
     env: str = opt("sim", "what to drive: 'sim' (gym-hil Panda pick-cube, scripted expert as the human), or "

@@ -2,6 +2,13 @@
 
 * sender: Hello, then streams outbox batches and drops each one the learner acknowledges;
   on any transport error it reconnects with exponential backoff and resends what is unacknowledged.
+  Refusals that retrying cannot fix are fatal (``self.fatal``; the actor exits with code 3):
+  the FATAL_CODES (a wrong spec, UNAUTHENTICATED: missing or wrong bearer token, ...), and a TLS
+  handshake that fails on this side (the learner's certificate does not verify against --tls-ca,
+  the name does not match, or the learner speaks plaintext) HANDSHAKE_ATTEMPTS times in a row.
+  A learner that just closes the connection during setup (a plaintext actor against a TLS learner,
+  or no client certificate for a mutual-TLS learner) looks like a learner going away, so that is
+  retried forever, with a log line naming the likely cause.
 * subscriber: receives stage changes and weight chunks, verifies sha256, and builds the new policy
   so the control loop only swaps a reference between ticks.
 """
@@ -20,7 +27,7 @@ from hilrl.actor.outbox import Outbox
 from hilrl.buffers.spec import Spec
 from hilrl.learner.networks import Policy, PolicyConfig, policy_from_safetensors_bytes
 from hilrl.protos import codec
-from hilrl.protos.transport import channel_options
+from hilrl.protos.transport import ClientSecurity, client_channel, connection_hint, is_tls_handshake_failure
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
 
@@ -29,6 +36,7 @@ log = logging.getLogger(__name__)
 FATAL_CODES = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
                grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                grpc.StatusCode.UNIMPLEMENTED}
+HANDSHAKE_ATTEMPTS = 3  # consecutive TLS handshake failures before giving up (rides out a certificate swap)
 
 
 class Backoff:
@@ -45,12 +53,16 @@ class Backoff:
 
 
 class LearnerLink:
-    def __init__(self, target: str, actor_id: str, spec: Spec, outbox: Outbox, max_message_mb: int = 16) -> None:
+    def __init__(self, target: str, actor_id: str, spec: Spec, outbox: Outbox, max_message_mb: int = 16,
+                 security: ClientSecurity | None = None) -> None:
+        """``security``: TLS and token options (None = plaintext, token from HILRL_TOKEN if set);
+        raises ``SecurityConfigError`` when they cannot be used."""
         self.target = target
         self.actor_id = actor_id
         self.spec = spec
         self.outbox = outbox
-        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_mb))
+        self.security = security if security is not None else ClientSecurity()
+        self.channel = client_channel(target, max_message_mb, self.security)
         self.stub = pb_grpc.LearnerStub(self.channel)
         self.stop = threading.Event()
         self.connected = threading.Event()
@@ -99,6 +111,7 @@ class LearnerLink:
 
     def _sender(self) -> None:
         backoff = Backoff()
+        handshake_failures = 0
         while not self.stop.is_set():
             try:
                 reply = self._hello()
@@ -107,20 +120,32 @@ class LearnerLink:
                              reply.run_id, self.stage, reply.weight_version)
                 self.connected.set()
                 backoff.reset()
+                handshake_failures = 0
                 for ack in self.stub.StreamTransitions(self._batches()):
                     self.outbox.ack(ack.seq)
                 if not self.stop.is_set():
                     raise RuntimeError("learner closed the transition stream")
             except grpc.RpcError as exc:
                 code = exc.code()
+                details = exc.details() or ""
+                hint = connection_hint(code, details, self.security.uses_tls)
                 if code in FATAL_CODES:
-                    self.fatal = f"learner refused this actor ({code.name}): {exc.details()}"
-                    log.error(self.fatal)
-                    self.stop.set()
+                    self._fail(f"learner refused this actor ({code.name}): {details}")
                     return
-                self._retry(backoff, f"{code.name}: {exc.details()}")
+                tls_failure = code == grpc.StatusCode.UNAVAILABLE and is_tls_handshake_failure(details)
+                handshake_failures = handshake_failures + 1 if tls_failure else 0
+                if handshake_failures >= HANDSHAKE_ATTEMPTS:
+                    self._fail(f"cannot connect to the learner at {self.target} over TLS ({code.name}, "
+                               f"{handshake_failures} attempts): {details}{hint}")
+                    return
+                self._retry(backoff, f"{code.name}: {details}{hint}")
             except RuntimeError as exc:
                 self._retry(backoff, str(exc))
+
+    def _fail(self, message: str) -> None:
+        self.fatal = message
+        log.error(message)
+        self.stop.set()
 
     def _retry(self, backoff: Backoff, why: str) -> None:
         self.connected.clear()

@@ -3,7 +3,9 @@
 A (possibly nested) dataclass describes the config; each field becomes an option:
 ``output_dir`` -> ``--output-dir`` (``--output_dir`` also accepted), a field ``tau`` of a nested
 dataclass field ``algo`` -> ``--algo.tau``. Values may be given as ``--name value`` or ``--name=value``.
-Help text comes from ``dataclasses.field(metadata={"help": "..."})``.
+Help text comes from ``dataclasses.field(metadata={"help": "..."})`` (``opt(default, "help")``);
+``opt(..., group="name")`` lists an option under its own --help heading without changing its flag.
+Fields inherited from a dataclass base are options like the class's own (the base's come first).
 
 Precedence: dataclass defaults < ``--config FILE.yaml`` < command line.
 """
@@ -41,6 +43,7 @@ class _Option:
     tp: Any
     default: Any
     help: str
+    group: str = ""  # --help group of its own (flags unchanged), from ``opt(..., group="...")``
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" reads best at call sites
@@ -238,8 +241,12 @@ def _plain(value: Any) -> Any:
 
 
 def config_to_dict(cfg: Any) -> dict:
-    """Nested plain dict of a config instance (tuples -> lists, Paths -> str); YAML/JSON friendly."""
-    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.init}
+    """Nested plain dict of a config instance (tuples -> lists, Paths -> str); YAML/JSON friendly.
+
+    Fields with a ``group`` (e.g. inherited security options) come after the others, as in --help.
+    """
+    flds = sorted((f for f in dataclasses.fields(cfg) if f.init), key=lambda f: bool(f.metadata.get("group")))
+    return {f.name: _plain(getattr(cfg, f.name)) for f in flds}
 
 
 def dump_yaml(cfg: Any, path: str | Path) -> None:
@@ -264,7 +271,8 @@ def _sections(cls: type, path: tuple[str, ...] = (), defaults: Any = None, doc: 
         else:
             key = ".".join((*path, f.name))
             _element(tp, key)
-            options.append(_Option(key, (*path, f.name), tp, default, field_help(f)))
+            group = str(f.metadata.get("group", ""))
+            options.append(_Option(key, (*path, f.name), tp, default, field_help(f), group))
     return [(path, doc, options), *subs]
 
 
@@ -304,10 +312,13 @@ def build_parser(config_cls: type, prog: str, description: str) -> argparse.Argu
                         help="YAML file of option values (precedence: defaults < file < command line).")
     parser.add_argument("--print-config", action="store_true",
                         help="Print the resolved config as YAML and exit.")
+    named: dict[str, Any] = {}
     for path, doc, options in _sections(config_cls):
         group = parser.add_argument_group(".".join(path) if path else "config options", doc or None)
         for opt in options:
-            _add_option(group, opt)
+            if opt.group and opt.group not in named:
+                named[opt.group] = parser.add_argument_group(opt.group)
+            _add_option(named[opt.group] if opt.group else group, opt)
     return parser
 
 

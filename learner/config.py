@@ -8,18 +8,24 @@ from typing import Literal
 
 from hilrl.deploy.configtools import opt
 from hilrl.learner.td3 import TD3Config
+from hilrl.protos.transport import ServerSecurity
 
 
 @dataclass
-class LearnerConfig:
-    """Everything `hilrl learner` needs; the flags --port, --output-dir and --resume are stable."""
+class LearnerConfig(ServerSecurity):
+    """Everything `hilrl learner` needs; the flags --port, --output-dir and --resume are stable.
+
+    TLS and token options (--tls-cert, --tls-key, --tls-ca, --token-file, --token-env) come from
+    ``ServerSecurity``.
+    """
 
     port: int = opt(50051, "TCP port to listen on (0 picks a free one and prints it)")
     host: str = opt("127.0.0.1", "address to bind; anything but loopback needs TLS + token or --insecure")
     output_dir: Path = opt(Path("hilrl-runs/learner"), "directory for the spec, checkpoints and TensorBoard logs")
     resume: bool = opt(False, "continue the run in --output-dir (buffers, weights, version counter, actor records); "
                               "starts fresh, with a warning, when there is none yet")
-    insecure: bool = opt(False, "allow plaintext on a non-loopback address (not recommended)")
+    insecure: bool = opt(False, "allow a non-loopback address without TLS and a bearer token (not recommended; "
+                                "logs a warning)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "training device; auto = cuda when available")
     seed: int | None = opt(0, "random seed (runs are repeatable on CPU); none = random")
     torch_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")

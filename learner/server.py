@@ -9,15 +9,17 @@ import os
 import signal
 import threading
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from hilrl.learner.auth import BearerTokenServerInterceptor
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.core import LearnerCore, atomic_write
 from hilrl.learner.service import LearnerService
 from hilrl.learner.training import Trainer
-from hilrl.protos.transport import channel_options
+from hilrl.protos.transport import SecurityConfigError, channel_options
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -34,22 +36,61 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass
+class Security:
+    """What `serve` binds with: TLS credentials (None = plaintext) and the bearer token (None = none)."""
+
+    credentials: grpc.ServerCredentials | None
+    token: str | None
+    warning: str | None = None  # the loud --insecure warning, when it applies
+
+
+def check_security(cfg: LearnerConfig) -> Security:
+    """Load TLS files and the token, and apply the binding policy.
+
+    Plaintext (or no token) only on loopback; any other address needs TLS *and* a token unless
+    --insecure is given (then ``warning`` says what is exposed). Raises ``SystemExit`` with an
+    actionable message otherwise, and for unusable TLS/token options.
+    """
+    try:
+        credentials, token = cfg.server_credentials(), cfg.token()
+    except SecurityConfigError as exc:
+        raise SystemExit(f"hilrl learner: {exc}") from None
+    missing = [what for what, ok in (("TLS (--tls-cert and --tls-key)", credentials is not None),
+                                     ("a bearer token (--token-file or HILRL_TOKEN)", token is not None)) if not ok]
+    if is_loopback(cfg.host) or not missing:
+        return Security(credentials, token)
+    if not cfg.insecure:
+        raise SystemExit(f"hilrl learner: refusing to serve on {cfg.host} without {' and '.join(missing)}: "
+                         "only loopback may go without them. Use --host 127.0.0.1, configure them "
+                         "(see deploy/make-certs.sh), or pass --insecure if this network is trusted.")
+    warning = (f"INSECURE: serving on {cfg.host} without {' and '.join(missing)} because of --insecure; "
+               "anyone who can reach this port can " + ("read the traffic and " if credentials is None else "")
+               + ("send transitions and fetch weights" if token is None else "talk to the learner"))
+    return Security(credentials, token, warning)
+
+
 def serve(cfg: LearnerConfig) -> int:
-    if not is_loopback(cfg.host) and not cfg.insecure:
-        raise SystemExit(f"refusing to serve plaintext gRPC on {cfg.host}: only loopback may be plaintext. "
-                         "Use --host 127.0.0.1, or pass --insecure if this network is trusted.")
+    security = check_security(cfg)
+    if security.warning:
+        log.warning("!" * 20 + " %s " + "!" * 20, security.warning)
     core = LearnerCore(cfg)
     core.open()
     if cfg.resume:
         log.info("resumed %s: stage %s, learner step %d, weights v%d", cfg.output_dir, core.stage,
                  core.learner_step, core.weights.version)
 
+    interceptors = [BearerTokenServerInterceptor(security.token)] if security.token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
-                         options=channel_options(cfg.max_message_mb))
+                         options=channel_options(cfg.max_message_mb), interceptors=interceptors)
     pb_grpc.add_LearnerServicer_to_server(LearnerService(core), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    bind = f"{cfg.host}:{cfg.port}"
+    if security.credentials is None:
+        port = server.add_insecure_port(bind)
+    else:
+        port = server.add_secure_port(bind, security.credentials)
     if port == 0:
         raise SystemExit(f"could not listen on {cfg.host}:{cfg.port} (port in use?)")
     server.start()
@@ -57,7 +98,9 @@ def serve(cfg: LearnerConfig) -> int:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{cfg.host}:{port}"
     atomic_write(cfg.output_dir / "learner.json", json.dumps({"address": address, "pid": os.getpid()}).encode())
-    print(f"hilrl learner listening on {address} (output: {cfg.output_dir})", flush=True)
+    mode = ("mutual TLS" if cfg.tls_ca else "TLS") if security.credentials else "plaintext"
+    print(f"hilrl learner listening on {address} ({mode}, {'bearer token' if security.token else 'no token'}; "
+          f"output: {cfg.output_dir})", flush=True)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
