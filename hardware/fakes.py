@@ -1,0 +1,125 @@
+"""Stand-ins for the hardware that is not on a test machine, injected as low as practical.
+
+* :class:`FakeGamepad` replaces only pygame's joystick *device* (``pygame.joystick.Joystick`` and
+  ``get_count``) and posts real pygame ``JOYBUTTONDOWN/UP`` / ``JOYAXISMOTION`` events into pygame's
+  real event queue (SDL's dummy video driver, no display). lerobot's ``GamepadController`` then reads
+  buttons and axes exactly as it would from a pad, so its mapping is what gets tested.
+* :class:`FakeKeys` feeds key presses/releases to a :class:`hilrl.hardware.keyboard.KeyboardInput`
+  through the same ``on_press``/``on_release`` callbacks pynput's listener calls.
+
+The serial-level fake of the Feetech motor bus lives in :mod:`hilrl.hardware.fake_feetech`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+BUTTONS = 12
+AXES = 6
+
+
+class FakeJoystick:
+    """What lerobot calls on ``pygame.joystick.Joystick(0)``, backed by a :class:`FakeGamepad`."""
+
+    def __init__(self, pad: FakeGamepad, index: int = 0) -> None:
+        self._pad = pad
+        self.index = index
+
+    def init(self) -> None:
+        self._pad.initialised = True
+
+    def quit(self) -> None:
+        self._pad.initialised = False
+
+    def get_init(self) -> bool:
+        return self._pad.initialised
+
+    def get_name(self) -> str:
+        return self._pad.name
+
+    def get_instance_id(self) -> int:
+        return 0
+
+    def get_numbuttons(self) -> int:
+        return BUTTONS
+
+    def get_numaxes(self) -> int:
+        return AXES
+
+    def get_button(self, i: int) -> int:
+        return int(self._pad.buttons[i])
+
+    def get_axis(self, i: int) -> float:
+        return float(self._pad.axes[i])
+
+
+class FakeGamepad:
+    """A gamepad you press from code: state for ``get_button``/``get_axis`` plus the pygame events."""
+
+    def __init__(self, name: str = "Fake Logitech Gamepad F310") -> None:
+        self.name = name
+        self.buttons = [False] * BUTTONS
+        self.axes = [0.0] * AXES
+        self.initialised = False
+
+    def _post(self, kind: str, **attrs: Any) -> None:
+        import pygame
+
+        pygame.event.post(pygame.event.Event(getattr(pygame, kind), joy=0, instance_id=0, **attrs))
+
+    def press(self, button: int) -> None:
+        self.buttons[button] = True
+        self._post("JOYBUTTONDOWN", button=button)
+
+    def release(self, button: int) -> None:
+        self.buttons[button] = False
+        self._post("JOYBUTTONUP", button=button)
+
+    def tap(self, button: int) -> None:
+        """Press and release before the next read (a tap shorter than one control tick)."""
+        self.press(button)
+        self.release(button)
+
+    def move(self, axis: int, value: float) -> None:
+        self.axes[axis] = float(value)
+        self._post("JOYAXISMOTION", axis=axis, value=float(value))
+
+    def unplug(self) -> None:
+        self._post("JOYDEVICEREMOVED")
+
+
+@contextmanager
+def fake_gamepad(pad: FakeGamepad | None = None, count: int = 1) -> Iterator[FakeGamepad]:
+    """Make pygame see ``count`` (0 or 1) fake pads for the duration; headless (SDL dummy drivers)."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    import pygame
+
+    pad = pad or FakeGamepad()
+    saved = pygame.joystick.Joystick, pygame.joystick.get_count
+    pygame.joystick.Joystick = lambda index=0: FakeJoystick(pad, index)  # type: ignore[assignment]
+    pygame.joystick.get_count = lambda: count  # type: ignore[assignment]
+    try:
+        yield pad
+    finally:
+        pygame.joystick.Joystick, pygame.joystick.get_count = saved  # type: ignore[assignment]
+
+
+class FakeKeys:
+    """Types on a :class:`~hilrl.hardware.keyboard.KeyboardInput` through pynput's callback signature."""
+
+    def __init__(self, keyboard_input: Any) -> None:
+        self.target = keyboard_input
+
+    def press(self, key: str) -> None:
+        self.target.on_press(key)
+
+    def release(self, key: str) -> None:
+        self.target.on_release(key)
+
+    def tap(self, key: str) -> None:
+        self.press(key)
+        self.release(key)
