@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def make_env(name: str, seed: int | None, demo_noise: float) -> tuple[Any, Any]:
+def make_env(name: str, seed: int | None, demo_noise: float, takeover_after: int = 0) -> tuple[Any, Any]:
     """Return (env, human): the arm/sim and the takeover device that produces human actions.
 
     'sim': the gym-hil Panda pick-cube with the scripted expert standing in for the person with
@@ -21,8 +21,10 @@ def make_env(name: str, seed: int | None, demo_noise: float) -> tuple[Any, Any]:
         except RecordingError as exc:
             raise SystemExit(f"--env {name}: {exc}") from exc
     if name == "sim":
+        from hilrl.actor.human import ScriptedTeleop
         from hilrl.hardware.expert import ScriptedExpert
         from hilrl.hardware.sim import SimPickCube
 
-        return SimPickCube(seed=seed), ScriptedExpert(noise=demo_noise, seed=None if seed is None else seed + 1)
+        expert = ScriptedExpert(noise=demo_noise, seed=None if seed is None else seed + 1)
+        return SimPickCube(seed=seed), ScriptedTeleop(expert, takeover_after)
     raise SystemExit(f"unknown --env {name!r}; supported: sim, replay:PATH")

@@ -19,7 +19,7 @@ from hilrl.actor.config import ActorConfig
 from hilrl.actor.link import LearnerLink
 from hilrl.actor.outbox import Outbox
 from hilrl.actor.replay import ReplaySource
-from hilrl.buffers.assembler import Step
+from hilrl.buffers.assembler import Discard, Step
 from hilrl.buffers.recording import StepRecorder
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.learner.networks import Policy
@@ -39,6 +39,7 @@ class Stats:
     autonomous_episodes: int = 0
     autonomous_successes: int = 0
     demo_episodes: int = 0
+    rerecorded: int = 0
     overruns: int = 0
     periods_ms: list[float] = field(default_factory=list)
 
@@ -46,7 +47,7 @@ class Stats:
         p = np.asarray(self.periods_ms[-100_000:]) if self.periods_ms else np.zeros(1)
         return {
             "episodes": self.episodes, "steps": self.steps, "interventions": self.interventions,
-            "takeovers": self.takeovers, "demo_episodes": self.demo_episodes,
+            "takeovers": self.takeovers, "demo_episodes": self.demo_episodes, "rerecorded": self.rerecorded,
             "success_rate": round(self.successes / self.episodes, 4) if self.episodes else 0.0,
             "autonomous_episodes": self.autonomous_episodes,
             "autonomous_success_rate": (round(self.autonomous_successes / self.autonomous_episodes, 4)
@@ -70,13 +71,23 @@ class PolicyRunner:
         self.version = 0
 
     @torch.no_grad()
-    def act(self, obs: dict[str, np.ndarray], explore: bool) -> np.ndarray:
+    def act(self, obs: dict[str, np.ndarray], explore: bool) -> np.ndarray | None:
+        """The policy's action (plus noise when exploring), clamped; None when the policy output is NaN/inf."""
         assert self.policy is not None
         state = torch.from_numpy(state_vector(obs, self.spec)).unsqueeze(0)
         action = self.policy(state)[0].numpy()
+        if not np.all(np.isfinite(action)):
+            log.error("policy v%d produced a non-finite action %s", self.version, action)
+            return None
         if explore and self.noise_std.any():
             action = action + self.rng.normal(0.0, 1.0, size=action.shape) * self.noise_std
         return self.clamp(action)
+
+    def hold(self, env) -> np.ndarray:
+        """The arm's "do nothing" action: the robot's own if it defines one, else the middle of the bounds
+        (for the sim's [dx, dy, dz, g] that is zero motion with the gripper held as it is)."""
+        hold = getattr(env, "hold_action", None)
+        return self.clamp(hold() if callable(hold) else (self.low + self.high) / 2)
 
     def clamp(self, action: np.ndarray) -> np.ndarray:
         """The safety clamp: the arm never receives an action outside the spec's bounds, or NaN."""
@@ -147,13 +158,13 @@ class ActorLoop:
     # ------------------------------------------------------------------ one episode
 
     def _episode(self, human_episode: bool) -> None:
+        """One episode. In a demonstration every step is the human's; otherwise the policy acts
+        until the human holds the takeover, and the human's buttons can end or discard it."""
         episode = self.state.take_episode_index()
         obs = self.env.reset(seed=int(self.rng.integers(2**31 - 1)))
-        self.human.reset()
-        human_in_control = human_episode
-        interventions = 0
-        takeovers = 1 if human_episode else 0
-        t, success, ended = 0, False, False
+        self.human.reset(demonstrating=human_episode)
+        interventions = takeovers = 0
+        t, success, ended, was_human, why = 0, False, False, False, ""
         next_tick = time.perf_counter()
         last_tick = None
         while not ended:
@@ -162,22 +173,30 @@ class ActorLoop:
                 self.stats.periods_ms.append((tick - last_tick) * 1e3)
             last_tick = tick
             self._swap_weights()  # between ticks: a reference swap, the policy was built off-loop
-            if not human_in_control and self.cfg.takeover_after and t >= self.cfg.takeover_after:
-                human_in_control = True  # scripted rule: the human rescues a stuck policy episode
-                takeovers += 1
-                self.human.reset()
-            if human_in_control:
-                action = self.runner.clamp(self.human.act(obs))
+            events = self.human.poll(obs)
+            human = human_episode or events.takeover
+            takeovers += int(human and not was_human)
+            was_human = human
+            if events.estop:
+                action, why = self.runner.hold(self.env), "emergency stop"
+                self.stop.set()
+            elif human:
+                action = self.runner.clamp(self.human.action(obs))
             else:
                 action = self.runner.act(obs, explore=True)
+                if action is None:
+                    action, why = self.runner.hold(self.env), "policy output was NaN/inf"
             next_obs, reward, terminated, truncated, info = self.env.step(action)
-            interrupted = self.stop.is_set() and not (terminated or truncated)
+            if events.end in ("success", "failure"):  # the human's verdict overrides the env's
+                reward, terminated = float(events.end == "success"), True
+            cut_short = self.stop.is_set() or bool(why) or events.end == "rerecord"
+            interrupted = cut_short and not (terminated or truncated)
             ended = terminated or truncated or interrupted
             self._record(Step(obs=obs, action=action, reward=reward, terminated=terminated,
-                              truncated=truncated or interrupted, is_intervention=human_in_control,
+                              truncated=truncated or interrupted, is_intervention=human,
                               episode=episode, step=t, final_obs=next_obs if ended else None))
-            interventions += int(human_in_control)
-            success = success or bool(info.get("success", False))
+            interventions += int(human)
+            success = success or bool(info.get("success", False)) or events.end == "success"
             obs = next_obs
             t += 1
             if self._period:
@@ -188,7 +207,15 @@ class ActorLoop:
                 else:
                     self.stats.overruns += 1
                     next_tick = time.perf_counter()
+            if events.end == "rerecord":
+                self._items.append(codec.encode_item(Discard(episode)))
+                why = "re-record: discarded on the learner"
         self._flush()
+        if why:
+            log.warning("episode %d ended early: %s", episode, why)
+        if events.end == "rerecord":
+            self.stats.rerecorded += 1
+            return
         self._count(t, interventions, takeovers, success, human_episode)
 
     def _count(self, steps: int, interventions: int, takeovers: int, success: bool, human_episode: bool) -> None:

@@ -16,6 +16,7 @@ from hilrl.actor.link import LearnerLink
 from hilrl.actor.loop import ActorLoop
 from hilrl.actor.outbox import Outbox, StateDir, StateDirInUse, default_state_dir
 from hilrl.buffers.recording import StepRecorder
+from hilrl.protos.transport import SecurityConfigError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,12 @@ EXIT_REFUSED = 3
 
 def run(cfg: ActorConfig) -> int:
     torch.set_num_threads(1)  # a small MLP per tick; leave the cores to the sim and the learner
+    try:  # unusable TLS/token options fail now, before the state directory and the sim
+        cfg.channel_credentials()
+        cfg.token()
+    except SecurityConfigError as exc:
+        print(f"hilrl actor: {exc}", file=sys.stderr)
+        return 2
     state_dir = cfg.state_dir or default_state_dir(cfg.actor_id)
     try:
         state = StateDir(state_dir, cfg.actor_id)
@@ -36,8 +43,8 @@ def run(cfg: ActorConfig) -> int:
     if cfg.record is not None and cfg.record.exists():
         print(f"hilrl actor: --record {cfg.record} already exists; choose a new path", file=sys.stderr)
         return 2
-    env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise)
-    link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb)
+    env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise, cfg.takeover_after)
+    link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb, security=cfg)
     log.info("actor %s (state %s) -> learner %s", state.actor_id, state.path, cfg.learner)
     link.start()
 

@@ -33,9 +33,9 @@ def record(cfg: RecordConfig) -> int:
     with StepRecorder(cfg.output, env.spec) as recorder:
         for episode in tqdm(range(cfg.episodes), desc="recording", unit="ep"):
             obs, done, t = env.reset(), False, 0
-            human.reset()
+            human.reset(demonstrating=True)
             while not done:
-                action = clamp(human.act(obs))
+                action = clamp(human.action(obs))
                 next_obs, reward, terminated, truncated, info = env.step(action)
                 done = terminated or truncated
                 recorder.add(Step(obs, action, reward, terminated, truncated, True, episode, t,
