@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from hilrl.deploy.configtools import opt
 from hilrl.protos.transport import ClientSecurity
@@ -17,6 +18,19 @@ class ActorConfig(ClientSecurity):
     env: str = opt("sim", "what to drive: 'sim' (gym-hil Panda pick-cube, scripted expert as the human), or "
                           "'replay:PATH' (stream a recording made with --record through to the learner)")
     record: Path | None = opt(None, "also record every step sent to the learner into this new file (zarr)")
+    human_input: Literal["gamepad", "keyboard"] = opt(
+        "gamepad", "takeover device on a real arm (the sim's human is the scripted expert)", group="real arm")
+    robot_port: str | None = opt(None, "--env so101/so100: the arm's serial port (find it with lerobot-find-port)",
+                                 group="real arm")
+    robot_id: str = opt("follower", "lerobot's robot id: names the calibration file <id>.json", group="real arm")
+    calibration_dir: Path | None = opt(None, "lerobot calibration directory (none = lerobot's default)",
+                                       group="real arm")
+    cameras: tuple[str, ...] = opt((), "cameras as NAME=INDEX_OR_PATH, e.g. front=0,wrist=/dev/video2 "
+                                       "(cropped and resized to 128x128)", group="real arm")
+    action_mode: Literal["ee", "joint"] = opt("ee", "ee: [dx,dy,dz,gripper] like the sim and the gamepad (needs "
+                                                    "--urdf-path); joint: absolute joint targets", group="real arm")
+    urdf_path: Path | None = opt(None, "SO-101 URDF for end-effector control (action mode ee)", group="real arm")
+    max_episode_steps: int = opt(200, "real arm: steps before an episode is truncated", group="real arm")
     actor_id: str | None = opt(None, "stable name of this actor; none = the one stored in --state-dir, or a new one")
     state_dir: Path | None = opt(None, "where id, sequence numbers and the outbox live; "
                                        "none = ~/.local/state/hilrl/actors/<actor-id or 'default'>")

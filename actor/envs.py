@@ -27,4 +27,47 @@ def make_env(name: str, seed: int | None, demo_noise: float, takeover_after: int
 
         expert = ScriptedExpert(noise=demo_noise, seed=None if seed is None else seed + 1)
         return SimPickCube(seed=seed), ScriptedTeleop(expert, takeover_after)
-    raise SystemExit(f"unknown --env {name!r}; supported: sim, replay:PATH")
+    raise SystemExit(f"unknown --env {name!r}; supported: sim, replay:PATH, so101, so100")
+
+
+def make_real_arm(cfg) -> tuple[Any, Any]:
+    """An SO-101/SO-100 follower (+ cameras) and the takeover device, from an ActorConfig.
+
+    Errors name the device, the port tried and what to check; an uncalibrated arm is refused with
+    lerobot's calibration command (the actor never starts an interactive calibration).
+    """
+    from hilrl.hardware.cameras import CameraSpec
+    from hilrl.hardware.so_arm import ArmConfig, ArmError, SOArm
+
+    if cfg.robot_port is None:
+        raise SystemExit(f"--env {cfg.env} needs --robot-port (find it with: lerobot-find-port)")
+    if cfg.action_mode == "joint":
+        raise SystemExit("--action-mode joint: the gamepad and keyboard take over in end-effector space, so a "
+                         "human-in-the-loop session needs --action-mode ee (with --urdf-path)")
+    cameras = []
+    for item in cfg.cameras:
+        name, sep, where = item.partition("=")
+        if not sep or not name or not where:
+            raise SystemExit(f"--cameras {item!r}: expected NAME=INDEX_OR_PATH, e.g. front=0")
+        cameras.append(CameraSpec(name, int(where) if where.isdigit() else where))
+    arm_cfg = ArmConfig(port=cfg.robot_port, model=cfg.env, robot_id=cfg.robot_id,
+                        calibration_dir=cfg.calibration_dir, action_mode=cfg.action_mode, cameras=cameras,
+                        max_steps=cfg.max_episode_steps,
+                        urdf_path=None if cfg.urdf_path is None else str(cfg.urdf_path))
+    try:
+        arm = SOArm(arm_cfg).connect()
+    except (ArmError, ConnectionError, OSError, ValueError) as exc:
+        raise SystemExit(f"--env {cfg.env}: {exc}") from exc
+    try:
+        if cfg.human_input == "keyboard":
+            from hilrl.hardware.keyboard import KeyboardInput
+
+            human = KeyboardInput()
+        else:
+            from hilrl.hardware.gamepad import GamepadInput
+
+            human = GamepadInput()
+    except (ConnectionError, RuntimeError) as exc:
+        arm.close()
+        raise SystemExit(f"--human-input {cfg.human_input}: {exc}") from exc
+    return arm, human

@@ -11,7 +11,7 @@ import threading
 import torch
 
 from hilrl.actor.config import ActorConfig
-from hilrl.actor.envs import make_env
+from hilrl.actor.envs import make_env, make_real_arm
 from hilrl.actor.link import LearnerLink
 from hilrl.actor.loop import ActorLoop
 from hilrl.actor.outbox import Outbox, StateDir, StateDirInUse, default_state_dir
@@ -43,7 +43,10 @@ def run(cfg: ActorConfig) -> int:
     if cfg.record is not None and cfg.record.exists():
         print(f"hilrl actor: --record {cfg.record} already exists; choose a new path", file=sys.stderr)
         return 2
-    env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise, cfg.takeover_after)
+    if cfg.env in ("so101", "so100"):
+        env, human = make_real_arm(cfg)
+    else:
+        env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise, cfg.takeover_after)
     link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb, security=cfg)
     log.info("actor %s (state %s) -> learner %s", state.actor_id, state.path, cfg.learner)
     link.start()
@@ -56,6 +59,8 @@ def run(cfg: ActorConfig) -> int:
         summary = ActorLoop(cfg, env, human, link, outbox, state, stop, recorder).run()
     finally:
         env.close()
+        if human is not None:
+            human.close()
         if recorder is not None:
             recorder.close()
     if link.fatal is None and len(outbox):

@@ -89,3 +89,16 @@ def test_eval_prints_one_json_object_and_names_bad_checkpoints(tmp_path: Path) -
     assert r.returncode != 0 and "expects state 5" in r.stderr
     r = run_hilrl("eval", "--checkpoint", str(tmp_path / "nothing"), timeout=120)
     assert r.returncode != 0 and "no policy at" in r.stderr
+
+
+def test_real_arm_refusals_say_what_to_do(tmp_path: Path) -> None:
+    base = ["actor", "--env", "so101", "--state-dir", str(tmp_path / "s")]
+    r = run_hilrl(*base)
+    assert r.returncode != 0 and "--robot-port" in r.stderr and "lerobot-find-port" in r.stderr
+    r = run_hilrl(*base, "--robot-port", "/dev/ttyNOPE", "--calibration-dir", str(tmp_path / "calib"))
+    assert r.returncode != 0 and "no calibration file" in r.stderr
+    assert "lerobot-calibrate --robot.type=so101_follower --robot.port=/dev/ttyNOPE" in r.stderr
+    r = run_hilrl(*base, "--robot-port", "/dev/ttyNOPE", "--action-mode", "joint")
+    assert r.returncode != 0 and "--action-mode ee" in r.stderr
+    r = run_hilrl(*base, "--robot-port", "/dev/ttyNOPE", "--cameras", "front")
+    assert r.returncode != 0 and "NAME=INDEX_OR_PATH" in r.stderr
