@@ -43,5 +43,7 @@ class ActorConfig(ClientSecurity):
                                    "this many steps (0 = never)")
     batch_steps: int = opt(32, "transitions per batch sent to the learner (a batch also closes at episode end)")
     flush_timeout_s: float = opt(30.0, "on exit, wait this long for the learner to acknowledge what is queued")
+    outbox_max_mb: float = opt(1024.0, "unacknowledged data kept on disk before the actor stops starting episodes "
+                                       "(the current one finishes; nothing is dropped)")
     max_message_mb: int = opt(16, "largest gRPC message sent or accepted, in MiB")
     wait_for_weights_s: float = opt(0.0, "give up waiting for the first weights after this long (0 = forever)")

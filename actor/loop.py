@@ -40,6 +40,7 @@ class Stats:
     autonomous_successes: int = 0
     demo_episodes: int = 0
     rerecorded: int = 0
+    outbox_full_waits: int = 0
     overruns: int = 0
     periods_ms: list[float] = field(default_factory=list)
 
@@ -48,6 +49,7 @@ class Stats:
         return {
             "episodes": self.episodes, "steps": self.steps, "interventions": self.interventions,
             "takeovers": self.takeovers, "demo_episodes": self.demo_episodes, "rerecorded": self.rerecorded,
+            "outbox_full_waits": self.outbox_full_waits,
             "success_rate": round(self.successes / self.episodes, 4) if self.episodes else 0.0,
             "autonomous_episodes": self.autonomous_episodes,
             "autonomous_success_rate": (round(self.autonomous_successes / self.autonomous_episodes, 4)
@@ -126,6 +128,16 @@ class ActorLoop:
             if self.cfg.max_episodes and self.stats.episodes >= self.cfg.max_episodes:
                 break
             self._swap_weights()
+            if self.outbox.full:  # finish nothing new until the learner has caught up; drop nothing
+                if "full" not in said:
+                    said.add("full")
+                    self.stats.outbox_full_waits += 1
+                    log.warning("outbox full (%.1f MB unacknowledged, limit %.1f MB): holding the arm and starting "
+                                "no new episode until the learner acknowledges", self.outbox.nbytes / 2**20,
+                                self.outbox.max_bytes / 2**20)
+                self.stop.wait(0.1)
+                continue
+            said.discard("full")
             mode = self._mode()
             if mode is None:
                 self.stop.wait(0.1)

@@ -37,7 +37,7 @@ def run(cfg: ActorConfig) -> int:
     except StateDirInUse as exc:
         print(f"hilrl actor: {exc}", file=sys.stderr)
         return 2
-    outbox = Outbox(state.path / "outbox")
+    outbox = Outbox(state.path / "outbox", max_bytes=int(cfg.outbox_max_mb * 2**20))
     if len(outbox):
         log.info("outbox holds %d unacknowledged batches from an earlier run; they will be resent", len(outbox))
     if cfg.record is not None and cfg.record.exists():

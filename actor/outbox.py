@@ -72,8 +72,12 @@ class StateDir:
 class Outbox:
     """Batches kept until acknowledged; sequence numbers strictly increase, also across restarts."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = 0) -> None:
+        """`max_bytes`: the size at which `full` turns true (0 = unbounded). Nothing is ever dropped:
+        the actor stops starting episodes while the outbox is full."""
         self.dir = Path(path)
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self.dir.mkdir(parents=True, exist_ok=True)
         self._cond = threading.Condition()
         self._pending: dict[int, pb.TransitionBatch] = {}
@@ -81,11 +85,16 @@ class Outbox:
             batch = pb.TransitionBatch()
             batch.ParseFromString(f.read_bytes())
             self._pending[batch.seq] = batch
+            self.nbytes += batch.ByteSize()
         for f in self.dir.glob("*.tmp"):
             f.unlink()
         acked_path = self.dir / "acked.json"
         self.last_acked = json.loads(acked_path.read_text())["seq"] if acked_path.exists() else 0
         self._next_seq = max([self.last_acked, *self._pending]) + 1
+
+    @property
+    def full(self) -> bool:
+        return bool(self.max_bytes) and self.nbytes >= self.max_bytes
 
     def __len__(self) -> int:
         with self._cond:
@@ -105,6 +114,7 @@ class Outbox:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             self._pending[seq] = batch
+            self.nbytes += batch.ByteSize()
             self._cond.notify_all()
             return seq
 
@@ -119,7 +129,7 @@ class Outbox:
         with self._cond:
             done = [s for s in self._pending if s <= seq]
             for s in done:
-                del self._pending[s]
+                self.nbytes -= self._pending.pop(s).ByteSize()
                 (self.dir / f"{s:012d}.batch").unlink(missing_ok=True)
             if seq > self.last_acked:
                 self.last_acked = seq

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -181,3 +183,50 @@ def fingerprint(step) -> tuple:
     for name in sorted(step.obs):
         digest.update(step.obs[name].tobytes())
     return step.episode, step.step, step.is_intervention, step.reward, digest.hexdigest()
+
+
+def test_frozen_learner_fills_the_bounded_outbox_then_everything_arrives_once(spawn, tmp_path: Path) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    learner = spawn(*learner_args(port, tmp_path / "learner", "--demo-episodes", "1000"), name="learner")
+    actor = spawn(*actor_args(port, tmp_path / "actor", "--outbox-max-mb", "0.05"), name="actor")
+    wait_until(lambda: (s := hilrl_status(address)) and s["buffers"]["human"]["size"] > 0, 120, "first demos",
+               diagnose=lambda: actor.stderr[-2000:])
+    learner.popen.send_signal(signal.SIGSTOP)  # frozen: the TCP connection stays up, nothing is acknowledged
+    try:
+        wait_until(lambda: "outbox full" in actor.stderr, 120, "the actor to hold on a full outbox",
+                   diagnose=lambda: actor.stderr[-2000:])
+        held = actor.stderr.count("episode ")
+        time.sleep(3)
+        assert actor.stderr.count("episode ") == held  # no new episode starts while the outbox is full
+        assert actor.popen.poll() is None
+    finally:
+        learner.popen.send_signal(signal.SIGCONT)
+    wait_until(lambda: actor.stderr.count("episode ") > held, 120, "episodes to resume after the learner thaws",
+               diagnose=lambda: actor.stderr[-2000:])
+    assert actor.stop() == 0
+    summary = json.loads(actor.stdout.strip().splitlines()[-1])
+    assert summary["unacked"] == 0 and summary["outbox_full_waits"] >= 1
+    assert hilrl_status(address)["actors"][0]["transitions_received"] == summary["steps"]
+
+
+def test_two_actors_share_one_learner_and_a_dead_one_does_not_block_the_other(spawn, tmp_path: Path) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    spawn(*learner_args(port, tmp_path / "learner", "--demo-episodes", "1000"), name="learner")
+    a = spawn(*actor_args(port, tmp_path / "a", "--actor-id", "arm-a"), name="a")
+    b = spawn(*actor_args(port, tmp_path / "b", "--actor-id", "arm-b"), name="b")
+
+    def per_actor() -> dict[str, int]:
+        s = hilrl_status(address) or {"actors": []}
+        return {x["id"]: x["transitions_received"] for x in s["actors"]}
+
+    wait_until(lambda: all(per_actor().get(i, 0) > 0 for i in ("arm-a", "arm-b")), 120, "both actors streaming",
+               diagnose=lambda: a.stderr[-1500:] + b.stderr[-1500:])
+    a.popen.kill()  # one actor dies without a goodbye
+    a.popen.wait()
+    before = per_actor()["arm-b"]
+    wait_until(lambda: per_actor()["arm-b"] > before + 100, 60, "the other actor to keep streaming")
+    assert b.stop() == 0
+    summary = json.loads(b.stdout.strip().splitlines()[-1])
+    assert per_actor()["arm-b"] == summary["steps"]
