@@ -62,11 +62,23 @@ class _DurableLocalStore(LocalStore):
                 os.close(fd)
             dirs.add(path.parent)
         for d in dirs:
-            _fsync_dir(d)
+            fsync_path(d)
         self.touched.clear()
 
 
-def _fsync_dir(path: Path) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the directory: a crash leaves either the old or the new file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -171,14 +183,7 @@ class BufferStore:
         self._write_commit()
 
     def _write_commit(self) -> None:
-        path = self.path / "commit.json"
-        tmp = self.path / "commit.json.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.commit, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.path)
+        atomic_write(self.path / "commit.json", json.dumps(self.commit).encode())
 
     # ------------------------------------------------------------------ reading
 

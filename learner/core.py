@@ -21,7 +21,7 @@ from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
 from hilrl.buffers.recording import RecordingError, read_steps
 from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.spec import Spec, state_vector
-from hilrl.buffers.store import BufferStore, StoreError
+from hilrl.buffers.store import BufferStore, StoreError, atomic_write
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.networks import PolicyConfig
 
@@ -51,16 +51,6 @@ class PublishedWeights:
     version: int
     blob: bytes
     sha256: str
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write-then-rename with fsync, so a crash leaves either the old or the new file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class LearnerCore:

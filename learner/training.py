@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hilrl.buffers.spec import state_vector
+from hilrl.buffers.store import fsync_path
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
 from hilrl.learner.networks import compute_state_stats, policy_to_safetensors_bytes
 from hilrl.learner.td3 import TD3
@@ -242,10 +243,3 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         return path
 
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
