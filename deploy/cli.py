@@ -15,6 +15,7 @@ commands:
   actor     drive an arm (or the sim) with the current policy, stream every step to the learner
   demo      learner + simulated arm as two processes on loopback: demos, training, evaluation
   status    print the learner's status as one JSON object (exit 1 if it cannot be reached)
+  health    ask the learner's gRPC health service (no token needed); exit 0 when SERVING
   eval      evaluate a trained policy (no noise, no takeover); prints one JSON object
   record    record human demonstrations to a file (seed a learner with: hilrl learner --demos FILE)
 """
@@ -81,9 +82,18 @@ def evaluate(argv: list[str]) -> int:
     return run_eval(cfg)
 
 
+def health(argv: list[str]) -> int:
+    from hilrl.deploy.health import check_health
+    from hilrl.deploy.status import StatusConfig
+
+    cfg = parse_config(StatusConfig, argv, "hilrl health",
+                       "Ask the learner's gRPC health service (no token needed); exit 0 when it is SERVING.")
+    return check_health(cfg)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "learner": learner, "actor": actor, "demo": demo, "status": status, "record": record,
-    "eval": evaluate,
+    "eval": evaluate, "health": health,
 }
 
 

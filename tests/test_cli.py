@@ -102,3 +102,22 @@ def test_real_arm_refusals_say_what_to_do(tmp_path: Path) -> None:
     assert r.returncode != 0 and "--action-mode ee" in r.stderr
     r = run_hilrl(*base, "--robot-port", "/dev/ttyNOPE", "--cameras", "front")
     assert r.returncode != 0 and "NAME=INDEX_OR_PATH" in r.stderr
+
+
+def test_health_needs_no_token_while_status_does(spawn, tmp_path: Path) -> None:
+    from conftest import wait_until
+
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    port = free_port()
+    learner = spawn("learner", "--port", str(port), "--output-dir", str(tmp_path / "out"), "--token-file",
+                    str(token), name="learner")
+    address = f"127.0.0.1:{port}"
+    r = wait_until(lambda: (r := run_hilrl("health", "--learner", address)).returncode == 0 and r, 60,
+                   "the learner to report SERVING", diagnose=lambda: learner.stderr[-2000:])
+    assert '"status": "SERVING"' in r.stdout
+    r = run_hilrl("status", "--learner", address)
+    assert r.returncode == 1 and "UNAUTHENTICATED" in r.stderr
+    assert learner.stop() == 0
+    r = run_hilrl("health", "--learner", address, "--timeout-s", "2")
+    assert r.returncode == 1 and "cannot reach the learner" in r.stderr

@@ -109,7 +109,7 @@ def test_compose_wires_gpu_secrets_replicas_and_healthcheck():
     assert any("gpu" in d.get("capabilities", []) for d in devices)
     assert "replicas" in services["actor"]["deploy"]
     health = services["learner"]["healthcheck"]["test"]
-    assert health[:3] == ["CMD", "hilrl", "status"]
+    assert health[:3] == ["CMD", "hilrl", "health"]  # the gRPC health service: no token in the check
     learner_cmd = services["learner"]["command"]
     assert learner_cmd[learner_cmd.index("--host") + 1] == "0.0.0.0"
     for flag in ("--tls-cert", "--tls-key", "--tls-ca", "--token-file"):
