@@ -1,100 +1,81 @@
-"""The `hilrl` command: learner, actor, demo, status."""
+"""The `hilrl` command: one subcommand per entry of `SUBCOMMANDS`.
+
+Each entry names its config dataclass and its runner as "module:attribute" so that only the
+chosen subcommand's imports are paid for (`hilrl status` never imports torch).
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 from hilrl.deploy.configtools import parse_config
 
-USAGE = """usage: hilrl <command> [options]   (hilrl <command> --help for every option)
 
-commands:
-  learner   train: gRPC server + TD3+BC offline, then online TD3 on the 50/50 human/policy buffer
-  actor     drive an arm (or the sim) with the current policy, stream every step to the learner
-  demo      learner + simulated arm as two processes on loopback: demos, training, evaluation
-  status    print the learner's status as one JSON object (exit 1 if it cannot be reached)
-  health    ask the learner's gRPC health service (no token needed); exit 0 when SERVING
-  eval      evaluate a trained policy (no noise, no takeover); prints one JSON object
-  record    record human demonstrations to a file (seed a learner with: hilrl learner --demos FILE)
-"""
+@dataclass(frozen=True)
+class Subcommand:
+    summary: str       # one line in `hilrl --help`
+    description: str   # the top of `hilrl <name> --help`
+    config: str        # "module:Dataclass"
+    runner: str        # "module:function" taking the parsed config, returning the exit code
+    logs: bool = False  # set up INFO logging on stderr before running
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-
-def learner(argv: list[str]) -> int:
-    from hilrl.learner.config import LearnerConfig
-
-    cfg = parse_config(LearnerConfig, argv, "hilrl learner",
-                       "Run the learner: gRPC server, dual replay buffer, TD3+BC offline then online TD3.")
-    _logging()
-    from hilrl.learner.server import serve
-
-    return serve(cfg)
-
-
-def actor(argv: list[str]) -> int:
-    from hilrl.actor.config import ActorConfig
-
-    cfg = parse_config(ActorConfig, argv, "hilrl actor",
-                       "Run an actor: control loop on the arm or sim, human takeover, streaming to the learner.")
-    _logging()
-    from hilrl.actor.main import run
-
-    return run(cfg)
-
-
-def demo(argv: list[str]) -> int:
-    from hilrl.deploy.demo import DemoConfig, run_demo
-
-    cfg = parse_config(DemoConfig, argv, "hilrl demo",
-                       "Start a learner and a simulated arm as two processes over loopback gRPC, train "
-                       "(demos, offline TD3+BC, online TD3 with scripted takeovers), then evaluate.")
-    return run_demo(cfg)
-
-
-def status(argv: list[str]) -> int:
-    from hilrl.deploy.status import StatusConfig, print_status
-
-    cfg = parse_config(StatusConfig, argv, "hilrl status", "Print the learner's status as one JSON object.")
-    return print_status(cfg)
-
-
-def record(argv: list[str]) -> int:
-    from hilrl.deploy.record import RecordConfig
-    from hilrl.deploy.record import record as run_record
-
-    cfg = parse_config(RecordConfig, argv, "hilrl record",
-                       "Record human demonstrations to a file; seed a learner with it: hilrl learner --demos FILE.")
-    _logging()
-    return run_record(cfg)
-
-
-def evaluate(argv: list[str]) -> int:
-    from hilrl.deploy.eval import EvalConfig, run_eval
-
-    cfg = parse_config(EvalConfig, argv, "hilrl eval",
-                       "Evaluate a trained policy without exploration noise or takeover; prints one JSON object.")
-    return run_eval(cfg)
-
-
-def health(argv: list[str]) -> int:
-    from hilrl.deploy.health import check_health
-    from hilrl.deploy.status import StatusConfig
-
-    cfg = parse_config(StatusConfig, argv, "hilrl health",
-                       "Ask the learner's gRPC health service (no token needed); exit 0 when it is SERVING.")
-    return check_health(cfg)
-
-
-COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "learner": learner, "actor": actor, "demo": demo, "status": status, "record": record,
-    "eval": evaluate, "health": health,
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "learner": Subcommand(
+        "train: gRPC server + TD3+BC offline, then online TD3 on the 50/50 human/policy buffer",
+        "Run the learner: gRPC server, dual replay buffer, TD3+BC offline then online TD3.",
+        "hilrl.learner.config:LearnerConfig", "hilrl.learner.server:serve", logs=True),
+    "actor": Subcommand(
+        "drive an arm (or the sim) with the current policy, stream every step to the learner",
+        "Run an actor: control loop on the arm or sim, human takeover, streaming to the learner.",
+        "hilrl.actor.config:ActorConfig", "hilrl.actor.main:run", logs=True),
+    "demo": Subcommand(
+        "learner + simulated arm as two processes on loopback: demos, training, evaluation",
+        "Start a learner and a simulated arm as two processes over loopback gRPC, train "
+        "(demos, offline TD3+BC, online TD3 with scripted takeovers), then evaluate.",
+        "hilrl.deploy.demo:DemoConfig", "hilrl.deploy.demo:run_demo"),
+    "status": Subcommand(
+        "print the learner's status as one JSON object (exit 1 if it cannot be reached)",
+        "Print the learner's status as one JSON object.",
+        "hilrl.deploy.status:StatusConfig", "hilrl.deploy.status:print_status"),
+    "health": Subcommand(
+        "ask the learner's gRPC health service (no token needed); exit 0 when SERVING",
+        "Ask the learner's gRPC health service (no token needed); exit 0 when it is SERVING.",
+        "hilrl.deploy.status:StatusConfig", "hilrl.deploy.health:check_health"),
+    "eval": Subcommand(
+        "evaluate a trained policy (no noise, no takeover); prints one JSON object",
+        "Evaluate a trained policy without exploration noise or takeover; prints one JSON object.",
+        "hilrl.deploy.eval:EvalConfig", "hilrl.deploy.eval:run_eval"),
+    "record": Subcommand(
+        "record human demonstrations to a file (seed a learner with: hilrl learner --demos FILE)",
+        "Record human demonstrations to a file; seed a learner with it: hilrl learner --demos FILE.",
+        "hilrl.deploy.record:RecordConfig", "hilrl.deploy.record:record", logs=True),
 }
+
+USAGE = "usage: hilrl <command> [options]   (hilrl <command> --help for every option)\n\ncommands:\n" + "".join(
+    f"  {name:<9} {sub.summary}\n" for name, sub in SUBCOMMANDS.items())
+
+
+def _load(ref: str):
+    module, attribute = ref.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _run(name: str, argv: list[str]) -> int:
+    sub = SUBCOMMANDS[name]
+    cfg = parse_config(_load(sub.config), argv, f"hilrl {name}", sub.description)
+    if sub.logs:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return _load(sub.runner)(cfg)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {name: partial(_run, name) for name in SUBCOMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

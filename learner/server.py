@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from hilrl.buffers.store import atomic_write
 from hilrl.learner.auth import BearerTokenServerInterceptor
 from hilrl.learner.config import LearnerConfig
-from hilrl.learner.core import LearnerCore, atomic_write
+from hilrl.learner.core import LearnerCore
 from hilrl.learner.service import LearnerService
 from hilrl.learner.training import Trainer
 from hilrl.protos.transport import SecurityConfigError, channel_options
