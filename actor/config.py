@@ -37,6 +37,8 @@ class ActorConfig(ClientSecurity):
     fps: int = opt(10, "control rate in Hz (0 = as fast as the sim steps; sim and replay only)")
     max_episodes: int = opt(0, "stop after this many episodes (0 = run until SIGINT/SIGTERM)")
     seed: int | None = opt(None, "seed of the sim, the exploration noise and the scripted human; none = random")
+    sim_cameras: bool = opt(False, "--env sim: add the front and wrist cameras (uint8 128x128x3) to the observation, "
+                                   "so the learner trains a camera policy")
     exploration_noise: float = opt(0.1, "std of Gaussian exploration noise, as a fraction of each action's half-range")
     demo_noise: float = opt(0.1, "std of noise the scripted human adds to its demonstrations (sim only)")
     takeover_after: int = opt(50, "scripted takeover: the human takes over a policy episode not solved after "
@@ -47,3 +49,28 @@ class ActorConfig(ClientSecurity):
                                        "(the current one finishes; nothing is dropped)")
     max_message_mb: int = opt(16, "largest gRPC message sent or accepted, in MiB")
     wait_for_weights_s: float = opt(0.0, "give up waiting for the first weights after this long (0 = forever)")
+    checkpoint: Path | None = opt(None, "run this policy (a learner --output-dir or a policy .safetensors file) "
+                                        "with no learner: nothing is streamed, no exploration noise, the sim's "
+                                        "scripted takeover is off unless --schedule asks for human episodes; "
+                                        "--record still records")
+    schedule: str = opt("", "episode rhythm once a policy runs, e.g. 3h3p or human:3,policy:3 (3 human episodes, "
+                            "then 3 policy episodes, repeated); sim: the scripted expert demonstrates the human "
+                            "ones; real arm: the console says which kind is next. Empty = policy episodes only")
+    on_learner_lost: Literal["keep", "hold"] = opt(
+        "keep", "learner unreachable (not connected, or nothing acknowledged) for --learner-lost-after-s: keep "
+                "running the last good policy, or hold: end the policy episode and start none until it is back")
+    learner_lost_after_s: float = opt(5.0, "seconds without the learner before it counts as lost")
+    watchdog_periods: float = opt(3.0, "a tick that comes later than this many control periods executes the hold "
+                                       "action instead (counted as watchdog_holds; 0 = off; needs --fps > 0)")
+    max_action_delta: float = opt(0.0, "largest change of any action entry from one step to the next, in "
+                                       "action units (ee: steps and gripper command; joint: degrees); 0 = off",
+                                  group="safety")
+    workspace: tuple[float, ...] = opt((), "end-effector box XMIN,YMIN,ZMIN,XMAX,YMAX,ZMAX in metres (sim: "
+                                           "world frame; real arm: robot base frame, passed to lerobot's EE bounds "
+                                           "too); empty = the sim's own limits / lerobot's default bounds",
+                                       group="safety")
+    rest_pose: tuple[float, ...] = opt((), "real arm: joint positions (degrees, gripper 0..100, lerobot's motor "
+                                           "order) to move to before every episode, then wait for the operator's "
+                                           "go (gamepad LB / key g); empty = start where the arm is",
+                                       group="real arm")
+    rest_speed_deg_s: float = opt(30.0, "real arm: joint speed while moving to --rest-pose", group="real arm")

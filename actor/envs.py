@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def make_env(name: str, seed: int | None, demo_noise: float, takeover_after: int = 0) -> tuple[Any, Any]:
+def make_env(name: str, seed: int | None, demo_noise: float, takeover_after: int = 0,
+             cameras: bool = False) -> tuple[Any, Any]:
     """Return (env, human): the arm/sim and the takeover device that produces human actions.
 
     'sim': the gym-hil Panda pick-cube with the scripted expert standing in for the person with
@@ -26,7 +27,7 @@ def make_env(name: str, seed: int | None, demo_noise: float, takeover_after: int
         from hilrl.hardware.sim import SimPickCube
 
         expert = ScriptedExpert(noise=demo_noise, seed=None if seed is None else seed + 1)
-        return SimPickCube(seed=seed), ScriptedTeleop(expert, takeover_after)
+        return SimPickCube(seed=seed, cameras=cameras), ScriptedTeleop(expert, takeover_after)
     raise SystemExit(f"unknown --env {name!r}; supported: sim, replay:PATH, so101, so100")
 
 
@@ -41,9 +42,10 @@ def make_real_arm(cfg) -> tuple[Any, Any]:
 
     if cfg.robot_port is None:
         raise SystemExit(f"--env {cfg.env} needs --robot-port (find it with: lerobot-find-port)")
-    if cfg.action_mode == "joint":
+    if cfg.action_mode == "joint" and getattr(cfg, "checkpoint", None) is None:
         raise SystemExit("--action-mode joint: the gamepad and keyboard take over in end-effector space, so a "
-                         "human-in-the-loop session needs --action-mode ee (with --urdf-path)")
+                         "human-in-the-loop session needs --action-mode ee (with --urdf-path); joint mode runs "
+                         "only a trained policy (--checkpoint), with the buttons and e-stop but no takeover")
     cameras = []
     for item in cfg.cameras:
         name, sep, where = item.partition("=")
@@ -53,7 +55,11 @@ def make_real_arm(cfg) -> tuple[Any, Any]:
     arm_cfg = ArmConfig(port=cfg.robot_port, model=cfg.env, robot_id=cfg.robot_id,
                         calibration_dir=cfg.calibration_dir, action_mode=cfg.action_mode, cameras=cameras,
                         max_steps=cfg.max_episode_steps,
-                        urdf_path=None if cfg.urdf_path is None else str(cfg.urdf_path))
+                        urdf_path=None if cfg.urdf_path is None else str(cfg.urdf_path),
+                        rest_pose=tuple(cfg.rest_pose) or None, rest_speed_deg_s=cfg.rest_speed_deg_s,
+                        fps=cfg.fps or 30)
+    if cfg.workspace:  # lerobot's EEBoundsAndSafety clips to the same box (our clamp counts it first)
+        arm_cfg.ee_bounds = (tuple(cfg.workspace[:3]), tuple(cfg.workspace[3:]))
     try:
         arm = SOArm(arm_cfg).connect()
     except (ArmError, ConnectionError, OSError, ValueError) as exc:
@@ -70,4 +76,8 @@ def make_real_arm(cfg) -> tuple[Any, Any]:
     except (ConnectionError, RuntimeError) as exc:
         arm.close()
         raise SystemExit(f"--human-input {cfg.human_input}: {exc}") from exc
+    if cfg.action_mode == "joint":
+        from hilrl.actor.human import NoTakeover
+
+        human = NoTakeover(human)
     return arm, human

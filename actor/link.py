@@ -40,7 +40,9 @@ HANDSHAKE_ATTEMPTS = 3  # consecutive TLS handshake failures before giving up (r
 
 
 class Backoff:
-    def __init__(self, first: float = 0.5, cap: float = 10.0) -> None:
+    # cap: a restarted learner (seconds to start) is back in use within a few seconds, and an unreachable
+    # one costs one refused Hello per actor every 4 s.
+    def __init__(self, first: float = 0.5, cap: float = 4.0) -> None:
         self.first, self.cap, self.delay = first, cap, first
 
     def next(self) -> float:
@@ -71,6 +73,7 @@ class LearnerLink:
         self.policy_config: PolicyConfig | None = None
         self.run_id = ""
         self.weight_version_applied = 0
+        self.loop_stats: pb.LoopStats | None = None  # replaced (never mutated) by the control loop
         self._new_policy: tuple[int, Policy] | None = None
         self._received_version = 0
         self._lock = threading.Lock()
@@ -83,9 +86,10 @@ class LearnerLink:
 
     def close(self) -> None:
         self.stop.set()
-        for t in self._threads:
-            t.join(timeout=5)
-        self.channel.close()
+        sender, subscriber = self._threads
+        sender.join(timeout=5)  # its stream ends by itself once the batch generator sees `stop`
+        self.channel.close()  # cancels the weight subscription, which would only wake up on the next event
+        subscriber.join(timeout=5)
 
     def take_policy(self) -> tuple[int, Policy] | None:
         """The newest verified policy not yet handed out (called by the control loop between ticks)."""
@@ -113,22 +117,30 @@ class LearnerLink:
         backoff = Backoff()
         handshake_failures = 0
         while not self.stop.is_set():
+            in_setup = True  # a hint about TLS setup only fits a failure before the learner answered
             try:
                 reply = self._hello()
+                in_setup = False
                 if not self.connected.is_set():
                     log.info("connected to learner %s (run %s, stage %s, weights v%d)", self.target,
                              reply.run_id, self.stage, reply.weight_version)
                 self.connected.set()
                 backoff.reset()
                 handshake_failures = 0
+                first = self.outbox.first_pending()
+                if first is not None:
+                    log.info("resending %d unacknowledged batches from seq %d (the learner has stored up to "
+                             "seq %d)", len(self.outbox), first, reply.last_acked_seq)
                 for ack in self.stub.StreamTransitions(self._batches()):
+                    if ack.duplicate:
+                        log.info("batch %d was already stored by the learner (duplicate dropped there)", ack.seq)
                     self.outbox.ack(ack.seq)
                 if not self.stop.is_set():
                     raise RuntimeError("learner closed the transition stream")
             except grpc.RpcError as exc:
                 code = exc.code()
                 details = exc.details() or ""
-                hint = connection_hint(code, details, self.security.uses_tls)
+                hint = connection_hint(code, details, self.security.uses_tls) if in_setup else ""
                 if code in FATAL_CODES:
                     self._fail(f"learner refused this actor ({code.name}): {details}")
                     return
@@ -159,6 +171,8 @@ class LearnerLink:
         while not self.stop.is_set():
             for batch in self.outbox.pending_after(sent, timeout=0.2):
                 batch.weight_version_applied = self.weight_version_applied
+                if self.loop_stats is not None:
+                    batch.loop.CopyFrom(self.loop_stats)
                 yield batch
                 sent = batch.seq
 

@@ -12,9 +12,11 @@ import torch
 
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.envs import make_env, make_real_arm
+from hilrl.actor.human import Schedule
 from hilrl.actor.link import LearnerLink
 from hilrl.actor.loop import ActorLoop
 from hilrl.actor.outbox import Outbox, StateDir, StateDirInUse, default_state_dir
+from hilrl.actor.safety import parse_workspace
 from hilrl.buffers.recording import StepRecorder
 from hilrl.protos.transport import SecurityConfigError
 
@@ -23,8 +25,121 @@ log = logging.getLogger(__name__)
 EXIT_REFUSED = 3
 
 
+class Standalone:
+    """``--checkpoint``: stands in for the learner link, the outbox and the state directory.
+
+    The link hands out the checkpoint's policy once and is always "online"; the outbox drops every
+    batch (nothing is streamed); episodes are numbered from 0.
+    """
+
+    stage, fatal, actor_id, weight_version_applied = "online", None, "checkpoint", 0
+    full, nbytes, max_bytes, last_acked = False, 0, 0, 0
+
+    def __init__(self, policy) -> None:
+        self._policy = (0, policy)
+        self._episode = 0
+
+    def take_policy(self):
+        new, self._policy = self._policy, None
+        return new
+
+    def put(self, batch) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+    def take_episode_index(self) -> int:
+        self._episode += 1
+        return self._episode - 1
+
+
+def make_arm(cfg: ActorConfig, takeover_after: int):
+    if cfg.env in ("so101", "so100"):
+        return make_real_arm(cfg)
+    return make_env(cfg.env, cfg.seed, cfg.demo_noise, takeover_after, cameras=cfg.sim_cameras)
+
+
+def run_checkpoint(cfg: ActorConfig) -> int:
+    """Run a trained policy with no learner: evaluation and demos (``hilrl actor --checkpoint DIR``)."""
+    from dataclasses import replace
+
+    from hilrl.actor.evaluate import load_policy_file
+    from hilrl.deploy.eval import resolve_policy_file
+
+    if cfg.env.startswith("replay:"):
+        print("hilrl actor: --checkpoint runs a policy; it cannot be combined with --env replay:PATH", file=sys.stderr)
+        return 2
+    if cfg.record is not None and cfg.record.exists():
+        print(f"hilrl actor: --record {cfg.record} already exists; choose a new path", file=sys.stderr)
+        return 2
+    policy_file = resolve_policy_file(cfg.checkpoint)
+    try:
+        policy = load_policy_file(policy_file)
+    except (ValueError, OSError) as exc:
+        print(f"hilrl actor: --checkpoint {cfg.checkpoint}: {exc}", file=sys.stderr)
+        return 2
+    if getattr(policy.cfg, "cameras", ()):  # a camera policy needs the sim's images
+        cfg = replace(cfg, sim_cameras=True)
+    env, human = make_arm(cfg, takeover_after=0)
+    if env.spec.state_dim != policy.cfg.state_dim or env.spec.action_dim != policy.cfg.action_dim:
+        env.close()
+        print(f"hilrl actor: {policy_file} expects state {policy.cfg.state_dim} / action {policy.cfg.action_dim}, "
+              f"--env {cfg.env} gives {env.spec.state_dim} / {env.spec.action_dim}", file=sys.stderr)
+        return 2
+    log.info("running %s with no learner (nothing is streamed)", policy_file)
+    cfg = replace(cfg, exploration_noise=0.0)
+    local = Standalone(policy)
+    stop = _stop_on_signals()
+    recorder = StepRecorder(cfg.record, env.spec) if cfg.record is not None else None
+    try:
+        summary = ActorLoop(cfg, env, human, local, local, local, stop, recorder, standalone=True).run()
+    finally:
+        _close(env, human, recorder)
+    summary["checkpoint"] = str(policy_file)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _close(env, human, recorder) -> None:
+    env.close()
+    if human is not None:
+        human.close()
+    if recorder is not None:
+        recorder.close()
+
+
+def check_options(cfg: ActorConfig) -> str | None:
+    """What is wrong with the schedule / safety options, or None."""
+    try:
+        schedule = Schedule(cfg.schedule)
+        parse_workspace(cfg.workspace)
+    except ValueError as exc:
+        return str(exc)
+    if cfg.env in ("so101", "so100") and cfg.action_mode == "joint" and "human" in schedule.cycle:
+        return "--schedule with human episodes needs --action-mode ee: the human drives in end-effector space"
+    if cfg.rest_pose and cfg.env not in ("so101", "so100"):
+        return f"--rest-pose is for a real arm (--env so101/so100); the sim resets itself (--env {cfg.env})"
+    if cfg.max_action_delta < 0 or cfg.watchdog_periods < 0 or cfg.learner_lost_after_s <= 0:
+        return "--max-action-delta and --watchdog-periods must be >= 0, --learner-lost-after-s > 0"
+    return None
+
+
 def run(cfg: ActorConfig) -> int:
     torch.set_num_threads(1)  # a small MLP per tick; leave the cores to the sim and the learner
+    problem = check_options(cfg)
+    if problem:
+        print(f"hilrl actor: {problem}", file=sys.stderr)
+        return 2
+    if cfg.checkpoint is not None:
+        return run_checkpoint(cfg)
     try:  # unusable TLS/token options fail now, before the state directory and the sim
         cfg.channel_credentials()
         cfg.token()
@@ -43,26 +158,17 @@ def run(cfg: ActorConfig) -> int:
     if cfg.record is not None and cfg.record.exists():
         print(f"hilrl actor: --record {cfg.record} already exists; choose a new path", file=sys.stderr)
         return 2
-    if cfg.env in ("so101", "so100"):
-        env, human = make_real_arm(cfg)
-    else:
-        env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise, cfg.takeover_after)
+    env, human = make_arm(cfg, cfg.takeover_after)
     link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb, security=cfg)
     log.info("actor %s (state %s) -> learner %s", state.actor_id, state.path, cfg.learner)
     link.start()
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     recorder = StepRecorder(cfg.record, env.spec) if cfg.record is not None else None
     try:
         summary = ActorLoop(cfg, env, human, link, outbox, state, stop, recorder).run()
     finally:
-        env.close()
-        if human is not None:
-            human.close()
-        if recorder is not None:
-            recorder.close()
+        _close(env, human, recorder)
     if link.fatal is None and len(outbox):
         log.info("waiting up to %.0fs for the learner to acknowledge %d batches", cfg.flush_timeout_s, len(outbox))
         outbox.wait_empty(cfg.flush_timeout_s)

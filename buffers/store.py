@@ -12,13 +12,30 @@ Only then may the batch be acknowledged. A crash at any moment leaves the previo
 rows past it are truncated when the store is opened again, so the store never holds a step twice
 or a step whose batch was not acknowledged as stored. `--resume` replays the store through the
 assembler to rebuild both buffers.
+
+Bounded disk use (given the buffer capacities). Every `compact_every` stored steps the store works
+out, from its own rows and with the assembler's pairing rule, which rows the buffers can still
+hold: the newest `capacity` (+ a margin: one per discard) transitions of each side, the row after
+each of them (its next observation) and each source's last row (still waiting for its successor).
+Every run of at least `min_hole` other rows becomes a *hole*: the hole list goes to a new immutable
+`holes-<n>.json` (fsynced), the commit that names it is replaced atomically, and only then are the
+chunk files lying wholly inside holes deleted (again on every open, so a crash in between only
+leaves garbage that the next open removes). Replay skips holes. Dead rows outside holes are
+replayed; their transitions are count-dead (at least `capacity` newer ones of their side follow),
+so the rings evict them again and `--resume` rebuilds the same buffer contents. One caveat: when a
+buffer's frame ring rather than its transition ring is the limit (very short human/policy runs, see
+`buffers.replay`), frames shared with a deleted predecessor are written anew, which can retire one
+more of the oldest transitions than before the restart.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Iterator
+import shutil
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +46,11 @@ from zarr.storage import LocalStore
 from hilrl.buffers.assembler import Discard, Step
 from hilrl.buffers.spec import Spec
 
+log = logging.getLogger(__name__)
+
 FORMAT = "hilrl-store"
-VERSION = 1
+VERSION = 2  # 2 added holes (bounded disk use); version 1 stores open and become version 2
+READABLE = (1, 2)
 CHUNK_BYTES = 1 << 20
 SCALARS = {"reward": "float32", "terminated": "bool", "truncated": "bool", "is_intervention": "bool",
            "episode": "int64", "step": "int64", "source": "int32"}
@@ -91,21 +111,32 @@ def _chunk_rows(row_bytes: int) -> int:
 
 
 class BufferStore:
-    def __init__(self, path: str | Path, spec: Spec) -> None:
+    """The durable step store; `capacities=(human, policy)` bounds its disk use (None keeps every step)."""
+
+    def __init__(self, path: str | Path, spec: Spec, capacities: tuple[int, int] | None = None,
+                 compact_every: int | None = None, min_hole: int = 64) -> None:
         self.path = Path(path)
         self.spec = spec
+        self.capacities = capacities
+        self.compact_every = compact_every or (max(1024, sum(capacities) // 8) if capacities else 0)
+        self.min_hole = max(1, min_hole)
         fresh = not (self.path / "commit.json").exists()
         self._store = _DurableLocalStore(self.path)
         if fresh:
             self._create()
             self.commit = {"format": FORMAT, "version": VERSION, "steps": 0, "finals": 0, "sources": [],
-                           "actors": {}, "discards": []}
+                           "actors": {}, "discards": [], "holes": None}
             self._write_commit()
         else:
             self.commit = json.loads((self.path / "commit.json").read_text())
             self._check_compatible()
+            self.commit["version"] = VERSION
+            self.commit.setdefault("holes", None)
         self.group = zarr.open_group(store=self._store, mode="r+")
+        self.holes, self.final_holes = _load_holes(self.path, self.commit)
         self._truncate_uncommitted()
+        self._collect_garbage()
+        self._since_compact = 0
 
     # ------------------------------------------------------------------ layout
 
@@ -124,12 +155,7 @@ class BufferStore:
         self._store.sync()
 
     def _check_compatible(self) -> None:
-        c = self.commit
-        if c.get("format") != FORMAT:
-            raise StoreError(f"{self.path} is not a hilrl buffer store (format {c.get('format')!r})")
-        if c.get("version") != VERSION:
-            raise StoreError(f"{self.path}: buffer store format version {c.get('version')} is not supported by "
-                             f"this hilrl (it reads version {VERSION}); use the matching hilrl release")
+        _check_commit(self.path, self.commit)
         stored = Spec.from_dict(zarr.open_group(store=self._store, mode="r").attrs["spec"])
         if problem := stored.mismatch(self.spec):
             raise StoreError(f"{self.path}: stored spec differs from the learner's: {problem}")
@@ -181,34 +207,223 @@ class BufferStore:
         self.commit["discards"].extend([source, d.episode] for d in items if isinstance(d, Discard))
         self.commit["actors"][source] = {"last_seq": seq}
         self._write_commit()
+        self._since_compact += len(steps)
+        if self.capacities and self._since_compact >= self.compact_every:
+            try:  # the batch is committed: a failed compaction must not make it look unstored
+                self.compact()
+            except Exception:
+                log.exception("%s: compaction failed; the store stays correct, only larger (retried later)",
+                              self.path)
 
     def _write_commit(self) -> None:
         atomic_write(self.path / "commit.json", json.dumps(self.commit).encode())
 
+    # ------------------------------------------------------------------ bounding disk use
+
+    def needed_rows(self) -> np.ndarray:
+        """Sorted row numbers the buffers may still hold (see the module docstring); needs capacities."""
+        assert self.capacities is not None
+        rows = _kept_rows(self.commit["steps"], self.holes)
+        cols = {name: self.group[name] for name in ("source", "episode", "step", "is_intervention", "terminated",
+                                                    "truncated")}
+        margin = len(self.commit["discards"]) + 1
+        keep = [deque(maxlen=c + margin) for c in self.capacities]  # (row, successor row), newest last
+        pending: dict[int, tuple[int, int, int, bool]] = {}
+        for start, stop in _blocks(rows):
+            v = {k: a[start:stop] for k, a in cols.items()}
+            for j in range(stop - start):
+                row, sid, ep, t = start + j, int(v["source"][j]), int(v["episode"][j]), int(v["step"][j])
+                human = bool(v["is_intervention"][j])
+                p = pending.pop(sid, None)
+                if p is not None and p[1] == ep and t == p[2] + 1:
+                    keep[0 if p[3] else 1].append((p[0], row))
+                if v["terminated"][j] or v["truncated"][j]:
+                    keep[0 if human else 1].append((row, row))
+                else:
+                    pending[sid] = (row, ep, t, human)
+        needed = {r for side in keep for pair in side for r in pair} | {p[0] for p in pending.values()}
+        return np.asarray(sorted(needed), dtype=np.int64)
+
+    def compact(self) -> int:
+        """Turn rows the buffers can no longer hold into holes and delete their chunks; returns rows freed."""
+        self._since_compact = 0
+        n = self.commit["steps"]
+        needed = self.needed_rows()
+        bounds = np.concatenate([[-1], needed, [n]])
+        fresh = [(int(a) + 1, int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+                 if b - a - 1 >= self.min_hole]
+        holes = _merge([*self.holes, *fresh])
+        freed = _count(holes) - _count(self.holes)
+        if freed <= 0:
+            return 0
+        final_index = self.group["final_index"][: self.commit["finals"]]
+        dead = _in_holes(final_index, holes)
+        final_holes = _runs(np.flatnonzero(dead))
+        generation = int(self.commit.get("holes_generation", 0)) + 1
+        name = f"holes-{generation:06d}.json"
+        atomic_write(self.path / name, json.dumps({"rows": holes, "finals": final_holes}).encode())
+        old = self.commit.get("holes")
+        self.commit.update(holes=name, holes_generation=generation)
+        self._write_commit()  # the commit point: from here on these rows are gone
+        self.holes, self.final_holes = holes, final_holes
+        if old:
+            (self.path / old).unlink(missing_ok=True)
+        self._collect_garbage()
+        return freed
+
+    def _collect_garbage(self) -> None:
+        """Delete chunk files wholly inside holes and hole lists no commit names (idempotent)."""
+        for name in os.listdir(self.path):
+            if name.startswith("holes-") and name != self.commit.get("holes"):
+                (self.path / name).unlink(missing_ok=True)
+        if not self.holes:
+            return
+        for name, arr in self._arrays():
+            holes = self.final_holes if name.startswith("final") else self.holes
+            if not holes:
+                continue
+            rows = arr.chunks[0]
+            chunk_dir = self.path / arr.path / "c"  # zarr's default chunk keys: c/<row chunk>/0/...
+            if not chunk_dir.is_dir():
+                continue
+            present = np.asarray(sorted(int(c) for c in os.listdir(chunk_dir) if c.isdigit()), dtype=np.int64)
+            if len(present) == 0:
+                continue
+            lo, hi = present * rows, np.minimum((present + 1) * rows, arr.shape[0]) - 1
+            first, last = _in_holes(lo, holes), _in_holes(hi, holes)
+            same = _hole_of(lo, holes) == _hole_of(hi, holes)
+            for c in present[first & last & same]:
+                target = chunk_dir / str(int(c))
+                if target.is_dir():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink(missing_ok=True)
+
+    def disk_bytes(self) -> int:
+        """Bytes of every file under the store."""
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
     # ------------------------------------------------------------------ reading
 
     def __len__(self) -> int:
-        return int(self.commit["steps"])
+        """Committed steps still on disk (outside holes)."""
+        return int(self.commit["steps"]) - _count(self.holes)
 
     def replay(self) -> Iterator[tuple[str, Step | Discard]]:
-        """Every committed step in arrival order as (source, step), then the discards."""
-        n, g = self.commit["steps"], self.group
-        sources = self.commit["sources"]
-        final_at = {int(i): k for k, i in enumerate(g["final_index"][:])}
-        block = 4096
-        for start in range(0, n, block):
-            stop = min(n, start + block)
-            obs = {f.name: g[f"obs/{f.name}"][start:stop] for f in self.spec.observation}
-            action = g["action"][start:stop]
-            scalars = {name: g[name][start:stop] for name in SCALARS}
-            for j in range(stop - start):
-                k = final_at.get(start + j)
-                final = None if k is None else {f.name: g[f"final/{f.name}"][k] for f in self.spec.observation}
-                step = Step(obs={name: v[j] for name, v in obs.items()}, action=action[j],
-                            reward=float(scalars["reward"][j]), terminated=bool(scalars["terminated"][j]),
-                            truncated=bool(scalars["truncated"][j]),
-                            is_intervention=bool(scalars["is_intervention"][j]), episode=int(scalars["episode"][j]),
-                            step=int(scalars["step"][j]), final_obs=final)
-                yield sources[int(scalars["source"][j])], step
-        for source, episode in self.commit["discards"]:
-            yield source, Discard(int(episode))
+        """Every committed step outside holes in arrival order as (source, step), then the discards."""
+        return _replay(self.group, self.spec, self.commit, self.holes)
+
+
+def read_store(path: str | Path) -> tuple[Spec, Iterator[tuple[str, Step | Discard]], set[tuple[str, int]]]:
+    """Read-only view of a store up to its last commit (safe while a learner writes to it):
+    its spec, its (source, step) stream without the discards, and the discarded (source, episode)s."""
+    path = Path(path)
+    try:
+        commit = json.loads((path / "commit.json").read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no learner buffer store there (no commit.json); "
+                         "give <learner output-dir>/store") from None
+    _check_commit(path, commit)
+    g = zarr.open_group(str(path), mode="r")
+    spec = Spec.from_dict(g.attrs["spec"])
+    holes, _ = _load_holes(path, commit)
+    items = (x for x in _replay(g, spec, commit, holes) if isinstance(x[1], Step))
+    return spec, items, {(str(s), int(e)) for s, e in commit["discards"]}
+
+
+def _check_commit(path: Path, commit: dict) -> None:
+    if commit.get("format") != FORMAT:
+        raise StoreError(f"{path} is not a hilrl buffer store (format {commit.get('format')!r})")
+    if commit.get("version") not in READABLE:
+        raise StoreError(f"{path}: buffer store format version {commit.get('version')} is not supported by "
+                         f"this hilrl (it reads versions {', '.join(map(str, READABLE))}); use the matching "
+                         "hilrl release")
+
+
+def _load_holes(path: Path, commit: dict) -> tuple[list[list[int]], list[list[int]]]:
+    name = commit.get("holes")
+    if not name:
+        return [], []
+    try:
+        data = json.loads((path / name).read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path}: its hole list {name} vanished (the learner compacted the store while it "
+                         "was being read); read it again") from None
+    return [list(h) for h in data["rows"]], [list(h) for h in data["finals"]]
+
+
+def _replay(g: zarr.Group, spec: Spec, commit: dict, holes: list[list[int]]) -> Iterator[tuple[str, Step | Discard]]:
+    n, sources = commit["steps"], commit["sources"]
+    final_index = g["final_index"][: commit["finals"]]
+    final_at = {int(i): k for k, i in enumerate(final_index)}
+    for start, stop in _blocks(_kept_rows(n, holes)):
+        obs = {f.name: g[f"obs/{f.name}"][start:stop] for f in spec.observation}
+        action = g["action"][start:stop]
+        scalars = {name: g[name][start:stop] for name in SCALARS}
+        for j in range(stop - start):
+            k = final_at.get(start + j)
+            final = None if k is None else {f.name: g[f"final/{f.name}"][k] for f in spec.observation}
+            step = Step(obs={name: v[j] for name, v in obs.items()}, action=action[j],
+                        reward=float(scalars["reward"][j]), terminated=bool(scalars["terminated"][j]),
+                        truncated=bool(scalars["truncated"][j]),
+                        is_intervention=bool(scalars["is_intervention"][j]), episode=int(scalars["episode"][j]),
+                        step=int(scalars["step"][j]), final_obs=final)
+            yield sources[int(scalars["source"][j])], step
+    for source, episode in commit["discards"]:
+        yield source, Discard(int(episode))
+
+
+def _kept_rows(n: int, holes: list[list[int]]) -> list[tuple[int, int]]:
+    """The row ranges of [0, n) outside the (sorted, disjoint) holes."""
+    out, at = [], 0
+    for a, b in holes:
+        if a > at:
+            out.append((at, min(a, n)))
+        at = max(at, b)
+    if at < n:
+        out.append((at, n))
+    return [(a, b) for a, b in out if b > a]
+
+
+def _blocks(ranges: Iterable[tuple[int, int]], size: int = 4096) -> Iterator[tuple[int, int]]:
+    for a, b in ranges:
+        for start in range(a, b, size):
+            yield start, min(b, start + size)
+
+
+def _merge(ranges: list[tuple[int, int] | list[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for a, b in sorted((int(a), int(b)) for a, b in ranges):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def _count(holes: list[list[int]]) -> int:
+    return sum(b - a for a, b in holes)
+
+
+def _in_holes(rows: np.ndarray, holes: list[list[int]]) -> np.ndarray:
+    if not holes:
+        return np.zeros(len(rows), dtype=bool)
+    starts = np.asarray([a for a, _ in holes])
+    ends = np.asarray([b for _, b in holes])
+    k = np.searchsorted(starts, rows, side="right") - 1
+    return (k >= 0) & (rows < ends[np.maximum(k, 0)])
+
+
+def _hole_of(rows: np.ndarray, holes: list[list[int]]) -> np.ndarray:
+    """Index of the hole at or before each row (only meaningful for rows inside a hole)."""
+    return np.searchsorted(np.asarray([a for a, _ in holes]), rows, side="right") - 1
+
+
+def _runs(idx: np.ndarray) -> list[list[int]]:
+    """Consecutive integers in sorted `idx` as [start, stop) ranges."""
+    if len(idx) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
+    stops = np.concatenate([idx[breaks], [idx[-1]]]) + 1
+    return [[int(a), int(b)] for a, b in zip(starts, stops, strict=True)]

@@ -58,6 +58,16 @@ def to_torch(batch: dict[str, Any], device: torch.device | str, pin_memory: bool
     return _convert(batch, plan)
 
 
+def state_tensor(obs: dict[str, torch.Tensor], spec: Any) -> torch.Tensor:
+    """The state vector ``[B, state_dim]`` (float32) of a batch of observation tensors, on their device.
+
+    The torch twin of `hilrl.buffers.spec.state_vector`: the non-image features of `spec`, in spec
+    order, flattened and concatenated.
+    """
+    parts = [obs[f.name].reshape(len(obs[f.name]), f.size).to(torch.float32) for f in spec.state_features]
+    return torch.cat(parts, dim=-1)
+
+
 def _convert(value: Any, plan: TransferPlan) -> Any:
     if isinstance(value, dict):
         return {k: _convert(v, plan) for k, v in value.items()}

@@ -23,6 +23,7 @@ class Subcommand:
     config: str        # "module:Dataclass"
     runner: str        # "module:function" taking the parsed config, returning the exit code
     logs: bool = False  # set up INFO logging on stderr before running
+    verb: str = ""  # a config field that a leading bare word fills: `hilrl dataset export` = `--action export`
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -51,6 +52,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "evaluate a trained policy (no noise, no takeover); prints one JSON object",
         "Evaluate a trained policy without exploration noise or takeover; prints one JSON object.",
         "hilrl.deploy.eval:EvalConfig", "hilrl.deploy.eval:run_eval"),
+    "dataset": Subcommand(
+        "LeRobotDataset export (of a learner's store or a recording) and import (to a demos recording)",
+        "hilrl dataset export --store DIR|--recording PATH --output DIR [--source human|policy|all], or "
+        "hilrl dataset import --dataset DIR --output demos.zarr (see docs/datasets.md).",
+        "hilrl.deploy.dataset:DatasetConfig", "hilrl.deploy.dataset:run_dataset", verb="action"),
     "record": Subcommand(
         "record human demonstrations to a file (seed a learner with: hilrl learner --demos FILE)",
         "Record human demonstrations to a file; seed a learner with it: hilrl learner --demos FILE.",
@@ -68,6 +74,8 @@ def _load(ref: str):
 
 def _run(name: str, argv: list[str]) -> int:
     sub = SUBCOMMANDS[name]
+    if sub.verb and argv and not argv[0].startswith("-"):
+        argv = [f"--{sub.verb}", argv[0], *argv[1:]]
     cfg = parse_config(_load(sub.config), argv, f"hilrl {name}", sub.description)
     if sub.logs:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,

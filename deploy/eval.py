@@ -32,7 +32,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
     policy_file = resolve_policy_file(cfg.checkpoint)
     policy = load_policy_file(policy_file)
-    env, _ = make_env(cfg.env, cfg.seed, 0.0)
+    env, _ = make_env(cfg.env, cfg.seed, 0.0, cameras=bool(policy.cfg.cameras))  # a camera policy needs images
     try:
         if env.spec.state_dim != policy.cfg.state_dim or env.spec.action_dim != policy.cfg.action_dim:
             raise SystemExit(f"{policy_file} expects state {policy.cfg.state_dim} / action {policy.cfg.action_dim}, "

@@ -38,7 +38,9 @@ def status_to_dict(reply: pb.StatusReply) -> dict:
         "actors": [
             {"id": a.id, "transitions_received": a.transitions_received, "last_acked_seq": a.last_acked_seq,
              "weight_version_applied": a.weight_version_applied, "policy_lag": a.policy_lag,
-             "connected": a.connected, "episodes": a.episodes, "interventions": a.interventions}
+             "connected": a.connected, "episodes": a.episodes, "interventions": a.interventions,
+             "loop_period_p50_ms": round(a.loop_period_p50_ms, 2), "loop_period_p99_ms": round(a.loop_period_p99_ms, 2),
+             "overruns": a.overruns, "watchdog_holds": a.watchdog_holds, "safety_clamps": a.safety_clamps}
             for a in reply.actors
         ],
         "run_id": reply.run_id,

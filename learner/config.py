@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from hilrl.buffers.lerobot_io import LeRobotMapping
 from hilrl.deploy.configtools import opt
 from hilrl.learner.td3 import TD3Config
 from hilrl.protos.transport import ServerSecurity
@@ -31,7 +32,10 @@ class LearnerConfig(ServerSecurity):
     torch_threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
     spec_file: Path | None = opt(None, "observation/action spec JSON; none = adopt the first actor's spec")
     demos: Path | None = opt(None, "seed the human buffer from this demonstration recording (see `hilrl record`); "
-                                   "its episodes count towards --demo-episodes")
+                                   "its episodes count towards --demo-episodes; also a LeRobotDataset root "
+                                   "(with meta/info.json), mapped by --demo-map.*, see docs/datasets.md")
+    demo_map: LeRobotMapping = field(default_factory=LeRobotMapping,
+                                     metadata={"help": "--demos LeRobotDataset feature mapping (dataset -> hilrl)"})
 
     demo_episodes: int = opt(20, "complete human demonstration episodes to wait for before the offline stage")
     offline_steps: int = opt(5000, "TD3+BC updates on the human buffer before going online (0 skips)")
@@ -51,5 +55,7 @@ class LearnerConfig(ServerSecurity):
     human_capacity: int = opt(200_000, "transitions kept in the human buffer")
     policy_capacity: int = opt(500_000, "transitions kept in the policy buffer")
     hidden: tuple[int, ...] = opt((256, 256), "hidden layer sizes of actor and critics")
+    encoder: Literal["resnet10", "resnet18"] = opt("resnet10", "image encoder of camera policies (the spec's uint8 "
+                                                               "HxWx3 features); see also --algo.freeze-encoder")
     max_message_mb: int = opt(16, "largest gRPC message accepted or sent, in MiB")
     algo: TD3Config = field(default_factory=TD3Config, metadata={"help": "TD3 / TD3+BC hyper-parameters"})

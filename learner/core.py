@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
-from hilrl.buffers.recording import RecordingError, read_steps
+from hilrl.buffers.lerobot_io import read_demos
+from hilrl.buffers.recording import RecordingError
 from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.buffers.store import BufferStore, StoreError, atomic_write
 from hilrl.learner.config import LearnerConfig
-from hilrl.learner.networks import PolicyConfig
+from hilrl.learner.networks import PolicyConfig, policy_config_for
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ class ActorRecord:
     interventions: int = 0
     weight_version_applied: int = 0
     connected: bool = False
+    loop_period_p50_ms: float = 0.0  # the actor's control-loop health, from its newest batch
+    loop_period_p99_ms: float = 0.0
+    overruns: int = 0
+    watchdog_holds: int = 0
+    safety_clamps: int = 0
 
 
 @dataclass
@@ -58,6 +64,9 @@ class LearnerCore:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.lock = threading.Condition()
+        # One store writer at a time (the store's row order is the buffers' order), without the core lock:
+        # the fsyncs of one actor's batch must not stall training, status, Hello or the weight streams.
+        self._ingest_lock = threading.Lock()
         self.spec: Spec | None = None
         self.buffers: DualBuffer | None = None
         self.store: BufferStore | None = None
@@ -120,14 +129,15 @@ class LearnerCore:
         self.buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
         atomic_write(self.out / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
         try:
-            self.store = BufferStore(self.out / "store", spec)
+            self.store = BufferStore(self.out / "store", spec,  # disk bounded by the buffer capacities
+                                     capacities=(self.cfg.human_capacity, self.cfg.policy_capacity))
         except StoreError as exc:
             raise SystemExit(str(exc)) from exc
         log.info("spec adopted: %s", "; ".join(f.describe() for f in (*spec.observation, spec.action)))
 
     def seed_demos(self, path: Path) -> int:
         """Load a demonstration recording into the store and the human buffer; returns its episodes."""
-        spec, steps = read_steps(path)
+        spec, steps = read_demos(path, self.cfg.demo_map, like=self.spec)  # a recording or a LeRobotDataset
         if self.spec is None:
             self._adopt_spec(spec)
         elif problem := self.spec.mismatch(spec):
@@ -147,7 +157,7 @@ class LearnerCore:
 
     def policy_config(self) -> PolicyConfig:
         assert self.spec is not None
-        return PolicyConfig(self.spec.state_dim, self.spec.action_dim, tuple(self.cfg.hidden))
+        return policy_config_for(self.spec, tuple(self.cfg.hidden), self.cfg.encoder)  # cameras from the spec
 
     # ------------------------------------------------------------------ actors
 
@@ -174,24 +184,39 @@ class LearnerCore:
                 self.actors[actor_id].connected = False
 
     def ingest(self, actor_id: str, seq: int, items: list[Step | Discard], weight_version_applied: int) -> bool:
-        """Store one batch from an actor; returns True when it had been stored before (duplicate).
+        """Store one batch from an actor; returns True when it had been stored before (duplicate)."""
+        return self.ingest_batches(actor_id, [(seq, items)], weight_version_applied)[0]
 
-        The batch is durable in the buffer store, together with its `(actor_id, seq)` record, before
-        this returns False, so the caller may acknowledge it.
+    def ingest_batches(self, actor_id: str, batches: list[tuple[int, list[Step | Discard]]],
+                       weight_version_applied: int) -> list[bool]:
+        """Store consecutive batches `(seq, items)` of one actor in ONE store commit; returns, per batch,
+        whether it had been stored before (a duplicate, dropped).
+
+        Everything new is durable in the buffer store, together with the actor's last `seq`, before this
+        returns, so the caller may acknowledge every batch. A crash before that leaves none of them stored.
         """
-        with self.lock:
-            record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
-            record.weight_version_applied = weight_version_applied
-            if seq <= record.last_seq:
-                return True
-            if seq != record.last_seq + 1:
-                log.warning("actor %s: batch seq jumped from %d to %d", actor_id, record.last_seq, seq)
+        with self._ingest_lock:  # last_seq only changes under this lock, so the checks below stay true
+            with self.lock:
+                record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
+                record.weight_version_applied = weight_version_applied
+                last, duplicates, items = record.last_seq, [], []
+                for seq, batch_items in batches:
+                    duplicates.append(seq <= last)
+                    if seq <= last:
+                        continue
+                    if seq != last + 1:
+                        log.warning("actor %s: batch seq jumped from %d to %d", actor_id, last, seq)
+                    last = seq
+                    items.extend(batch_items)
+            if last == record.last_seq:
+                return duplicates
             assert self.store is not None
-            self.store.append(actor_id, seq, items)
-            self._apply(actor_id, items, record)
-            record.last_seq = seq
-            self.lock.notify_all()
-            return False
+            self.store.append(actor_id, last, items)  # durable (fsynced), outside the core lock
+            with self.lock:
+                self._apply(actor_id, items, record)
+                record.last_seq = last
+                self.lock.notify_all()
+            return duplicates
 
     def _apply(self, source: str, items: list[Step | Discard], record: ActorRecord | None) -> None:
         """Feed stored items to the assembler and the dual buffer (also used when replaying the store)."""
@@ -277,6 +302,14 @@ class LearnerCore:
             names = tuple(f.name for f in self.spec.state_features)  # never gather every stored image
             return state_vector(source.valid_slice(names), self.spec)
 
+    def note_loop(self, actor_id: str, stats: dict) -> None:
+        """Keep an actor's newest control-loop statistics (informational; shown by status and TensorBoard)."""
+        with self.lock:
+            record = self.actors.get(actor_id)
+            if record is not None:
+                for key, value in stats.items():
+                    setattr(record, key, value)
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict:
@@ -299,7 +332,9 @@ class LearnerCore:
                     {"id": a.actor_id, "transitions_received": a.transitions, "last_acked_seq": a.last_seq,
                      "weight_version_applied": a.weight_version_applied,
                      "policy_lag": max(0, self.weights.version - a.weight_version_applied),
-                     "connected": a.connected, "episodes": a.episodes, "interventions": a.interventions}
+                     "connected": a.connected, "episodes": a.episodes, "interventions": a.interventions,
+                     "loop_period_p50_ms": a.loop_period_p50_ms, "loop_period_p99_ms": a.loop_period_p99_ms,
+                     "overruns": a.overruns, "watchdog_holds": a.watchdog_holds, "safety_clamps": a.safety_clamps}
                     for a in self.actors.values()
                 ],
             }

@@ -10,6 +10,14 @@ Conventions used everywhere in the learner:
 
 The `Policy` (actor + normalisation buffers) is what the actor process runs. Its ``state_dict``
 contains the buffers, so one safetensors blob carries weights *and* normalisation.
+
+Camera policies (``PolicyConfig.cameras`` non-empty) add an `ImageEncoder` (a ResNet-10/18 trunk
+shared by all cameras, see `learner/encoders.py`) to the `Policy`, and per-camera projection heads to
+the `Actor` and the `Critic`: each network reads the trunk's feature maps through its own heads and
+concatenates them with the normalised state vector. The trunk lives in the `Policy` (the actor
+process needs it); the learner's critic reads the same trunk (DrQ-v2: one encoder, trained by the
+critic loss only), so what travels to the actor is the trunk, the actor and the statistics, never
+a critic part.
 """
 
 from __future__ import annotations
@@ -24,28 +32,71 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from hilrl.learner.encoders import ENCODERS, CameraHeads, ImageEncoder, feature_map_shape
+
 STD_EPS = 1e-3  # lower clamp on the per-feature state std
 
 
 @dataclass
 class PolicyConfig:
-    """Shape of the policy network; JSON-serialisable via `dataclasses.asdict` (sent in the handshake)."""
+    """Shape of the policy network; JSON-serialisable via `dataclasses.asdict` (sent in the handshake).
+
+    ``cameras`` names the image features (uint8 ``image_shape = (H, W, 3)``, the same for every
+    camera) in the order the encoder stacks them; empty for a state-only policy.
+    """
 
     state_dim: int
     action_dim: int
     hidden: tuple[int, ...] = (256, 256)
+    cameras: tuple[str, ...] = ()
+    image_shape: tuple[int, ...] = ()
+    encoder: str = "resnet10"
+    image_feature_dim: int = 64
 
     def __post_init__(self) -> None:
         self.state_dim = int(self.state_dim)
         self.action_dim = int(self.action_dim)
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.cameras = tuple(str(c) for c in self.cameras)
+        self.image_shape = tuple(int(n) for n in self.image_shape)
+        self.image_feature_dim = int(self.image_feature_dim)
+        if self.cameras:
+            if len(self.image_shape) != 3 or self.image_shape[2] != 3:
+                raise ValueError(f"cameras {list(self.cameras)} need image_shape (H, W, 3), got {self.image_shape}")
+            if min(self.image_shape[:2]) < 32:
+                raise ValueError(f"camera images must be at least 32x32 pixels, got {self.image_shape[:2]}")
+            if self.encoder not in ENCODERS:
+                raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {sorted(ENCODERS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
-        return cls(d["state_dim"], d["action_dim"], tuple(d.get("hidden", (256, 256))))
+        return cls(d["state_dim"], d["action_dim"], tuple(d.get("hidden", (256, 256))), tuple(d.get("cameras", ())),
+                   tuple(d.get("image_shape", ())), d.get("encoder", "resnet10"), d.get("image_feature_dim", 64))
+
+    @property
+    def feature_map(self) -> tuple[int, int, int] | None:
+        """``(C, h, w)`` of the encoder's output per camera; None for a state-only policy."""
+        return feature_map_shape(self.image_shape[:2]) if self.cameras else None
+
+
+def policy_config_for(spec: Any, hidden: tuple[int, ...], encoder: str = "resnet10",
+                      image_feature_dim: int = 64) -> PolicyConfig:
+    """The `PolicyConfig` of a `Spec`: its state vector, its action, and its uint8 camera images (if any)."""
+    images = spec.image_features
+    shapes = {f.shape for f in images}
+    if len(shapes) > 1:
+        raise ValueError("every camera must have the same image shape for the shared encoder, got "
+                         + ", ".join(f"{f.name}: {list(f.shape)}" for f in images))
+    return PolicyConfig(spec.state_dim, spec.action_dim, tuple(hidden), tuple(f.name for f in images),
+                        next(iter(shapes)) if shapes else (), encoder, image_feature_dim)
+
+
+def _camera_heads(cfg: PolicyConfig) -> CameraHeads | None:
+    fmap = cfg.feature_map
+    return None if fmap is None else CameraHeads(len(cfg.cameras), fmap, cfg.image_feature_dim)
 
 
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, layer_norm: bool = False) -> nn.Sequential:
@@ -62,32 +113,58 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, layer_norm: bool = F
 
 
 class Actor(nn.Module):
-    """Deterministic policy ``pi(s_n) -> a_n`` in ``[-1, 1]`` (MLP, ReLU, tanh output)."""
+    """Deterministic policy ``pi(s_n[, images]) -> a_n`` in ``[-1, 1]`` (MLP, ReLU, tanh output).
 
-    def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256)) -> None:
+    With ``heads`` (camera policies) the MLP reads ``[s_n, heads(feature maps)]``.
+    """
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256),
+                 heads: CameraHeads | None = None) -> None:
         super().__init__()
-        self.net = mlp(state_dim, hidden, action_dim)
+        self.net = mlp(state_dim + (heads.out_dim if heads is not None else 0), hidden, action_dim)
+        self.heads = heads
 
-    def forward(self, state_n: Tensor) -> Tensor:
-        return torch.tanh(self.net(state_n))
+    def forward(self, state_n: Tensor, fmaps: Tensor | None = None) -> Tensor:
+        return torch.tanh(self.net(_features(state_n, self.heads, fmaps)))
 
 
 class Critic(nn.Module):
-    """Twin Q networks ``Q1, Q2(s_n, a_n)``; LayerNorm after every hidden Linear (as in RLPD / HIL-SERL)."""
+    """Twin Q networks ``Q1, Q2(s_n, a_n)``; LayerNorm after every hidden Linear (as in RLPD / HIL-SERL).
 
-    def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256)) -> None:
+    Camera critics have their own projection heads (shared by Q1 and Q2, as in DrQ-v2) over the
+    encoder's feature maps.
+    """
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256),
+                 heads: CameraHeads | None = None) -> None:
         super().__init__()
-        self.q1_net = mlp(state_dim + action_dim, hidden, 1, layer_norm=True)
-        self.q2_net = mlp(state_dim + action_dim, hidden, 1, layer_norm=True)
+        in_dim = state_dim + action_dim + (heads.out_dim if heads is not None else 0)
+        self.q1_net = mlp(in_dim, hidden, 1, layer_norm=True)
+        self.q2_net = mlp(in_dim, hidden, 1, layer_norm=True)
+        self.heads = heads
 
-    def forward(self, state_n: Tensor, action_n: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, state_n: Tensor, action_n: Tensor, fmaps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Both Q values, each of shape ``[B]``."""
-        x = torch.cat([state_n, action_n], dim=-1)
+        x = torch.cat([_features(state_n, self.heads, fmaps), action_n], dim=-1)
         return self.q1_net(x).squeeze(-1), self.q2_net(x).squeeze(-1)
 
-    def q1(self, state_n: Tensor, action_n: Tensor) -> Tensor:
+    def q1(self, state_n: Tensor, action_n: Tensor, fmaps: Tensor | None = None) -> Tensor:
         """Only the first Q value (used by the actor loss), shape ``[B]``."""
-        return self.q1_net(torch.cat([state_n, action_n], dim=-1)).squeeze(-1)
+        return self.q1_net(torch.cat([_features(state_n, self.heads, fmaps), action_n], dim=-1)).squeeze(-1)
+
+
+def _features(state_n: Tensor, heads: CameraHeads | None, fmaps: Tensor | None) -> Tensor:
+    """The network input: the normalised state, plus the projected camera features for camera networks."""
+    if heads is None:
+        return state_n
+    if fmaps is None:
+        raise ValueError("this network reads camera images: pass the encoder's feature maps")
+    return torch.cat([state_n, heads(fmaps)], dim=-1)
+
+
+def make_critic(cfg: PolicyConfig) -> Critic:
+    """The twin critic that goes with a policy of this config (camera heads included)."""
+    return Critic(cfg.state_dim, cfg.action_dim, cfg.hidden, _camera_heads(cfg))
 
 
 class Policy(nn.Module):
@@ -95,6 +172,7 @@ class Policy(nn.Module):
 
     Buffers (part of ``state_dict``): ``obs_mean``, ``obs_std`` (``[state_dim]``), ``action_low``,
     ``action_high`` (``[action_dim]``). Defaults are the identity normalisation and the box [-1, 1].
+    A camera policy also holds the image ``encoder`` and takes ``images`` (name -> uint8 ``[B, H, W, 3]``).
     """
 
     obs_mean: Tensor
@@ -105,7 +183,8 @@ class Policy(nn.Module):
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.actor = Actor(cfg.state_dim, cfg.action_dim, cfg.hidden)
+        self.encoder: ImageEncoder | None = ImageEncoder(cfg.encoder) if cfg.cameras else None
+        self.actor = Actor(cfg.state_dim, cfg.action_dim, cfg.hidden, _camera_heads(cfg))
         self.register_buffer("obs_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("obs_std", torch.ones(cfg.state_dim))
         self.register_buffer("action_low", -torch.ones(cfg.action_dim))
@@ -123,8 +202,26 @@ class Policy(nn.Module):
         """``[-1, 1]`` -> raw action: ``low + (a_n + 1) / 2 * (high - low)``."""
         return self.action_low + 0.5 * (action_n + 1.0) * (self.action_high - self.action_low)
 
-    def forward(self, state_raw: Tensor) -> Tensor:
-        return self.unnormalize_action(self.actor(self.normalize_state(state_raw)))
+    def stack_images(self, images: dict[str, Tensor]) -> Tensor:
+        """The cameras of ``images`` (name -> ``[B, H, W, 3]`` uint8) stacked in config order: ``[B, K, H, W, 3]``."""
+        missing = [c for c in self.cfg.cameras if c not in images]
+        if missing:
+            raise ValueError(f"camera policy: images {missing} are missing (expects {list(self.cfg.cameras)})")
+        return torch.stack([images[c] for c in self.cfg.cameras], dim=1)
+
+    def encode(self, images: dict[str, Tensor]) -> Tensor:
+        """Encoder feature maps ``[B, K, C, h, w]`` of raw uint8 images (converted to float on their device)."""
+        if self.encoder is None:
+            raise ValueError("a state-only policy has no image encoder")
+        return self.encoder(self.stack_images(images))
+
+    def forward(self, state_raw: Tensor, images: dict[str, Tensor] | None = None) -> Tensor:
+        fmaps = None
+        if self.encoder is not None:
+            if images is None:
+                raise ValueError(f"camera policy: pass the images of {list(self.cfg.cameras)}")
+            fmaps = self.encode(images)
+        return self.unnormalize_action(self.actor(self.normalize_state(state_raw), fmaps))
 
     @torch.no_grad()
     def set_normalization(self, mean: Any, std: Any, action_low: Any, action_high: Any) -> None:
@@ -157,7 +254,11 @@ def compute_state_stats(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def policy_to_safetensors_bytes(policy: Policy) -> bytes:
-    """Weights + normalisation buffers as safetensors bytes (the config rides along as metadata)."""
+    """Weights + normalisation buffers as safetensors bytes (the config rides along as metadata).
+
+    Exactly ``policy.state_dict()``: the actor (and, for a camera policy, the image encoder and the
+    actor's camera heads) and the statistics; critics never travel.
+    """
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
     return st_save(tensors, metadata={"policy_config": json.dumps(policy.cfg.to_dict())})
 

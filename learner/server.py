@@ -18,14 +18,11 @@ from hilrl.buffers.store import atomic_write
 from hilrl.learner.auth import BearerTokenServerInterceptor
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.core import LearnerCore
-from hilrl.learner.service import LearnerService
+from hilrl.learner.service import SERVICE_NAME, LearnerService, add_to_server
 from hilrl.learner.training import Trainer
 from hilrl.protos.transport import SecurityConfigError, channel_options
-from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = "hilrl.v1.Learner"
 
 
 def is_loopback(host: str) -> bool:
@@ -83,8 +80,9 @@ def serve(cfg: LearnerConfig) -> int:
 
     interceptors = [BearerTokenServerInterceptor(security.token)] if security.token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
-                         options=channel_options(cfg.max_message_mb), interceptors=interceptors)
-    pb_grpc.add_LearnerServicer_to_server(LearnerService(core), server)
+                         options=channel_options(cfg.max_message_mb, cfg.keepalive_s, server=True),
+                         interceptors=interceptors)
+    add_to_server(LearnerService(core), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bind = f"{cfg.host}:{cfg.port}"

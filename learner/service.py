@@ -1,12 +1,21 @@
-"""The gRPC servicer: translates hilrl.v1 messages to LearnerCore calls and back, nothing more."""
+"""The gRPC servicer: translates hilrl.v1 messages to LearnerCore calls and back.
+
+Beyond translating it validates (every rejection is a specific status code with a message a user can act
+on: bytes that do not parse are INVALID_ARGUMENT, not gRPC's INTERNAL) and hands batches that already
+wait in one stream to the core together, so they share one durable store commit.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import queue
+import threading
 from collections.abc import Iterator
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from hilrl.learner.core import LearnerCore, SpecMismatch
 from hilrl.protos import codec
@@ -16,6 +25,51 @@ from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 WEIGHT_CHUNK_BYTES = 1 << 20
+SERVICE_NAME = "hilrl.v1.Learner"
+
+
+class Malformed:
+    """Stands in for a request whose bytes do not parse, so the servicer can answer INVALID_ARGUMENT
+    (gRPC itself would answer INTERNAL, "Exception deserializing request!")."""
+
+    def __init__(self, kind: str, error: str) -> None:
+        self.message = f"malformed {kind}: the bytes are not a valid protobuf message ({error})"
+
+
+def _parser(cls: type[Message]):
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return cls.FromString(data)
+        except (DecodeError, ValueError) as exc:
+            return Malformed(cls.__name__, str(exc) or type(exc).__name__)
+    return parse
+
+
+def _reject_malformed(request: object, context: grpc.ServicerContext) -> None:
+    if isinstance(request, Malformed):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+
+def add_to_server(service: LearnerService, server: grpc.Server) -> None:
+    """Register ``service`` like the generated ``add_LearnerServicer_to_server``, except that requests that
+    do not parse reach the servicer as `Malformed` and get INVALID_ARGUMENT."""
+    def ser(cls: type[Message]):
+        return cls.SerializeToString
+
+    handlers = {
+        "Hello": grpc.unary_unary_rpc_method_handler(
+            service.Hello, request_deserializer=_parser(pb.HelloRequest), response_serializer=ser(pb.HelloReply)),
+        "StreamTransitions": grpc.stream_stream_rpc_method_handler(
+            service.StreamTransitions, request_deserializer=_parser(pb.TransitionBatch),
+            response_serializer=ser(pb.Ack)),
+        "SubscribeWeights": grpc.unary_stream_rpc_method_handler(
+            service.SubscribeWeights, request_deserializer=_parser(pb.SubscribeRequest),
+            response_serializer=ser(pb.LearnerEvent)),
+        "GetStatus": grpc.unary_unary_rpc_method_handler(
+            service.GetStatus, request_deserializer=_parser(pb.StatusRequest),
+            response_serializer=ser(pb.StatusReply)),
+    }
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)])
 
 
 class LearnerService(pb_grpc.LearnerServicer):
@@ -23,6 +77,7 @@ class LearnerService(pb_grpc.LearnerServicer):
         self.core = core
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
+        _reject_malformed(request, context)
         if request.protocol_version != codec.PROTOCOL_VERSION:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"protocol version {request.protocol_version} is not supported by this learner "
@@ -49,26 +104,56 @@ class LearnerService(pb_grpc.LearnerServicer):
 
     def StreamTransitions(self, request_iterator: Iterator[pb.TransitionBatch],
                           context: grpc.ServicerContext) -> Iterator[pb.Ack]:
+        """Store and acknowledge batches in order. Batches that are already waiting in the stream when the
+        store is free are stored together (one store commit, one round of fsyncs; see `_queued_groups`), so
+        an actor catching up after a partition or a learner restart is not held to one commit per batch."""
         actor_id = None
         try:
-            for batch in request_iterator:
-                if batch.actor_id not in self.core.actors or self.core.spec is None:
-                    context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"actor {batch.actor_id!r} has not said Hello; call Hello first")
-                actor_id = batch.actor_id
-                try:
-                    items = codec.decode_items(batch, self.core.spec)
-                    duplicate = self.core.ingest(actor_id, batch.seq, items, batch.weight_version_applied)
-                except (codec.DecodeError, ValueError) as exc:
-                    log.warning("actor %s: rejected batch %d: %s", actor_id, batch.seq, exc)
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.seq} rejected: {exc}")
-                yield pb.Ack(seq=batch.seq, duplicate=duplicate)
+            for group in _queued_groups(request_iterator, context):
+                stored: list[tuple[int, list]] = []
+                error: tuple[grpc.StatusCode, str] | None = None
+                for batch in group:
+                    error = self._check(batch)
+                    if error is not None:
+                        break
+                    try:
+                        stored.append((batch.seq, codec.decode_items(batch, self.core.spec)))
+                    except codec.DecodeError as exc:
+                        error = (grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.seq} rejected: {exc}")
+                        break
+                if stored:  # the valid batches before a bad one are stored and acknowledged first
+                    actor_id = group[0].actor_id
+                    try:
+                        applied = group[len(stored) - 1].weight_version_applied
+                        duplicates = self.core.ingest_batches(actor_id, stored, applied)
+                    except ValueError as exc:
+                        error = (grpc.StatusCode.INVALID_ARGUMENT, f"batch rejected: {exc}")
+                    else:
+                        last = group[len(stored) - 1]
+                        if last.HasField("loop"):
+                            self.core.note_loop(actor_id, _loop_fields(last.loop))
+                        for (seq, _), duplicate in zip(stored, duplicates, strict=True):
+                            yield pb.Ack(seq=seq, duplicate=duplicate)
+                if error is not None:
+                    log.warning("actor %s: %s", getattr(group[0], "actor_id", "?"), error[1])
+                    context.abort(*error)
         finally:
             if actor_id is not None:
                 self.core.disconnected(actor_id)
 
+    def _check(self, batch: pb.TransitionBatch | Malformed) -> tuple[grpc.StatusCode, str] | None:
+        if isinstance(batch, Malformed):
+            return grpc.StatusCode.INVALID_ARGUMENT, batch.message
+        if batch.seq == 0:
+            return grpc.StatusCode.INVALID_ARGUMENT, "batch seq 0: sequence numbers start at 1"
+        if batch.actor_id not in self.core.actors or self.core.spec is None:
+            return (grpc.StatusCode.FAILED_PRECONDITION,
+                    f"actor {batch.actor_id!r} has not said Hello; call Hello first")
+        return None
+
     def SubscribeWeights(self, request: pb.SubscribeRequest,
                          context: grpc.ServicerContext) -> Iterator[pb.LearnerEvent]:
+        _reject_malformed(request, context)
         stage_seen: str | None = None
         have = request.have_version
         while context.is_active() and not self.core.stopping:
@@ -81,6 +166,7 @@ class LearnerService(pb_grpc.LearnerServicer):
                 have = weights.version
 
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        _reject_malformed(request, context)
         s = self.core.status()
         return pb.StatusReply(
             protocol_version=codec.PROTOCOL_VERSION,
@@ -103,3 +189,71 @@ def weight_chunks(version: int, sha256: str, blob: bytes) -> Iterator[pb.Learner
         chunk = pb.WeightsChunk(version=version, sha256=sha256, total_size=total, offset=offset,
                                 data=blob[offset:offset + WEIGHT_CHUNK_BYTES])
         yield pb.LearnerEvent(weights=chunk)
+
+
+_END = object()
+GROUP_MAX_BATCHES = 16
+GROUP_MAX_BYTES = 32 << 20
+
+
+def _queued_groups(requests: Iterator, context: grpc.ServicerContext) -> Iterator[list]:
+    """The stream's messages in order, as lists: each list is the next message plus those already queued
+    behind it from the same actor (at most GROUP_MAX_BATCHES / GROUP_MAX_BYTES). A reader thread keeps up
+    to GROUP_MAX_BATCHES messages queued, so gRPC flow control still holds back a fast sender."""
+    queued: queue.Queue = queue.Queue(maxsize=GROUP_MAX_BATCHES)
+
+    def put(item: object) -> bool:
+        while context.is_active():
+            try:
+                queued.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for message in requests:
+                if not put(message):
+                    return
+        except Exception:  # noqa: BLE001 - the call ended (cancelled, link lost): the handler just stops
+            pass
+        put(_END)
+
+    threading.Thread(target=read, name="stream-reader", daemon=True).start()
+    carry: object = None
+    while True:
+        first = carry if carry is not None else _get(queued, context)
+        carry = None
+        if first is _END or first is None:
+            return
+        group = [first]
+        if not isinstance(first, Malformed):
+            size = first.ByteSize()
+            while len(group) < GROUP_MAX_BATCHES and size < GROUP_MAX_BYTES:
+                try:
+                    message = queued.get_nowait()
+                except queue.Empty:
+                    break
+                if message is _END or isinstance(message, Malformed) or message.actor_id != first.actor_id:
+                    carry = message
+                    break
+                group.append(message)
+                size += message.ByteSize()
+        yield group
+
+
+def _get(queued: queue.Queue, context: grpc.ServicerContext) -> object:
+    while context.is_active():
+        try:
+            return queued.get(timeout=0.5)
+        except queue.Empty:
+            continue
+    return None
+
+
+def _loop_fields(loop: pb.LoopStats) -> dict:
+    """An actor's LoopStats as ActorRecord fields (non-finite periods from a broken actor become 0)."""
+    finite = [v if math.isfinite(v) else 0.0 for v in (loop.period_p50_ms, loop.period_p99_ms)]
+    return {"loop_period_p50_ms": finite[0], "loop_period_p99_ms": finite[1], "overruns": loop.overruns,
+            "watchdog_holds": loop.watchdog_holds, "safety_clamps": loop.safety_clamps}

@@ -1,4 +1,4 @@
-"""TD3 (Fujimoto et al. 2018) and TD3+BC (Fujimoto & Gu 2021) on state vectors.
+"""TD3 (Fujimoto et al. 2018) and TD3+BC (Fujimoto & Gu 2021) on state vectors and camera images.
 
 One `TD3.update` is one gradient step of the paper:
 
@@ -14,12 +14,25 @@ One `TD3.update` is one gradient step of the paper:
 
 States are normalised with the policy's statistics and actions mapped to [-1, 1] by its bounds,
 so all of the above happens in normalised space. Checkpoints are safetensors + JSON (no pickle).
+
+Camera policies (DrQ-v2, Yarats et al. 2021). ``s`` is then (state, images): the images of ``s`` and
+``s'`` are augmented with DrQ's random shift (``image_pad``, on the training device) and encoded by
+the one image encoder of the policy, **once per batch**; actor, critics and both targets read those
+feature maps through their own projection heads. The encoder is trained by the critic loss only: the
+actor and the targets see detached features (``s'`` is encoded without gradient), so there is no
+target encoder. This is DrQ/DrQ-v2's practice (the actor's gradient is stopped at the encoder; the
+critic's loss alone shapes the representation). A separate critic encoder would cost a second
+ResNet forward and backward per update on every batch; sharing also means the shipped `Policy`
+holds exactly the encoder the critic trained. With ``freeze_encoder`` (a pretrained encoder, as in
+HIL-SERL's frozen ResNet-10) the encoder gets no gradient at all and ``s`` and ``s'`` are encoded in
+one call without autograd.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +44,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from hilrl.deploy.configtools import opt as option
-from hilrl.learner.networks import Critic, Policy, PolicyConfig
+from hilrl.learner.encoders import load_trunk_weights, random_shift
+from hilrl.learner.networks import Policy, PolicyConfig, make_critic
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +62,12 @@ class TD3Config:
     noise_clip: float = option(0.5, "the smoothing noise is clipped to [-noise_clip, noise_clip]")
     policy_delay: int = option(2, "actor and targets are updated once every `policy_delay` critic steps")
     alpha: float = option(2.5, "TD3+BC: lambda = alpha / mean|Q|, balances the Q term against the BC term")
+    freeze_encoder: bool = option(False, "camera policies: keep the image encoder fixed (features computed once "
+                                         "per batch without gradient, shared by actor, critics and targets)")
+    encoder_weights: str | None = option(None, "camera policies: pretrained encoder weights, a local safetensors "
+                                               "file with torchvision ResNet key names; none = random init")
+    image_pad: int = option(4, "camera policies: DrQ random-shift augmentation, pixels of replicate padding "
+                               "(0 = no augmentation)")
 
 
 class TD3:
@@ -63,13 +85,27 @@ class TD3:
             if seed is not None:
                 torch.manual_seed(seed)
             policy = Policy(policy_cfg)
-            critic = Critic(policy_cfg.state_dim, policy_cfg.action_dim, policy_cfg.hidden)
+            critic = make_critic(policy_cfg)
+        if policy.encoder is not None and cfg.encoder_weights:
+            load_trunk_weights(policy.encoder.trunk, cfg.encoder_weights)
+            log.info("image encoder: pretrained weights from %s", cfg.encoder_weights)
+        elif policy.encoder is not None and cfg.freeze_encoder:
+            log.warning("freeze_encoder without encoder_weights: the image features stay those of a random "
+                        "initialisation")
         self.policy = policy.to(self.device)
         self.critic = critic.to(self.device)
         self.target_policy = copy.deepcopy(self.policy).requires_grad_(False)
+        self.target_policy.encoder = None  # targets read the online encoder's features (no target encoder)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.policy.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        critic_params = list(self.critic.parameters())
+        self.encoder = self.policy.encoder
+        if self.encoder is not None:
+            if cfg.freeze_encoder:
+                self.encoder.requires_grad_(False)
+            else:
+                critic_params += list(self.encoder.parameters())  # trained by the critic loss (DrQ-v2)
+        self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
         self.generator = torch.Generator(device=self.device)  # target-policy smoothing noise
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -86,16 +122,48 @@ class TD3:
         self.policy.set_normalization(mean, std, action_low, action_high)
         self.target_policy.set_normalization(mean, std, action_low, action_high)
 
-    def update(self, batch: dict[str, Tensor], bc_weight: float, update_actor: bool = True) -> dict[str, float]:
+    def encode_batch(self, batch: dict[str, Any]) -> tuple[Tensor | None, Tensor | None]:
+        """Augmented feature maps of the batch's ``images`` and ``next_images`` (None, None for state policies).
+
+        Trainable encoder: ``s`` with autograd (the critic loss trains the encoder), ``s'`` without.
+        Frozen encoder: both in one call without autograd.
+        """
+        if self.encoder is None:
+            return None, None
+        pad, gen = self.cfg.image_pad, self.generator
+
+        def stacked(key: str) -> Tensor:
+            if key not in batch:
+                raise ValueError(f"camera policy: the batch has no {key!r} (name -> uint8 [B, H, W, 3])")
+            images = {k: v.to(self.device, non_blocking=True) for k, v in batch[key].items()}
+            x = self.policy.stack_images(images)  # [B, K, H, W, 3] uint8
+            return random_shift(x.flatten(0, 1), pad, gen).view(x.shape)
+
+        obs, next_obs = stacked("images"), stacked("next_images")
+        if self.cfg.freeze_encoder:
+            with torch.no_grad():
+                fmaps = self.encoder(torch.cat([obs, next_obs]))
+            return fmaps[: len(obs)], fmaps[len(obs):]
+        fmaps = self.encoder(obs)
+        with torch.no_grad():
+            next_fmaps = self.encoder(next_obs)
+        return fmaps, next_fmaps
+
+    def update(self, batch: dict[str, Any], bc_weight: float, update_actor: bool = True,
+               return_tensors: bool = False) -> dict[str, Any]:
         """One critic step (and, every `policy_delay` steps, one actor step + target update).
 
         ``batch``: "state" [B,S], "action" [B,A] (raw, in bounds), "reward" [B], "next_state" [B,S],
         "done" [B] (1.0 only on true termination), optional "human" [B] (1.0 for rows from the human
-        buffer: the BC term imitates only those; policy rows are the policy's own noisy actions).
+        buffer: the BC term imitates only those; policy rows are the policy's own noisy actions);
+        camera policies also "images" and "next_images" (camera name -> uint8 [B,H,W,3]).
         Returns critic_loss and q_mean every call;
         actor_loss and bc_loss on actor steps; lambda on actor steps with ``bc_weight > 0``.
+        Floats by default (one host sync); ``return_tensors=True`` returns 0-d device tensors instead,
+        so a caller that logs only every N steps never waits for the device in between.
         """
         cfg, dev = self.cfg, self.device
+        fmaps, next_fmaps = self.encode_batch(batch)
         state = self.policy.normalize_state(batch["state"].to(dev, torch.float32))
         next_state = self.policy.normalize_state(batch["next_state"].to(dev, torch.float32))
         action = self.policy.normalize_action(batch["action"].to(dev, torch.float32)).clamp(-1.0, 1.0)
@@ -106,10 +174,10 @@ class TD3:
         with torch.no_grad():
             noise = torch.randn(action.shape, device=dev, generator=self.generator) * cfg.policy_noise
             noise = noise.clamp(-cfg.noise_clip, cfg.noise_clip)
-            next_action = (self.target_policy.actor(next_state) + noise).clamp(-1.0, 1.0)
-            target_q1, target_q2 = self.target_critic(next_state, next_action)
+            next_action = (self.target_policy.actor(next_state, next_fmaps) + noise).clamp(-1.0, 1.0)
+            target_q1, target_q2 = self.target_critic(next_state, next_action, next_fmaps)
             target_q = reward + cfg.gamma * (1.0 - done) * torch.min(target_q1, target_q2)
-        q1, q2 = self.critic(state, action)
+        q1, q2 = self.critic(state, action, fmaps)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -122,8 +190,9 @@ class TD3:
         if self.total_it % cfg.policy_delay == 0 and not update_actor:
             self._soft_update(self.critic, self.target_critic)
         elif self.total_it % cfg.policy_delay == 0:
-            pi = self.policy.actor(state)
-            q = self.critic.q1(state, pi)
+            feats = None if fmaps is None else fmaps.detach()  # the actor loss never trains the encoder
+            pi = self.policy.actor(state, feats)
+            q = self.critic.q1(state, pi, feats)
             squared = ((pi - action) ** 2).mean(dim=-1)
             human = batch.get("human")
             if human is None:
@@ -148,6 +217,8 @@ class TD3:
 
         # One host sync per call (a single .tolist() rather than one .item() per metric). On a GPU this
         # still stalls the pipeline each step; callers that want full overlap can log every N steps.
+        if return_tensors:
+            return metrics
         values = torch.stack(list(metrics.values())).tolist()
         return dict(zip(metrics.keys(), values, strict=True))
 

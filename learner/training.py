@@ -2,6 +2,11 @@
 
 Runs in one thread beside the gRPC server. Sampling happens under the core's lock (a copy of the
 minibatch), the gradient step outside it, so ingest never waits for a backward pass.
+
+The sampled minibatch goes to the training device as it is stored (`buffers.torch_batch.to_torch`:
+uint8 images stay uint8, pinned memory and asynchronous copies on CUDA); the state vector is
+assembled, normalised and the images augmented and converted to float there. The update's metrics
+stay on the device and are read (one host sync) only when they are logged.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hilrl.buffers.spec import state_vector
+from hilrl.buffers.spec import Spec
 from hilrl.buffers.store import fsync_path
+from hilrl.buffers.torch_batch import state_tensor, to_torch
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
 from hilrl.learner.networks import compute_state_stats, policy_to_safetensors_bytes
 from hilrl.learner.td3 import TD3
@@ -33,11 +39,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_batch(batch: dict, spec: Spec, device: torch.device) -> dict:
+    """A gathered replay batch (``DualBuffer.sample``, with "human") in `TD3.update`'s layout on `device`.
+
+    Everything crosses to the device once, as stored (uint8 images stay uint8; pinned and
+    asynchronous on CUDA); the state vector is assembled there.
+    """
+    t = to_torch(batch, device)
+    out = {
+        "human": t["human"],
+        "state": state_tensor(t["obs"], spec),
+        "next_state": state_tensor(t["next_obs"], spec),
+        "action": t["action"],
+        "reward": t["reward"],
+        "done": t["terminated"].float(),
+    }
+    if spec.image_features:
+        out["images"] = {f.name: t["obs"][f.name] for f in spec.image_features}
+        out["next_images"] = {f.name: t["next_obs"][f.name] for f in spec.image_features}
+    return out
+
+
 class Trainer:
     def __init__(self, core: LearnerCore) -> None:
         self.core = core
         self.cfg = core.cfg
         self.device = resolve_device(self.cfg.device)
+        weights = self.cfg.algo.encoder_weights
+        if weights and not Path(weights).is_file():  # fail at start-up, not when the first actor connects
+            raise SystemExit(f"--algo.encoder-weights {weights}: no such file (a local safetensors file of "
+                             "ResNet trunk weights with torchvision key names)")
         if self.cfg.torch_threads > 0:
             torch.set_num_threads(self.cfg.torch_threads)
         self.rng = np.random.default_rng(self.cfg.seed)
@@ -136,39 +167,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ one update
 
-    def _sample(self, human_only: bool) -> dict[str, torch.Tensor]:
+    def _sample(self, human_only: bool) -> dict:
+        """One minibatch as tensors on the training device (the TD3 batch layout, images as uint8)."""
         core, cfg = self.core, self.cfg
         with core.lock:
             assert core.buffers is not None and core.spec is not None
             if human_only:
                 idx = core.buffers.human.sample_indices(cfg.batch_size, self.rng)
                 batch = core.buffers.human.gather(idx)
+                batch["human"] = np.ones(len(idx), np.float32)
             else:
                 batch = core.buffers.sample(cfg.batch_size, cfg.human_ratio, self.rng)
             spec = core.spec
-        dev = self.device
-        human = batch.get("human", np.ones(len(batch["reward"]), np.float32))
-        return {
-            "human": torch.from_numpy(human).to(dev),
-            "state": torch.from_numpy(state_vector(batch["obs"], spec)).to(dev),
-            "next_state": torch.from_numpy(state_vector(batch["next_obs"], spec)).to(dev),
-            "action": torch.from_numpy(batch["action"]).to(dev),
-            "reward": torch.from_numpy(batch["reward"]).to(dev),
-            "done": torch.from_numpy(batch["terminated"].astype(np.float32)).to(dev),
-        }
+        return device_batch(batch, spec, self.device)  # outside the lock: the gathered arrays are copies
 
     def _update(self, bc_weight: float, human_only: bool, update_actor: bool = True) -> None:
         assert self.td3 is not None
         batch = self._sample(human_only)
-        metrics = self.td3.update(batch, bc_weight=bc_weight, update_actor=update_actor)
+        metrics = self.td3.update(batch, bc_weight=bc_weight, update_actor=update_actor, return_tensors=True)
         self.core.learner_step += 1
         step = self.core.learner_step
         if step % self.cfg.log_every == 0 and self.writer is not None:
             now = time.monotonic()
-            for k, v in metrics.items():
+            values = torch.stack([*metrics.values(), batch["human"].mean()]).tolist()  # the one host sync
+            for k, v in zip(metrics, values, strict=False):
                 self.writer.add_scalar(f"train/{k}", v, step)
             self.writer.add_scalar("train/bc_weight", bc_weight, step)
-            self.writer.add_scalar("train/batch_human_share", float(batch["human"].mean()), step)
+            self.writer.add_scalar("train/batch_human_share", values[-1], step)
             if self._last_log is not None:
                 self.writer.add_scalar("train/updates_per_s", self.cfg.log_every / (now - self._last_log), step)
             self._last_log = now
@@ -211,6 +236,10 @@ class Trainer:
             self.writer.add_scalar("episodes/autonomous_success_rate_last20", float(np.mean(recent)),
                                    core.learner_step)
         s = core.status()
+        if self.writer is not None:
+            for a in s["actors"]:
+                for key in ("loop_period_p50_ms", "loop_period_p99_ms", "overruns", "watchdog_holds"):
+                    self.writer.add_scalar(f"actors/{a['id']}/{key}", a[key], core.learner_step)
         log.info("stage=%s step=%d weights=v%d human=%d policy=%d demos=%d/%d actors=%d%s", s["stage"],
                  s["learner_step"], s["weight_version"], s["buffers"]["human"]["size"],
                  s["buffers"]["policy"]["size"], s["demo_episodes"], s["demo_episodes_needed"], len(s["actors"]),

@@ -29,18 +29,44 @@ class SecurityConfigError(ValueError):
     """A TLS or token option cannot be used (missing/unreadable file, incomplete pair, bad token)."""
 
 
-def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
-    """Explicit message-size limits (never the silent 4 MB default) and matching keepalive."""
+DEFAULT_KEEPALIVE_S = 20.0
+MIN_KEEPALIVE_S = 2.0
+# The learner accepts keepalive pings this often (gRPC's default is one per 5 minutes without data: a
+# client pinging every --keepalive-s on a quiet stream got GOAWAY "too_many_pings" and was cut off).
+SERVER_MIN_PING_INTERVAL_MS = 1_000
+
+
+def channel_options(max_message_mb: int, keepalive_s: float = DEFAULT_KEEPALIVE_S,
+                    server: bool = False) -> list[tuple[str, int]]:
+    """Explicit message-size limits (never the silent 4 MB default) and matching keepalive.
+
+    Each side pings its peer every ``keepalive_s`` and drops the connection when a ping is not answered
+    within half that time, so a half-open link (a partition, a frozen or vanished peer) is noticed
+    within about 1.5 x ``keepalive_s`` even while a stream waits for data. ``server``: also accept
+    clients' pings as often as once a second (any client ``keepalive_s`` >= ``MIN_KEEPALIVE_S``).
+    """
+    check_keepalive(keepalive_s)
     limit = max_message_mb * 1024 * 1024
-    return [
+    ping_ms = int(keepalive_s * 1000)
+    options = [
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", ping_ms),
+        ("grpc.keepalive_timeout_ms", max(1000, ping_ms // 2)),
+        # the server side waits for a ping ack this long, not keepalive_timeout (default: one minute)
+        ("grpc.http2.ping_timeout_ms", max(1000, ping_ms // 2)),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", ping_ms),
         ("grpc.http2.max_pings_without_data", 0),
     ]
+    if server:
+        options.append(("grpc.http2.min_recv_ping_interval_without_data_ms", SERVER_MIN_PING_INTERVAL_MS))
+    return options
+
+
+def check_keepalive(keepalive_s: float) -> None:
+    if not keepalive_s >= MIN_KEEPALIVE_S:
+        raise SecurityConfigError(f"--keepalive-s {keepalive_s}: must be at least {MIN_KEEPALIVE_S:g} seconds")
 
 
 def read_file(flag: str, path: Path, pem: bool = False) -> bytes:
@@ -66,7 +92,13 @@ def _check_token(token: str, where: str) -> str:
 
 @dataclass
 class TokenOptions:
-    """Where the bearer token comes from (never a command-line literal). Shared by every side."""
+    """Where the bearer token comes from (never a command-line literal), and the keepalive interval.
+    Shared by every side."""
+
+    keepalive_s: float = opt(DEFAULT_KEEPALIVE_S, "ping the other side every N seconds; a link whose ping is not "
+                                                  "answered within N/2 seconds counts as broken and is dropped "
+                                                  f"(half-open links, partitions; min {MIN_KEEPALIVE_S:g})",
+                             group="connection")
 
     token_file: Path | None = opt(None, "read the bearer token from this file (first line; keep it mode 600)",
                                   group=_GROUP)
@@ -96,6 +128,7 @@ class ServerSecurity(TokenOptions):
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS credentials (mutual when --tls-ca is given), or None for plaintext."""
+        check_keepalive(self.keepalive_s)
         if self.tls_cert is None and self.tls_key is None:
             if self.tls_ca is not None:
                 raise SecurityConfigError("--tls-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
@@ -125,6 +158,7 @@ class ClientSecurity(TokenOptions):
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
         """TLS credentials, or None for plaintext (no --tls-ca and no --tls-cert)."""
+        check_keepalive(self.keepalive_s)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SecurityConfigError("--tls-cert and --tls-key go together (the certificate and its private key)")
         if self.tls_server_name is not None and not self.uses_tls:
@@ -175,7 +209,11 @@ def client_channel(target: str, max_message_mb: int, security: ClientSecurity | 
     Raises ``SecurityConfigError`` for unusable TLS/token options (before any connection is made).
     """
     security = security if security is not None else ClientSecurity()
-    options: list[tuple[str, Any]] = list(channel_options(max_message_mb))
+    options: list[tuple[str, Any]] = list(channel_options(max_message_mb, security.keepalive_s))
+    # gRPC's own reconnect backoff (1 s x 1.6 up to 2 min) makes calls fail fast with the cached error long
+    # after a restarted learner is back; with a connection attempt every second at most, the actor's own
+    # retry loop (actor/link.py) finds a restarted learner on its next try
+    options += [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 1000)]
     credentials = security.channel_credentials()
     token = security.token()
     if credentials is None:

@@ -70,6 +70,9 @@ def test_sim_actor_trains_against_learner_and_applies_new_weights(spawn, tmp_pat
     assert a["transitions_received"] == summary["steps"]
     assert final["buffers"]["human"]["size"] + final["buffers"]["policy"]["size"] == summary["steps"]
     assert a["interventions"] == summary["interventions"]
+    # the actor's control-loop health travels with its batches (its newest figures, over recent ticks)
+    assert a["loop_period_p50_ms"] > 0 and a["loop_period_p99_ms"] >= a["loop_period_p50_ms"]
+    assert a["overruns"] <= summary["overruns"] and a["safety_clamps"] <= sum(summary["safety_clamps"].values())
 
     assert learner.stop() == 0
     complete = sorted(p.parent.name for p in (out / "checkpoints").glob("step-*/DONE"))

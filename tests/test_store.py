@@ -1,4 +1,5 @@
-"""The learner's durable buffer store: exact replay, uncommitted tails, SIGKILL at random moments."""
+"""The learner's durable buffer store: exact replay, uncommitted tails, SIGKILL at random moments,
+disk use bounded by the buffer capacities."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 import zarr
 
-from hilrl.buffers.assembler import Discard, Step
+import hilrl.buffers.store as store_module
+from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
+from hilrl.buffers.replay import DualBuffer, ReplayBuffer
 from hilrl.buffers.spec import Feature, Spec
 from hilrl.buffers.store import BufferStore, StoreError
 
@@ -69,8 +72,8 @@ def test_unknown_version_and_other_spec_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="stored spec differs"):
         BufferStore(tmp_path / "s", other)
     commit = json.loads((tmp_path / "s" / "commit.json").read_text())
-    (tmp_path / "s" / "commit.json").write_text(json.dumps({**commit, "version": 2}))
-    with pytest.raises(StoreError, match="version 2 is not supported"):
+    (tmp_path / "s" / "commit.json").write_text(json.dumps({**commit, "version": 99}))
+    with pytest.raises(StoreError, match="version 99 is not supported"):
         BufferStore(tmp_path / "s", SPEC)
 
 
@@ -79,8 +82,10 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_store import SPEC, make_steps
+import hilrl.buffers.store as store_module
 from hilrl.buffers.store import BufferStore
-store = BufferStore(Path({path!r}), SPEC)
+store_module.CHUNK_BYTES = 1024  # 5 image rows per chunk file, so that compaction deletes files
+store = BufferStore(Path({path!r}), SPEC, **{store_args})
 seq = max(store.last_seqs().values(), default=0)
 while True:
     seq += 1
@@ -94,12 +99,13 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_batch(tmp_path: P
     path = tmp_path / "s"
     acked = 0
     for _ in range(5):
-        code = WRITER.format(tests=str(Path(__file__).parent), path=str(path))
+        code = WRITER.format(tests=str(Path(__file__).parent), path=str(path), store_args={})
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        time.sleep(1.5 + rnd.random() * 1.5)
+        first = proc.stdout.readline()  # it runs (whatever the start-up time); now kill it at a random moment
+        time.sleep(0.5 + rnd.random() * 1.5)
         proc.kill()
         out, _ = proc.communicate()
-        printed = [int(line) for line in out.split()]
+        printed = [int(line) for line in (first + out).split()]
         acked = max([acked, *printed])
         store = BufferStore(path, SPEC)  # opens cleanly after every kill
         assert store.last_seqs().get("arm", 0) >= acked  # everything acknowledged is there
@@ -107,3 +113,105 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_batch(tmp_path: P
         assert len(steps) == 5 * store.last_seqs()["arm"]  # and nothing half-written or doubled
         assert [s.episode for s in steps[::5]] == list(range(1, store.last_seqs()["arm"] + 1))
     assert acked > 5
+
+
+def session(n_episodes: int, seed: int) -> list[tuple[str, Step | Discard]]:
+    """Two actors' interleaved episodes with takeovers (human runs), timeouts, restarts and a discard."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, Step | Discard]] = []
+    for ep in range(n_episodes):
+        for actor in ("a", "b"):
+            length = int(rng.integers(3, 12))
+            human = rng.random() < 0.3
+            for t in range(length):
+                if rng.random() < 0.15:
+                    human = not human
+                last = t == length - 1
+                o = {"x": rng.normal(size=2).astype(np.float32),
+                     "cam": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)}
+                final = {"x": rng.normal(size=2).astype(np.float32),
+                         "cam": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)} if last else None
+                restart = t == 2 and ep % 7 == 3  # the actor restarted: this episode never ends
+                out.append((actor, Step(o, rng.normal(size=1).astype(np.float32), float(last), last and ep % 3 > 0,
+                                        last and ep % 3 == 0, human, ep, t, final)))
+                if restart:
+                    break
+        if ep % 11 == 5:
+            out.append(("a", Discard(ep)))
+    return out
+
+
+def feed(buffers: DualBuffer, stream) -> None:
+    """What LearnerCore._apply does with stored items."""
+    asm = EpisodeAssembler()
+    for source, item in stream:
+        if isinstance(item, Discard):
+            buffers.discard_episode(asm.discard(source, item.episode))
+            continue
+        for t in asm.add(source, item)[0]:
+            buffers.add(t)
+
+
+def live(buffer: ReplayBuffer) -> list[tuple]:
+    """The buffer's live transitions, oldest first, as comparable bytes."""
+    out = []
+    for number in range(buffer.oldest, buffer.added):
+        slot = np.asarray([number % buffer.capacity])
+        g = buffer.gather(slot)
+        out.append((bool(buffer.valid[slot[0]]), g["obs"]["cam"].tobytes(), g["obs"]["x"].tobytes(),
+                    g["next_obs"]["cam"].tobytes(), g["action"].tobytes(), float(g["reward"][0]),
+                    bool(g["terminated"][0]), bool(buffer.is_intervention[slot[0]])))
+    return out
+
+
+def test_disk_stays_bounded_and_resume_rebuilds_exactly_the_buffers(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "CHUNK_BYTES", 1024)  # 5 image rows per chunk file
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: None)  # durability is the SIGKILL tests' job
+    caps = (10, 16)
+    stream = session(50, seed=1)
+    store = BufferStore(tmp_path / "s", SPEC, capacities=caps, compact_every=40, min_hole=1)
+    original = DualBuffer(SPEC, *caps, frame_slack=1.0)  # frames never the limit: exact comparison
+    sizes, batch, seqs = [], [], {"a": 0, "b": 0}
+    for k, (source, item) in enumerate(stream):  # consecutive items of one actor form a batch: order kept
+        batch.append(item)
+        if k + 1 == len(stream) or stream[k + 1][0] != source or len(batch) == 20:
+            seqs[source] += 1
+            store.append(source, seqs[source], batch)
+            batch = []
+            if sum(seqs.values()) % 25 == 0:
+                sizes.append(store.disk_bytes())
+    # the store replays discards after the steps; so does a learner on --resume
+    feed(original, [x for x in stream if isinstance(x[1], Step)] + [x for x in stream if isinstance(x[1], Discard)])
+    n_steps = sum(isinstance(i, Step) for _, i in stream)
+    assert n_steps > 10 * sum(caps) and store.commit["steps"] == n_steps
+    assert len(store) < 3 * sum(caps)  # rows on disk: bounded by the capacities, not by the steps written
+    image_files = list((tmp_path / "s" / "obs" / "cam" / "c").iterdir())
+    assert len(image_files) < 3 * sum(caps) / 5 and max(sizes) < 1.5 * sizes[0]  # and so are the files
+    resumed = DualBuffer(SPEC, *caps, frame_slack=1.0)
+    feed(resumed, BufferStore(tmp_path / "s", SPEC, capacities=caps).replay())
+    assert len(original.human) > 0 and len(original.policy) > 0
+    assert live(resumed.human) == live(original.human) and live(resumed.policy) == live(original.policy)
+
+
+def test_sigkill_during_compaction_keeps_every_acknowledged_batch_and_no_deleted_row(tmp_path: Path) -> None:
+    rnd = random.Random(1)
+    path = tmp_path / "s"
+    acked, args = 0, {"capacities": (4, 4), "compact_every": 5, "min_hole": 2}
+    for _ in range(4):
+        code = WRITER.format(tests=str(Path(__file__).parent), path=str(path), store_args=args)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        first = proc.stdout.readline()  # it runs (whatever the start-up time); now kill it at a random moment
+        time.sleep(0.5 + rnd.random() * 1.5)
+        proc.kill()
+        out, _ = proc.communicate()
+        acked = max([acked, *(int(line) for line in (first + out).split())])
+        store = BufferStore(path, SPEC, **args)  # opens cleanly after every kill
+        last = store.last_seqs().get("arm", 0)
+        assert last >= acked
+        steps = [s for _, s in store.replay()]
+        for s in steps:  # every replayed row is the row written, none from a deleted chunk
+            expected = make_steps(s.episode, 5)[s.step]
+            assert s.obs["cam"].tobytes() == expected.obs["cam"].tobytes() and s.action == expected.action
+        assert [(s.episode, s.step) for s in steps[-10:]] == [(e, t) for e in (last - 1, last) for t in range(5)]
+        assert len(store) <= 60  # bounded: 4 + 4 transitions, not 5 rows per batch written
+    assert acked > 8 and store.holes and len(list((path / "obs" / "cam" / "c").iterdir())) < 15

@@ -136,16 +136,34 @@ class Item(_message.Message):
     def __init__(self, transition: _Optional[_Union[Transition, _Mapping]] = ..., discard: _Optional[_Union[DiscardEpisode, _Mapping]] = ...) -> None: ...
 
 class TransitionBatch(_message.Message):
-    __slots__ = ("actor_id", "seq", "items", "weight_version_applied")
+    __slots__ = ("actor_id", "seq", "items", "weight_version_applied", "loop")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    LOOP_FIELD_NUMBER: _ClassVar[int]
     actor_id: str
     seq: int
     items: _containers.RepeatedCompositeFieldContainer[Item]
     weight_version_applied: int
-    def __init__(self, actor_id: _Optional[str] = ..., seq: _Optional[int] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., weight_version_applied: _Optional[int] = ...) -> None: ...
+    loop: LoopStats
+    def __init__(self, actor_id: _Optional[str] = ..., seq: _Optional[int] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., weight_version_applied: _Optional[int] = ..., loop: _Optional[_Union[LoopStats, _Mapping]] = ...) -> None: ...
+
+class LoopStats(_message.Message):
+    __slots__ = ("period_p50_ms", "period_p99_ms", "ticks", "overruns", "watchdog_holds", "safety_clamps")
+    PERIOD_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    TICKS_FIELD_NUMBER: _ClassVar[int]
+    OVERRUNS_FIELD_NUMBER: _ClassVar[int]
+    WATCHDOG_HOLDS_FIELD_NUMBER: _ClassVar[int]
+    SAFETY_CLAMPS_FIELD_NUMBER: _ClassVar[int]
+    period_p50_ms: float
+    period_p99_ms: float
+    ticks: int
+    overruns: int
+    watchdog_holds: int
+    safety_clamps: int
+    def __init__(self, period_p50_ms: _Optional[float] = ..., period_p99_ms: _Optional[float] = ..., ticks: _Optional[int] = ..., overruns: _Optional[int] = ..., watchdog_holds: _Optional[int] = ..., safety_clamps: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq", "duplicate")
@@ -200,7 +218,7 @@ class BufferStatus(_message.Message):
     def __init__(self, size: _Optional[int] = ..., capacity: _Optional[int] = ..., episodes: _Optional[int] = ...) -> None: ...
 
 class ActorStatus(_message.Message):
-    __slots__ = ("id", "transitions_received", "last_acked_seq", "weight_version_applied", "policy_lag", "connected", "episodes", "interventions")
+    __slots__ = ("id", "transitions_received", "last_acked_seq", "weight_version_applied", "policy_lag", "connected", "episodes", "interventions", "loop_period_p50_ms", "loop_period_p99_ms", "overruns", "watchdog_holds", "safety_clamps")
     ID_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     LAST_ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +227,11 @@ class ActorStatus(_message.Message):
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     EPISODES_FIELD_NUMBER: _ClassVar[int]
     INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
+    LOOP_PERIOD_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LOOP_PERIOD_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    OVERRUNS_FIELD_NUMBER: _ClassVar[int]
+    WATCHDOG_HOLDS_FIELD_NUMBER: _ClassVar[int]
+    SAFETY_CLAMPS_FIELD_NUMBER: _ClassVar[int]
     id: str
     transitions_received: int
     last_acked_seq: int
@@ -217,7 +240,12 @@ class ActorStatus(_message.Message):
     connected: bool
     episodes: int
     interventions: int
-    def __init__(self, id: _Optional[str] = ..., transitions_received: _Optional[int] = ..., last_acked_seq: _Optional[int] = ..., weight_version_applied: _Optional[int] = ..., policy_lag: _Optional[int] = ..., connected: bool = ..., episodes: _Optional[int] = ..., interventions: _Optional[int] = ...) -> None: ...
+    loop_period_p50_ms: float
+    loop_period_p99_ms: float
+    overruns: int
+    watchdog_holds: int
+    safety_clamps: int
+    def __init__(self, id: _Optional[str] = ..., transitions_received: _Optional[int] = ..., last_acked_seq: _Optional[int] = ..., weight_version_applied: _Optional[int] = ..., policy_lag: _Optional[int] = ..., connected: bool = ..., episodes: _Optional[int] = ..., interventions: _Optional[int] = ..., loop_period_p50_ms: _Optional[float] = ..., loop_period_p99_ms: _Optional[float] = ..., overruns: _Optional[int] = ..., watchdog_holds: _Optional[int] = ..., safety_clamps: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("protocol_version", "run_id", "stage", "learner_step", "offline_steps", "weight_version", "human", "policy", "actors", "demo_episodes", "demo_episodes_needed")

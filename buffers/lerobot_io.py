@@ -1,0 +1,404 @@
+"""LeRobotDataset import and export (local directories only; the Hugging Face hub is never reached).
+
+Import: any LeRobotDataset root (``meta/info.json``) becomes hilrl steps through a `LeRobotMapping`
+(dataset feature -> our feature). Images (``dtype`` image or video) become uint8 HWC arrays, state
+features float32 vectors. ``next.reward`` is the reward after a frame's action; ``next.done`` on
+an episode's last frame means terminated, an episode that ends without it is truncated (a timeout:
+bootstrapped). ``complementary_info.is_intervention`` is kept when present (hilrl's exports and
+lerobot's HIL-SERL recordings carry it); otherwise every step counts as a human step.
+
+Export: each episode's frames, then one extra frame holding the observation *after* its last step
+(``complementary_info.is_final_observation`` = true, zero action and reward). lerobot's tools see
+an ordinary dataset; hilrl's import turns that frame back into the final observation, so
+export -> import gives the same transitions bit for bit. ``meta/hilrl.json`` keeps our spec (action
+bounds included). Exporting one side of the dual buffer (``human`` or ``policy``) writes every
+maximal run of that side's steps as an episode of its own; a run that the other side interrupted
+ends truncated, its final observation being the observation the other side's step started from.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from hilrl.buffers.assembler import Discard, Step
+from hilrl.buffers.recording import RecordingError, read_steps
+from hilrl.buffers.spec import Feature, Spec
+
+log = logging.getLogger(__name__)
+
+IMAGES = "observation.images."
+FINAL = "complementary_info.is_final_observation"
+META = "meta/hilrl.json"
+Side = Literal["human", "policy", "all"]
+
+
+class LeRobotImportError(RecordingError):
+    """The dataset cannot be mapped onto hilrl steps; the text lists what is missing and what is there."""
+
+
+def _help(default: object, text: str) -> object:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class LeRobotMapping:
+    """Which LeRobotDataset features become which hilrl features (defaults: lerobot's usual names)."""
+
+    cameras: tuple[str, ...] = _help((), "camera features as DATASET_KEY=NAME; empty = every observation.images.* "
+                                         "feature, named after it (observation.images.front -> front)")
+    state: tuple[str, ...] = _help((), "state features as DATASET_KEY=NAME; empty = every other observation.* "
+                                       "feature, named after it (observation.state -> state)")
+    action: str = _help("action", "action feature (a vector; joint-space datasets give joint targets, see "
+                                  "docs/datasets.md)")
+    reward: str | None = _help("next.reward", "reward feature; none = every reward is 0")
+    done: str | None = _help("next.done", "terminal flag feature; none = every episode ends truncated")
+    truncated: str = _help("next.truncated", "timeout flag feature, used when the dataset has it")
+    intervention: str = _help("complementary_info.is_intervention",
+                              "human-step flag, used when the dataset has it (else every step is human)")
+    action_low: tuple[float, ...] = _help((), "action lower bounds; empty = the learner's spec's, else "
+                                              "meta/hilrl.json's, else the dataset's action minimum")
+    action_high: tuple[float, ...] = _help((), "action upper bounds (see action_low)")
+
+
+def is_lerobot_dataset(path: str | Path) -> bool:
+    return (Path(path) / "meta" / "info.json").is_file()
+
+
+def read_demos(path: str | Path, mapping: LeRobotMapping | None = None,
+               like: Spec | None = None) -> tuple[Spec, Iterator[Step]]:
+    """A demonstration file's spec and steps: a hilrl recording or a LeRobotDataset root."""
+    if is_lerobot_dataset(path):
+        return import_lerobot(path, mapping or LeRobotMapping(), like)
+    return read_steps(path)
+
+
+# ---------------------------------------------------------------------------------------------- import
+
+
+def _pairs(entries: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for entry in entries:
+        key, sep, name = entry.partition("=")
+        if not key:
+            raise LeRobotImportError(f"{what} mapping entry {entry!r}: expected DATASET_KEY=NAME")
+        out[key] = name if sep else _default_name(key)
+    return out
+
+
+def _default_name(key: str) -> str:
+    return key.removeprefix(IMAGES).removeprefix("observation.")
+
+
+def _image_hwc(shape: list[int], names: list[str] | None) -> tuple[int, int, int]:
+    if names and list(names)[:3] == ["channels", "height", "width"]:
+        return int(shape[1]), int(shape[2]), int(shape[0])
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+def _features(root: Path) -> tuple[dict, int]:
+    info = json.loads((root / "meta" / "info.json").read_text())
+    return info["features"], int(info.get("fps", 10))
+
+
+def map_features(root: Path, mapping: LeRobotMapping) -> tuple[dict[str, str], dict[str, str]]:
+    """(cameras, states) as dataset key -> our name; raises naming every missing feature."""
+    features, _ = _features(root)
+    is_image = {k for k, v in features.items() if v["dtype"] in ("image", "video")}
+    cameras = _pairs(mapping.cameras, "camera") if mapping.cameras else {
+        k: _default_name(k) for k in features if k in is_image and k.startswith(IMAGES)}
+    states = _pairs(mapping.state, "state") if mapping.state else {
+        k: _default_name(k) for k in features if k.startswith("observation.") and k not in is_image}
+    wanted = [*cameras, *states, mapping.action, *(k for k in (mapping.reward, mapping.done) if k)]
+    missing = [k for k in wanted if k not in features]
+    problems = [f"missing feature {k!r}" for k in missing]
+    problems += [f"camera {k!r} is not an image or video feature" for k in cameras if k in features
+                 and k not in is_image]
+    if not states and not cameras:
+        problems.append("no observation features (no observation.* in the dataset and none mapped)")
+    if problems:
+        have = ", ".join(f"{k} ({v['dtype']}{list(v['shape'])})" for k, v in features.items())
+        hint = ("; map them with --demo-map.state KEY=NAME, --demo-map.cameras KEY=NAME, --demo-map.action KEY, "
+                "--demo-map.reward KEY|none, --demo-map.done KEY|none (see docs/datasets.md)")
+        raise LeRobotImportError(f"{root}: cannot import this LeRobotDataset: {'; '.join(problems)}. "
+                                 f"The dataset has: {have}{hint}")
+    return cameras, states
+
+
+def _action_bounds(root: Path, mapping: LeRobotMapping, dim: int, like: Spec | None) -> tuple[list, list]:
+    if mapping.action_low or mapping.action_high:
+        if len(mapping.action_low) != dim or len(mapping.action_high) != dim:
+            raise LeRobotImportError(f"action_low/action_high need {dim} entries each (the action has {dim})")
+        return list(mapping.action_low), list(mapping.action_high)
+    if like is not None and like.action.shape == (dim,):
+        return list(like.action.low), list(like.action.high)
+    meta = root / META
+    if meta.is_file():
+        action = Spec.from_dict(json.loads(meta.read_text())["spec"]).action
+        if action.shape == (dim,):
+            return list(action.low), list(action.high)
+    stats_path = root / "meta" / "stats.json"
+    stats = json.loads(stats_path.read_text()).get(mapping.action, {}) if stats_path.is_file() else {}
+    if "min" in stats and "max" in stats:
+        log.warning("%s: action bounds taken from the dataset's min/max; pass --demo-map.action-low/high "
+                    "(or --spec-file) to use the arm's real bounds", root)
+        return [float(v) for v in stats["min"]], [float(v) for v in stats["max"]]
+    raise LeRobotImportError(f"{root}: no action bounds (no meta/stats.json); pass action_low and action_high")
+
+
+def dataset_spec(root: str | Path, mapping: LeRobotMapping, like: Spec | None = None) -> Spec:
+    """Our spec for a LeRobotDataset under `mapping` (image features uint8 HWC, state float32)."""
+    root = Path(root)
+    features, _ = _features(root)
+    cameras, states = map_features(root, mapping)
+    obs = [Feature(name, "float32", tuple(features[k]["shape"])) for k, name in states.items()]
+    obs += [Feature(name, "uint8", _image_hwc(features[k]["shape"], features[k].get("names")))
+            for k, name in cameras.items()]
+    action_shape = features[mapping.action]["shape"]
+    if len(action_shape) != 1:
+        raise LeRobotImportError(f"{root}: action feature {mapping.action!r} has shape {action_shape}; "
+                                 "hilrl needs a vector")
+    dim = int(action_shape[0])
+    if like is not None:
+        if like.action.shape != (dim,):
+            raise LeRobotImportError(
+                f"{root}: the dataset's action {mapping.action!r} has {dim} entries, the learner's spec "
+                f"{like.action.shape[0]}. A joint-space dataset (joint targets) cannot feed an end-effector actor: "
+                "that conversion needs the arm's kinematics, which hilrl does not apply on import (see "
+                "docs/datasets.md); use a joint-space actor or re-record in its action space")
+        names = {f.name for f in obs}
+        if names != set(like.observation_names):
+            raise LeRobotImportError(
+                f"{root}: the mapped observation features {sorted(names)} differ from the learner's spec "
+                f"{sorted(like.observation_names)}; name them with --demo-map.state KEY=NAME and "
+                "--demo-map.cameras KEY=NAME")
+    low, high = _action_bounds(root, mapping, dim, like)
+    spec = Spec(tuple(obs), Feature("action", "float32", (dim,), tuple(low), tuple(high)))
+    if like is not None:  # the learner's own feature order and dtypes
+        by_name = {f.name: f for f in spec.observation}
+        spec = Spec(tuple(Feature(f.name, f.dtype, by_name[f.name].shape) for f in like.observation), spec.action)
+    return spec
+
+
+def _to_numpy(value: object) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def _image(value: object, feature: Feature) -> np.ndarray:
+    arr = _to_numpy(value)
+    if arr.dtype != np.uint8:  # lerobot decodes to float CHW in [0, 1]; PNG/video frames are uint8 underneath
+        arr = np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    if arr.shape != feature.shape and arr.shape == (feature.shape[2], feature.shape[0], feature.shape[1]):
+        arr = np.ascontiguousarray(arr.transpose(1, 2, 0))
+    if arr.shape != feature.shape:
+        raise LeRobotImportError(f"image {feature.name!r}: frame shape {arr.shape} != {feature.shape}")
+    return arr
+
+
+def _flag(frame: dict, key: str | None, default: bool) -> bool:
+    if key is None or key not in frame:
+        return default
+    return bool(_to_numpy(frame[key]).reshape(-1)[0])
+
+
+def import_lerobot(root: str | Path, mapping: LeRobotMapping | None = None,
+                   like: Spec | None = None) -> tuple[Spec, Iterator[Step]]:
+    """The spec and the steps (in dataset order) of a local LeRobotDataset.
+
+    `like` is the learner's spec, if it has one: its action bounds and feature order are used.
+    """
+    root = Path(root)
+    mapping = mapping or LeRobotMapping()
+    if not is_lerobot_dataset(root):
+        raise LeRobotImportError(f"{root}: not a LeRobotDataset (no meta/info.json)")
+    spec = dataset_spec(root, mapping, like)
+    cameras, states = map_features(root, mapping)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local roots only: never reach the hub
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset(f"local/{root.name}", root=root, video_backend="pyav")
+    has_final = FINAL in ds.features
+    has_intervention = mapping.intervention in ds.features
+
+    def frames() -> Iterator[tuple[int, dict]]:
+        for i in range(len(ds)):
+            item = ds[i]
+            yield int(item["episode_index"]), item
+
+    def observation(item: dict) -> dict[str, np.ndarray]:
+        obs = {name: _to_numpy(item[k]).astype(spec.feature(name).dtype).reshape(spec.feature(name).shape)
+               for k, name in states.items()}
+        obs.update({name: _image(item[k], spec.feature(name)) for k, name in cameras.items()})
+        return obs
+
+    def steps() -> Iterator[Step]:
+        pending: Step | None = None
+        pending_done = (False, False)
+        t = 0
+        for episode, item in frames():
+            if pending is not None and pending.episode != episode:
+                yield _end(pending, pending.obs, item_done=pending_done)
+                pending, t = None, 0
+            if has_final and _flag(item, FINAL, False):
+                if pending is None:
+                    raise LeRobotImportError(f"{root}: episode {episode} starts with a final-observation frame")
+                yield _end(pending, observation(item), item_done=pending_done)
+                pending, t = None, 0
+                continue
+            step = Step(observation(item), _to_numpy(item[mapping.action]).astype(np.float32).reshape(-1),
+                        float(_to_numpy(item[mapping.reward]).reshape(-1)[0]) if mapping.reward else 0.0,
+                        False, False, _flag(item, mapping.intervention, True) if has_intervention else True,
+                        episode, t)
+            if pending is not None:
+                if pending_done[0]:
+                    raise LeRobotImportError(f"{root}: episode {episode} has a done frame before its last frame")
+                yield pending
+            pending, t = step, t + 1
+            pending_done = (_flag(item, mapping.done, False), _flag(item, mapping.truncated, False))
+        if pending is not None:
+            yield _end(pending, pending.obs, item_done=pending_done)
+
+    return spec, steps()
+
+
+def _end(step: Step, final_obs: dict[str, np.ndarray], item_done: tuple[bool, bool]) -> Step:
+    """The last step of an episode: terminated when marked done (and not a timeout), else truncated."""
+    done, truncated = item_done
+    step.terminated = done and not truncated
+    step.truncated = not step.terminated
+    step.final_obs = final_obs
+    return step
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def episodes_from_items(items: Iterable[tuple[str, Step | Discard]], side: Side = "all",
+                        discarded: set[tuple[str, int]] | None = None) -> Iterator[list[Step]]:
+    """Closed runs of steps (each step's successor is the next one, the last carries final_obs).
+
+    `items` is a (source, step) stream in arrival order (sources may interleave). Discarded
+    episodes are left out; a run without an end (the actor restarted, or the episode is still going)
+    loses its last step, whose observation becomes the final observation of the one before, exactly
+    as the learner's assembler does. `side` keeps only human (is_intervention) or policy runs.
+    """
+    discarded = set(discarded or ())
+    open_runs: dict[str, list[Step]] = {}
+
+    def close(run: list[Step]) -> Iterator[list[Step]]:
+        last = run[-1]
+        if last.final_obs is None or not (last.terminated or last.truncated):
+            if len(run) < 2:
+                return
+            run = run[:-1]
+            run[-1] = _copy(run[-1], final_obs=last.obs, truncated=True)
+        yield from _split(run, side)
+
+    for source, item in items:
+        if isinstance(item, Discard):
+            discarded.add((source, item.episode))
+            continue
+        run = open_runs.get(source)
+        if run and (run[-1].episode != item.episode or item.step != run[-1].step + 1):
+            del open_runs[source]
+            if (source, run[-1].episode) not in discarded:
+                yield from close(run)
+        open_runs.setdefault(source, []).append(item)
+        if item.terminated or item.truncated:
+            finished = open_runs.pop(source)
+            if (source, item.episode) not in discarded:
+                yield from close(finished)
+    for source, run in open_runs.items():
+        if run and (source, run[-1].episode) not in discarded:
+            yield from close(run)
+
+
+def _copy(step: Step, **changes: object) -> Step:
+    values = {**step.__dict__, **changes}
+    return Step(**values)
+
+
+def _split(run: list[Step], side: Side) -> Iterator[list[Step]]:
+    if side == "all":
+        yield run
+        return
+    want = side == "human"
+    start = 0
+    for i in range(1, len(run) + 1):
+        if i == len(run) or run[i].is_intervention != run[start].is_intervention:
+            if run[start].is_intervention == want:
+                part = run[start:i]
+                if i < len(run):  # the other side took over: its first observation ends this run
+                    part[-1] = _copy(part[-1], final_obs=run[i].obs, terminated=False, truncated=True)
+                yield part
+            start = i
+
+
+def lerobot_features(spec: Spec) -> dict[str, dict]:
+    """LeRobotDataset features for our spec (images as PNG ``image`` features; no video codec needed)."""
+    feats: dict[str, dict] = {}
+    for f in spec.state_features:
+        feats[f"observation.{f.name}"] = {"dtype": f.dtype, "shape": f.shape or (1,), "names": None}
+    for f in spec.image_features:
+        feats[f"{IMAGES}{f.name}"] = {"dtype": "image", "shape": f.shape, "names": ["height", "width", "channels"]}
+    feats["action"] = {"dtype": "float32", "shape": (spec.action_dim,), "names": None}
+    for key, dtype in (("next.reward", "float32"), ("next.done", "bool"), ("next.truncated", "bool"),
+                       ("complementary_info.is_intervention", "bool"), (FINAL, "bool")):
+        feats[key] = {"dtype": dtype, "shape": (1,), "names": None}
+    return feats
+
+
+def export_lerobot(episodes: Iterable[list[Step]], spec: Spec, output: str | Path, fps: int = 10,
+                   task: str = "", repo_id: str | None = None) -> dict:
+    """Write closed step runs (see `episodes_from_items`) as a LeRobotDataset at `output` (must not exist)."""
+    output = Path(output)
+    if output.exists():
+        raise FileExistsError(f"{output} already exists; choose a new --output directory")
+    runs = iter(episodes)
+    first = next(runs, None)
+    if first is None:
+        raise ValueError("nothing to export: no complete run of steps of the chosen --source")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset.create(repo_id or f"local/{output.name}", fps=fps, features=lerobot_features(spec),
+                               root=output, use_videos=False)
+    n_episodes = n_steps = 0
+
+    def frame(obs: dict[str, np.ndarray], action: np.ndarray, reward: float, done: bool, truncated: bool,
+              human: bool, final: bool) -> dict:
+        out: dict = {f"observation.{f.name}": np.asarray(obs[f.name], dtype=f.dtype).reshape(f.shape or (1,))
+                     for f in spec.state_features}
+        out.update({f"{IMAGES}{f.name}": np.asarray(obs[f.name], dtype=np.uint8) for f in spec.image_features})
+        out.update({"action": np.asarray(action, dtype=np.float32), "next.reward": np.array([reward], np.float32),
+                    "next.done": np.array([done]), "next.truncated": np.array([truncated]),
+                    "complementary_info.is_intervention": np.array([human]), FINAL: np.array([final]),
+                    "task": task})
+        return out
+
+    try:
+        for run in itertools.chain([first], runs):
+            for s in run:
+                ds.add_frame(frame(s.obs, s.action, s.reward, s.terminated or s.truncated, s.truncated,
+                                   s.is_intervention, False))
+            last = run[-1]
+            assert last.final_obs is not None
+            ds.add_frame(frame(last.final_obs, np.zeros(spec.action_dim, np.float32), 0.0,
+                               last.terminated or last.truncated, last.truncated, last.is_intervention, True))
+            ds.save_episode()
+            n_episodes += 1
+            n_steps += len(run)
+    finally:
+        ds.finalize()
+    (output / META).write_text(json.dumps({"format": "hilrl-lerobot-export", "version": 1,
+                                           "spec": spec.to_dict()}, indent=2))
+    return {"output": str(output), "episodes": n_episodes, "steps": n_steps, "frames": n_steps + n_episodes,
+            "fps": fps}
