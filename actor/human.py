@@ -8,6 +8,8 @@ action in the arm's action space (end-effector delta + gripper, like the policy'
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -37,6 +39,13 @@ class HumanInput(Protocol):
 
     def close(self) -> None:
         """Release the device."""
+
+
+class OperatorGo(Protocol):
+    """A device the operator can say "go" with (gamepad LB, key g): the real arm waits for it at its rest pose."""
+
+    def go(self) -> bool:
+        """True once per press of the go button since the last call (never blocks)."""
 
 
 class ScriptedTeleop:
@@ -72,3 +81,82 @@ class ScriptedTeleop:
 
     def close(self) -> None:
         pass
+
+
+class NoTakeover:
+    """A device whose takeover is ignored (joint-mode policy runs: the human's actions are end-effector
+    deltas, which a joint-space arm cannot execute). Verdicts, e-stop and go still work."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self._said = False
+
+    def reset(self, demonstrating: bool = False) -> None:
+        self.device.reset(demonstrating=False)
+
+    def poll(self, obs: dict[str, np.ndarray]) -> HumanEvents:
+        events = self.device.poll(obs)
+        if events.takeover and not self._said:
+            self._said = True
+            logging.getLogger(__name__).warning("takeover ignored: joint-mode arm (use --action-mode ee to take over)")
+        return HumanEvents(takeover=False, end=events.end, estop=events.estop)
+
+    def action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        raise RuntimeError("NoTakeover never hands control to the human")
+
+    def go(self) -> bool:
+        go = getattr(self.device, "go", None)
+        return bool(go()) if go is not None else True
+
+    def close(self) -> None:
+        self.device.close()
+
+
+EpisodeKind = Literal["human", "policy"]
+_KINDS: dict[str, EpisodeKind] = {"h": "human", "human": "human", "p": "policy", "policy": "policy"}
+
+
+def parse_schedule(text: str) -> list[tuple[EpisodeKind, int]]:
+    """'3h3p' or 'human:3,policy:3' -> [('human', 3), ('policy', 3)]; '' -> []. ValueError says what is wrong."""
+    text = text.strip().lower()
+    if not text:
+        return []
+    if re.fullmatch(r"(\d+[hp])+", text):
+        parts = [(_KINDS[k], int(n)) for n, k in re.findall(r"(\d+)([hp])", text)]
+    else:
+        parts = []
+        for item in text.split(","):
+            kind, sep, count = item.strip().partition(":")
+            if not sep or kind.strip() not in _KINDS or not count.strip().isdigit():
+                raise ValueError(f"--schedule {text!r}: expected e.g. 3h3p or human:3,policy:3")
+            parts.append((_KINDS[kind.strip()], int(count)))
+    if not any(n for _, n in parts):
+        raise ValueError(f"--schedule {text!r}: every count is 0")
+    return [(k, n) for k, n in parts if n > 0]
+
+
+class Schedule:
+    """The operating rhythm, e.g. 3 human episodes then 3 policy episodes, repeated.
+
+    :meth:`next` says which kind of episode comes next; :meth:`done` moves on after one that counted
+    (a re-recorded episode is done again, so it does not move the schedule).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.plan = parse_schedule(text)
+        self.cycle: list[EpisodeKind] = [k for k, n in self.plan for _ in range(n)]
+        self.labels = [f"{k} episode {i + 1}/{n}" for k, n in self.plan for i in range(n)]
+        self.position = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.cycle)
+
+    def next(self) -> EpisodeKind:
+        return self.cycle[self.position % len(self.cycle)]
+
+    def describe(self) -> str:
+        """'human episode 2/3' for the console."""
+        return self.labels[self.position % len(self.cycle)]
+
+    def done(self) -> None:
+        self.position += 1

@@ -2,23 +2,35 @@
 
 Network and weight loading happen on the link's threads; between ticks the loop only swaps in a
 policy the link has already verified and built. Every executed step is recorded with who produced
-it (`is_intervention`) and goes to the durable outbox in batches.
+it (`is_intervention`) and goes to the durable outbox in batches, written by a thread of its own
+(the outbox fsyncs each batch; a slow disk never delays a tick).
+
+Every executed action passes the safety clamp (`hilrl.actor.safety`); a tick that comes more than
+``--watchdog-periods`` periods late holds the arm instead; a lost learner either changes nothing
+(``--on-learner-lost keep``) or ends the policy episode with a hold and starts none until it is
+back (``hold``). ``--schedule`` sets the human/policy episode rhythm; a real arm waits for the
+operator's go after its reset.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from hilrl.actor.config import ActorConfig
+from hilrl.actor.human import Schedule
 from hilrl.actor.link import LearnerLink
 from hilrl.actor.outbox import Outbox
 from hilrl.actor.replay import ReplaySource
+from hilrl.actor.safety import LearnerWatch, Safety, limits_for
 from hilrl.buffers.assembler import Discard, Step
 from hilrl.buffers.recording import StepRecorder
 from hilrl.buffers.spec import Spec, state_vector
@@ -42,10 +54,26 @@ class Stats:
     rerecorded: int = 0
     outbox_full_waits: int = 0
     overruns: int = 0
-    periods_ms: list[float] = field(default_factory=list)
+    ticks: int = 0
+    watchdog_holds: int = 0
+    learner_lost: int = 0
+    learner_lost_holds: int = 0
+    first_tick: float = 0.0
+    last_tick: float = 0.0
+    episode_s: float = 0.0  # time spent inside episodes (first tick to the end of the last tick's period)
+    clamps: dict[str, int] = field(default_factory=dict)
+    periods_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+
+    def loop_stats(self, recent: int = 1000) -> pb.LoopStats:
+        """What the learner shows for this actor: period percentiles over the most recent ticks."""
+        p = np.fromiter(itertools.islice(reversed(self.periods_ms), recent), float) if self.periods_ms else np.zeros(1)
+        p50, p99 = np.percentile(p, [50, 99])
+        return pb.LoopStats(period_p50_ms=float(p50), period_p99_ms=float(p99), ticks=self.ticks,
+                            overruns=self.overruns, watchdog_holds=self.watchdog_holds,
+                            safety_clamps=sum(self.clamps.values()))
 
     def summary(self, weight_version: int, unacked: int) -> dict:
-        p = np.asarray(self.periods_ms[-100_000:]) if self.periods_ms else np.zeros(1)
+        p = np.asarray(self.periods_ms) if self.periods_ms else np.zeros(1)
         return {
             "episodes": self.episodes, "steps": self.steps, "interventions": self.interventions,
             "takeovers": self.takeovers, "demo_episodes": self.demo_episodes, "rerecorded": self.rerecorded,
@@ -57,6 +85,10 @@ class Stats:
             "loop_period_p50_ms": round(float(np.percentile(p, 50)), 3),
             "loop_period_p99_ms": round(float(np.percentile(p, 99)), 3),
             "overruns": self.overruns, "weight_version": weight_version, "unacked": unacked,
+            "ticks": self.ticks, "loop_s": round(self.last_tick - self.first_tick, 3),
+            "episode_s": round(self.episode_s, 3),
+            "watchdog_holds": self.watchdog_holds, "learner_lost": self.learner_lost,
+            "learner_lost_holds": self.learner_lost_holds, "safety_clamps": dict(self.clamps),
         }
 
 
@@ -77,7 +109,8 @@ class PolicyRunner:
         """The policy's action (plus noise when exploring), clamped; None when the policy output is NaN/inf."""
         assert self.policy is not None
         state = torch.from_numpy(state_vector(obs, self.spec)).unsqueeze(0)
-        action = self.policy(state)[0].numpy()
+        images = {f.name: torch.from_numpy(obs[f.name]).unsqueeze(0) for f in self.spec.image_features}
+        action = self.policy(state, images or None)[0].numpy()
         if not np.all(np.isfinite(action)):
             log.error("policy v%d produced a non-finite action %s", self.version, action)
             return None
@@ -100,9 +133,37 @@ class PolicyRunner:
         return np.clip(action, self.low, self.high).astype(np.float32)
 
 
+class OutboxWriter:
+    """Puts batches into the outbox on its own thread: the outbox fsyncs every batch, and a slow disk
+    must never delay a tick. One thread keeps the order; :meth:`drain` waits until all are written."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self._queue: queue.Queue[pb.TransitionBatch] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, batch: pb.TransitionBatch) -> None:
+        self._queue.put(batch)
+
+    def drain(self) -> None:
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                self.outbox.put(batch)
+            except Exception:  # noqa: BLE001 - a write error must be loud, and must not kill the writer
+                log.exception("could not write a batch of %d items to the outbox", len(batch.items))
+            finally:
+                self._queue.task_done()
+
+
 class ActorLoop:
     def __init__(self, cfg: ActorConfig, env, human, link: LearnerLink, outbox: Outbox, state,
-                 stop: threading.Event, recorder: StepRecorder | None = None) -> None:
+                 stop: threading.Event, recorder: StepRecorder | None = None, standalone: bool = False) -> None:
+        """``standalone``: no learner (``--checkpoint``): the link only hands out the policy once."""
         self.cfg = cfg
         self.env = env
         self.human = human
@@ -116,13 +177,27 @@ class ActorLoop:
         self.runner = PolicyRunner(self.spec, cfg.exploration_noise, self.rng)
         self.stats = Stats()
         self._items: list[pb.Item] = []
+        self._writer = OutboxWriter(outbox)
         self._period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
+        self._watchdog_s = self._period * cfg.watchdog_periods if cfg.watchdog_periods > 0 else 0.0
+        self.schedule = Schedule(cfg.schedule)
+        self.watch = None if standalone else LearnerWatch(link, outbox, cfg.learner_lost_after_s,
+                                                          cfg.on_learner_lost)
+        self.safety: Safety | None = None
+        if not isinstance(env, ReplaySource):
+            self.safety = Safety(self.spec, limits_for(env, cfg.max_action_delta, cfg.workspace))
+            self.stats.clamps = self.safety.counts
 
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> dict:
-        if isinstance(self.env, ReplaySource):
-            return self._replay()
+        """Episodes until stopped (or --max-episodes); the summary. Every batch is in the outbox on return."""
+        try:
+            return self._replay() if isinstance(self.env, ReplaySource) else self._run()
+        finally:
+            self._writer.drain()
+
+    def _run(self) -> dict:
         said: set[str] = set()
         while not self.stop.is_set() and self.link.fatal is None:
             if self.cfg.max_episodes and self.stats.episodes >= self.cfg.max_episodes:
@@ -139,26 +214,47 @@ class ActorLoop:
                 continue
             said.discard("full")
             mode = self._mode()
-            if mode is None:
-                self.stop.wait(0.1)
-                continue
             if mode.startswith("wait"):
                 if mode not in said:
                     said.add(mode)
                     log.info({"wait_learner": f"waiting for the learner at {self.cfg.learner} ...",
-                              "wait_weights": "learner is pretraining; waiting for the first weights ..."}[mode])
+                              "wait_weights": "learner is pretraining; waiting for the first weights ...",
+                              "wait_learner_lost": "learner lost (--on-learner-lost hold): the arm holds and no "
+                                                   "policy episode starts until it is back"}[mode])
                 self.stop.wait(0.1)
                 continue
-            self._episode(human_episode=(mode == "human"))
+            said.clear()
+            scheduled = mode.endswith("*")  # the schedule chose this episode's kind
+            mode = mode.rstrip("*")
+            if scheduled:
+                log.info("next: %s%s", self.schedule.describe(),
+                         " (demonstrate: you drive the whole episode)" if mode == "human" else "")
+            if self._episode(human_episode=(mode == "human")) and scheduled:
+                self.schedule.done()
+        self._writer.drain()  # before counting what is unacknowledged
         return self.stats.summary(self.runner.version, len(self.outbox))
 
-    def _mode(self) -> str | None:
+    def _mode(self) -> str:
         stage = self.link.stage
         if stage is None:
             return "wait_learner"
         if stage == "waiting_for_demos":
             return "human"
-        return "policy" if self.runner.policy is not None else "wait_weights"
+        if self.runner.policy is None:
+            return "wait_weights"
+        kind = self.schedule.next() if self.schedule else "policy"
+        if kind == "policy" and self._policy_held():
+            return "wait_learner_lost"
+        return kind + "*" if self.schedule else kind
+
+    def _policy_held(self) -> bool:
+        """Check the learner link (said on the console when it changes); True: the policy must not act."""
+        if self.watch is None:
+            return False
+        was = self.watch.is_lost
+        lost = self.watch.lost(self.runner.version)
+        self.stats.learner_lost += int(lost and not was)
+        return self.watch.hold
 
     def _swap_weights(self) -> None:
         new = self.link.take_policy()
@@ -167,37 +263,82 @@ class ActorLoop:
             self.link.weight_version_applied = self.runner.version
             log.info("applied weights v%d", self.runner.version)
 
+    def _hold(self) -> np.ndarray:
+        hold = self.runner.hold(self.env)
+        return self.safety.hold(hold) if self.safety is not None else hold
+
+    def _wait_for_go(self, obs: dict[str, np.ndarray], human_episode: bool) -> None:
+        """Real arm at its rest pose: wait for the operator's go (gamepad LB, key g) or an e-stop."""
+        go = getattr(self.human, "go", None)
+        if not getattr(self.env, "needs_go", False) or go is None:
+            return
+        go()  # a press from before the arm reached its rest pose does not count
+        log.info("arm at its rest pose: press go (gamepad LB / key g) to start the %s episode",
+                 "human (demonstration)" if human_episode else "policy")
+        while not self.stop.is_set():
+            if go():
+                return
+            if self.human.poll(obs).estop:
+                log.warning("emergency stop while waiting for go")
+                self.stop.set()
+                return
+            self.stop.wait(0.05)
+
     # ------------------------------------------------------------------ one episode
 
-    def _episode(self, human_episode: bool) -> None:
-        """One episode. In a demonstration every step is the human's; otherwise the policy acts
-        until the human holds the takeover, and the human's buttons can end or discard it."""
-        episode = self.state.take_episode_index()
+    def _episode(self, human_episode: bool) -> bool:
+        """One episode; False when it was re-recorded (so it is done again). In a demonstration every
+        step is the human's; otherwise the policy acts until the human holds the takeover, and the
+        human's buttons can end or discard it."""
         obs = self.env.reset(seed=int(self.rng.integers(2**31 - 1)))
-        self.human.reset(demonstrating=human_episode)
+        self._wait_for_go(obs, human_episode)
+        if self.stop.is_set():
+            return False
+        self.human.reset(demonstrating=human_episode)  # after the go: drops verdicts pressed while waiting
+        episode = self.state.take_episode_index()
+        if self.safety is not None:
+            self.safety.reset(self.runner.hold(self.env))
         interventions = takeovers = 0
         t, success, ended, was_human, why = 0, False, False, False, ""
         next_tick = time.perf_counter()
         last_tick = None
         while not ended:
             tick = time.perf_counter()
+            late = False
             if last_tick is not None:
-                self.stats.periods_ms.append((tick - last_tick) * 1e3)
+                gap = tick - last_tick
+                self.stats.periods_ms.append(gap * 1e3)
+                late = bool(self._watchdog_s) and gap > self._watchdog_s
+            else:
+                episode_start = time.monotonic()
+                self.stats.first_tick = self.stats.first_tick or episode_start
             last_tick = tick
+            self.stats.ticks += 1
             self._swap_weights()  # between ticks: a reference swap, the policy was built off-loop
+            policy_held = self._policy_held()
             events = self.human.poll(obs)
             human = human_episode or events.takeover
             takeovers += int(human and not was_human)
             was_human = human
             if events.estop:
-                action, why = self.runner.hold(self.env), "emergency stop"
+                action, why = self._hold(), "emergency stop"
                 self.stop.set()
+            elif late:
+                self.stats.watchdog_holds += 1
+                log.warning("watchdog: tick %d of episode %d came %.0f ms after the previous one (limit %.0f ms); "
+                            "holding the arm for this tick", t, episode, gap * 1e3, self._watchdog_s * 1e3)
+                action = self._hold()
             elif human:
-                action = self.runner.clamp(self.human.action(obs))
+                action = self._safe(self.human.action(obs), obs)
             else:
                 action = self.runner.act(obs, explore=True)
                 if action is None:
-                    action, why = self.runner.hold(self.env), "policy output was NaN/inf"
+                    action, why = self._hold(), "policy output was NaN/inf"
+                elif policy_held:
+                    action, why = self._hold(), "learner lost (--on-learner-lost hold)"
+                    self.stats.learner_lost_holds += 1
+                else:
+                    action = self._safe(action, obs)
             next_obs, reward, terminated, truncated, info = self.env.step(action)
             if events.end in ("success", "failure"):  # the human's verdict overrides the env's
                 reward, terminated = float(events.end == "success"), True
@@ -212,23 +353,35 @@ class ActorLoop:
             obs = next_obs
             t += 1
             if self._period:
-                next_tick += self._period
-                delay = next_tick - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                else:
-                    self.stats.overruns += 1
-                    next_tick = time.perf_counter()
+                next_tick = self._pace(next_tick)
             if events.end == "rerecord":
                 self._items.append(codec.encode_item(Discard(episode)))
                 why = "re-record: discarded on the learner"
+        self.stats.last_tick = time.monotonic()
+        self.stats.episode_s += self.stats.last_tick - episode_start
         self._flush()
         if why:
             log.warning("episode %d ended early: %s", episode, why)
         if events.end == "rerecord":
             self.stats.rerecorded += 1
-            return
+            return False
         self._count(t, interventions, takeovers, success, human_episode)
+        return True
+
+    def _pace(self, next_tick: float) -> float:
+        """Sleep until the next tick is due. A tick that ran late is an overrun; a lag of less than one
+        period is caught up on the following ticks (the average rate holds), a longer one is dropped
+        (never a burst of ticks to catch up)."""
+        next_tick += self._period
+        delay = next_tick - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+            return next_tick
+        self.stats.overruns += 1
+        return next_tick if -delay < self._period else time.perf_counter()
+
+    def _safe(self, action: np.ndarray, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.safety.clamp(action, obs) if self.safety is not None else self.runner.clamp(action)
 
     def _count(self, steps: int, interventions: int, takeovers: int, success: bool, human_episode: bool) -> None:
         s = self.stats
@@ -266,6 +419,7 @@ class ActorLoop:
             last = recorded[-1]
             self._count(len(recorded), sum(s.is_intervention for s in recorded), takeovers,
                         last.terminated and last.reward > 0, all(s.is_intervention for s in recorded))
+        self._writer.drain()
         return self.stats.summary(self.runner.version, len(self.outbox))
 
     # ------------------------------------------------------------------ recording
@@ -279,5 +433,6 @@ class ActorLoop:
 
     def _flush(self) -> None:
         if self._items:
-            self.outbox.put(pb.TransitionBatch(actor_id=self.link.actor_id, items=self._items))
+            self.link.loop_stats = self.stats.loop_stats()
+            self._writer.put(pb.TransitionBatch(actor_id=self.link.actor_id, items=self._items))
             self._items = []

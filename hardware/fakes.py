@@ -6,6 +6,8 @@
   buttons and axes exactly as it would from a pad, so its mapping is what gets tested.
 * :class:`FakeKeys` feeds key presses/releases to a :class:`hilrl.hardware.keyboard.KeyboardInput`
   through the same ``on_press``/``on_release`` callbacks pynput's listener calls.
+* :class:`FakeFollower` is a duck-typed lerobot SO-10x follower (what :class:`hilrl.hardware.so_arm.SOArm`
+  calls on it): joints move to the targets sent, calibration entries are lerobot's ``MotorCalibration``.
 
 The serial-level fake of the Feetech motor bus lives in :mod:`hilrl.hardware.fake_feetech`.
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 BUTTONS = 12
 AXES = 6
+MOTORS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 
 
 class FakeJoystick:
@@ -123,3 +126,43 @@ class FakeKeys:
     def tap(self, key: str) -> None:
         self.press(key)
         self.release(key)
+
+
+class FakeFollower:
+    """A follower arm without a bus: ``get_observation`` returns the last targets sent (a perfect servo).
+
+    ``ranges``: raw calibration range per motor (default 1000..3000 ticks, i.e. +-87.9 degrees).
+    """
+
+    observation_features = {f"{m}.pos": float for m in MOTORS}
+    action_features = observation_features
+    calibration_fpath = "follower.json"
+    is_calibrated = True
+
+    def __init__(self, q: list[float] | None = None, ranges: dict[str, tuple[int, int]] | None = None) -> None:
+        from lerobot.motors.motors_bus import MotorCalibration
+
+        self.q = {k: float(v) for k, v in zip(self.observation_features, q or [10.0 * i for i in range(6)],
+                                              strict=True)}
+        ranges = ranges or {}
+        self.calibration = {m: MotorCalibration(id=i + 1, drive_mode=0, homing_offset=0,
+                                                range_min=ranges.get(m, (1000, 3000))[0],
+                                                range_max=ranges.get(m, (1000, 3000))[1])
+                            for i, m in enumerate(MOTORS)}
+        self.sent: list[dict] = []
+        self.is_connected = False
+
+    def connect(self, calibrate: bool = True) -> None:
+        assert calibrate is False, "the actor must never start lerobot's interactive calibration"
+        self.is_connected = True
+
+    def get_observation(self) -> dict:
+        return dict(self.q)
+
+    def send_action(self, action: dict) -> dict:
+        self.sent.append(dict(action))
+        self.q.update(action)
+        return action
+
+    def disconnect(self) -> None:
+        self.is_connected = False

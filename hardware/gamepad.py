@@ -17,6 +17,8 @@ index   Logitech "D" layout        what lerobot (and so this adapter) does with 
 7       RT                         open the gripper while held
 2       B                          free in lerobot (it prints "B: Exit" but never reads it):
                                    **emergency stop** here
+4       LB                         free in lerobot: **go**, start the next episode once the
+                                   real arm is at its rest pose
 ======  =========================  ==========================================================
 
 Xbox-style pads (XInput, ``xpad`` on Linux) number their buttons A=0, B=1, X=2, Y=3, LB=4, RB=5,
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 TAKEOVER_BUTTON = 5  # lerobot: joystick.get_button(5)
 ESTOP_BUTTON = 2  # the button lerobot leaves unused
+GO_BUTTON = 4  # LB on Logitech "D" and Xbox pads alike; unused by lerobot
 ACTION_LOW = np.array([-1.0, -1.0, -1.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0, 2.0], dtype=np.float32)
 
@@ -83,6 +86,7 @@ def _controller_class() -> type:
             super().__init__(deadzone=deadzone)
             self.estop_button = estop_button
             self.estop = False
+            self.go = False  # latched on a GO_BUTTON press until GamepadInput.go() reads it
 
         @property
         def episode_end_status(self) -> Any:  # type: ignore[override]
@@ -106,6 +110,8 @@ def _controller_class() -> type:
             for event in events:
                 if event.type == pygame.JOYBUTTONDOWN and event.button == self.estop_button:
                     self.estop = True
+                elif event.type == pygame.JOYBUTTONDOWN and event.button == GO_BUTTON:
+                    self.go = True
                 elif event.type == pygame.JOYDEVICEREMOVED:  # unplugged mid-session: stop the arm
                     log.error("gamepad %s was disconnected: emergency stop", self.joystick.get_name())
                     self.estop = True
@@ -176,6 +182,13 @@ class GamepadInput:
             end = "failure"
         estop = bool(getattr(self.teleop.gamepad, "estop", False))
         return HumanEvents(takeover=bool(ev[TeleopEvents.IS_INTERVENTION]), end=end, estop=estop)
+
+    def go(self) -> bool:
+        """The operator pressed LB (go: start the next episode) since the last call."""
+        pad = self.teleop.gamepad
+        pad.update()
+        pressed, pad.go = bool(getattr(pad, "go", False)), False
+        return pressed
 
     def action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """``[dx, dy, dz, g]`` from lerobot's ``get_action`` (sticks and LT/RT), in our bounds."""

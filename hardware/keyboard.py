@@ -21,6 +21,7 @@ s or enter      episode success                                 keyboard_ee / Ke
 q or backspace  episode failure                                 keyboard_ee / KeyboardController
 r               re-record (discard the episode)                 keyboard_ee
 esc             emergency stop (latched)                        lerobot: "ESC: exit"
+g               go: start the next episode (real arm at rest)   (hilrl)
 ==============  ==============================================  ===============================
 
 Events arrive through :meth:`KeyboardInput.on_press` / :meth:`KeyboardInput.on_release`, the
@@ -44,6 +45,7 @@ ENDS: dict[str, EpisodeEnd] = {"s": "success", "enter": "success", "q": "failure
                                "r": "rerecord"}
 TAKEOVER_KEY = "space"
 ESTOP_KEY = "esc"
+GO_KEY = "g"
 CLOSE_KEYS = ("ctrl", "ctrl_l")
 OPEN_KEYS = ("ctrl_r",)
 
@@ -75,6 +77,7 @@ class KeyboardInput:
         self._held: set[str] = set()
         self._end: EpisodeEnd | None = None
         self._estop = False
+        self._go = False
         self.demonstrating = False
         self._listener: Any = None
         if listen:
@@ -104,6 +107,8 @@ class KeyboardInput:
             self._held.add(name)
             if name == ESTOP_KEY:
                 self._estop = True
+            elif name == GO_KEY:
+                self._go = True
             elif name in ENDS:
                 self._end = ENDS[name]
 
@@ -124,6 +129,12 @@ class KeyboardInput:
         with self._lock:
             end, self._end = self._end, None
             return HumanEvents(takeover=TAKEOVER_KEY in self._held, end=end, estop=self._estop)
+
+    def go(self) -> bool:
+        """g was pressed (go: start the next episode) since the last call."""
+        with self._lock:
+            pressed, self._go = self._go, False
+            return pressed
 
     def action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Held movement keys -> unit steps (times ``scale``); ctrl keys -> gripper."""

@@ -24,6 +24,7 @@ to check; motors whose calibration differs from the file -> the same command.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +69,9 @@ class ArmConfig:
     target_frame: str = "gripper_frame_link"
     ee_step_m: float = 0.01  # metres per action unit in "ee" mode
     ee_bounds: tuple[tuple[float, float, float], tuple[float, float, float]] = ((0.1, -0.3, 0.01), (0.4, 0.3, 0.35))
+    rest_pose: tuple[float, ...] | None = None  # joint positions (degrees, gripper 0..100) to reset to
+    rest_speed_deg_s: float = 30.0  # joint speed while moving to the rest pose
+    fps: int = 30  # rate of the rest-pose move's intermediate targets
 
     @property
     def robot_type(self) -> str:
@@ -127,6 +131,12 @@ class SOArm:
         self.cameras: list[Camera] = []
         self._joints: dict[str, float] = {}
         self._steps = 0
+        self.needs_go = True  # the actor waits for the operator's go before every episode
+        self.ee_actions = cfg.action_mode == "ee"
+        self.ee_step_m = cfg.ee_step_m
+        if cfg.rest_pose is not None and len(cfg.rest_pose) != len(self.joint_keys):
+            raise ArmError(f"rest pose needs {len(self.joint_keys)} joint positions ({', '.join(self.motor_names)}), "
+                           f"got {len(cfg.rest_pose)}")
 
     # ----------------------------------------------------------------------------- connection
     def connect(self) -> SOArm:
@@ -176,7 +186,7 @@ class SOArm:
             InverseKinematicsEEToJoints,
         )
 
-        kin = self._kinematics or self._load_kinematics()
+        kin = self._kinematics = self._kinematics or self._load_kinematics()
         step = self.cfg.ee_step_m
         steps = [
             MapDeltaActionToRobotActionStep(),
@@ -204,7 +214,56 @@ class SOArm:
         except ImportError as exc:
             raise ArmError(f"action_mode='ee' needs placo: pip install 'lerobot[kinematics]' ({exc})") from exc
 
+    # ----------------------------------------------------------------------------- limits
+    def joint_limits(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Joint mode: the limits of every joint target, from lerobot's calibration (None in ee mode).
+
+        lerobot (``use_degrees=True``) maps a joint's raw range ``[range_min, range_max]`` to degrees around
+        its middle (``(raw - mid) * 360 / (resolution - 1)``) and does not clip degree targets itself;
+        the gripper is 0..100. A joint without a calibration entry keeps the spec's +-180 degrees.
+        """
+        if self.ee_actions:
+            return None
+        return self._calibrated_limits()
+
+    def _calibrated_limits(self) -> tuple[np.ndarray, np.ndarray]:
+        low = np.array([GRIPPER_RANGE[0] if m == "gripper" else -JOINT_LIMIT_DEG for m in self.motor_names])
+        high = np.array([GRIPPER_RANGE[1] if m == "gripper" else JOINT_LIMIT_DEG for m in self.motor_names])
+        calibration = self.robot.calibration if isinstance(self.robot.calibration, dict) else {}
+        bus = getattr(self.robot, "bus", None)
+        for i, motor in enumerate(self.motor_names):
+            cal = calibration.get(motor)
+            if motor == "gripper" or not hasattr(cal, "range_min"):
+                continue
+            resolution = 4096
+            if bus is not None and motor in getattr(bus, "motors", {}):
+                resolution = bus.model_resolution_table.get(bus.motors[motor].model, resolution)
+            half = (cal.range_max - cal.range_min) / 2 * 360 / (resolution - 1)
+            low[i], high[i] = max(-half, -JOINT_LIMIT_DEG), min(half, JOINT_LIMIT_DEG)
+        return low.astype(np.float32), high.astype(np.float32)
+
+    def ee_position(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """End-effector xyz (metres, base frame) by lerobot's forward kinematics (ee mode only)."""
+        kin = self._kinematics
+        if kin is None:
+            raise ArmError("the end-effector position needs action_mode='ee' (kinematics from the URDF)")
+        return np.asarray(kin.forward_kinematics(np.asarray(obs["joint_pos"], dtype=np.float64))[:3, 3])
+
     # ----------------------------------------------------------------------------- episode
+    def move_to_rest(self, sleep=None) -> int:
+        """Move to ``rest_pose`` in straight joint-space steps of at most ``rest_speed_deg_s / fps``; returns
+        how many targets were sent. lerobot's ``max_relative_target`` caps every step as well."""
+        sleep = sleep or time.sleep
+        target = np.clip(np.asarray(self.cfg.rest_pose, dtype=np.float64), *self._calibrated_limits())
+        start = self.observe()["joint_pos"].astype(np.float64)
+        per_step = self.cfg.rest_speed_deg_s / self.cfg.fps
+        n = int(np.ceil(np.max(np.abs(target - start)) / per_step)) if per_step > 0 else 0
+        for i in range(1, n + 1):
+            q = start + (target - start) * (i / n)
+            self.robot.send_action({k: float(v) for k, v in zip(self.joint_keys, q, strict=True)})
+            sleep(1.0 / self.cfg.fps)
+        return n
+
     def observe(self) -> dict[str, np.ndarray]:
         """Joint positions (and the camera images) now."""
         raw = self.robot.get_observation()
@@ -216,8 +275,11 @@ class SOArm:
         return obs
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
-        """Start an episode where the arm is (the human resets the scene); ``seed`` is unused."""
+        """Start an episode: move to the rest pose if one is configured (else stay where the arm is); the
+        human resets the scene and says go (the actor waits for it, see ``needs_go``); ``seed`` is unused."""
         self._steps = 0
+        if self.cfg.rest_pose is not None:
+            self.move_to_rest()
         if self._ee is not None:
             self._ee.reset()
         return self.observe()

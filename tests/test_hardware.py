@@ -20,8 +20,8 @@ import pytest
 from hilrl.actor.human import HumanEvents
 from hilrl.hardware import ports
 from hilrl.hardware.cameras import Camera, CameraNotFoundError, CameraSpec, crop_resize
-from hilrl.hardware.fakes import FakeGamepad, FakeKeys, fake_gamepad
-from hilrl.hardware.gamepad import ESTOP_BUTTON, TAKEOVER_BUTTON, GamepadInput, GamepadNotFoundError
+from hilrl.hardware.fakes import FakeFollower, FakeGamepad, FakeKeys, fake_gamepad
+from hilrl.hardware.gamepad import ESTOP_BUTTON, GO_BUTTON, TAKEOVER_BUTTON, GamepadInput, GamepadNotFoundError
 from hilrl.hardware.keyboard import KeyboardInput
 from hilrl.hardware.so_arm import ArmConfig, ArmError, ArmNotCalibratedError, ArmNotFoundError, SOArm
 
@@ -202,37 +202,6 @@ def test_ee_without_urdf_is_refused_and_says_what_is_missing(tmp_path):
         SOArm(ArmConfig(port="/dev/ttyNOPE", calibration_dir=tmp_path, action_mode="ee")).connect()
 
 
-class FakeFollower:
-    """Duck-typed lerobot robot for the step/hold path (the real bus needs motors)."""
-
-    observation_features = {f"{m}.pos": float for m in ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex",
-                                                          "wrist_roll", "gripper"]}
-    action_features = observation_features
-    calibration = {"ok": True}
-    calibration_fpath = Path("follower.json")
-    is_calibrated = True
-
-    def __init__(self) -> None:
-        self.q = {k: 10.0 * i for i, k in enumerate(self.observation_features)}
-        self.sent: list[dict] = []
-        self.is_connected = False
-
-    def connect(self, calibrate: bool = True) -> None:
-        assert calibrate is False
-        self.is_connected = True
-
-    def get_observation(self) -> dict:
-        return dict(self.q)
-
-    def send_action(self, action: dict) -> dict:
-        self.sent.append(action)
-        self.q.update(action)
-        return action
-
-    def disconnect(self) -> None:
-        self.is_connected = False
-
-
 def test_joint_mode_step_and_hold(monkeypatch):
     monkeypatch.setattr("hilrl.hardware.so_arm.port_exists", lambda port: True)
     robot = FakeFollower()
@@ -341,3 +310,27 @@ def test_fake_gamepad_is_what_lerobot_reads():
             assert isinstance(gp.teleop.gamepad, GamepadController)
         finally:
             gp.close()
+
+
+def test_joint_limits_come_from_lerobots_calibration_file(tmp_path):
+    write_calibration(tmp_path)  # every motor 1000..3000 raw ticks
+    arm = SOArm(ArmConfig(port="/dev/ttyNOPE", calibration_dir=tmp_path, action_mode="joint"))
+    assert type(arm.robot).__module__.startswith("lerobot.robots.so_follower")  # lerobot's bus tables
+    low, high = arm.joint_limits()
+    np.testing.assert_allclose(high[:5], 1000 * 360 / 4095, atol=1e-3)  # (range / 2) in lerobot's degrees
+    np.testing.assert_allclose(low[:5], -1000 * 360 / 4095, atol=1e-3)
+    assert (low[5], high[5]) == (0.0, 100.0)  # the gripper is 0..100
+    assert SOArm(ArmConfig(port="/dev/ttyNOPE", calibration_dir=tmp_path, action_mode="ee")).joint_limits() is None
+
+
+def test_go_button_lb_and_key_g_once_per_press(pad):
+    fake, gp = pad
+    assert not gp.go()
+    fake.tap(GO_BUTTON)  # LB: lerobot does nothing with it
+    ev = gp.poll(OBS)
+    assert ev == HumanEvents() and gp.go() and not gp.go()
+    kb = KeyboardInput(listen=False)
+    keys = FakeKeys(kb)
+    assert not kb.go()
+    keys.tap("g")
+    assert kb.go() and not kb.go() and kb.poll(OBS) == HumanEvents()
