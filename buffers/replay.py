@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hilrl.buffers.frames import FrameRing
+from hilrl.buffers.frames import FrameRing, observation_nbytes
 from hilrl.buffers.spec import Spec
 
 DEFAULT_FRAME_SLACK = 0.125
@@ -199,6 +199,15 @@ class ReplayBuffer:
     def frames_per_transition(self) -> float:
         """Frames written per transition added so far (1.0 = every observation shared)."""
         return self.frames.written / self.added if self.added else 0.0
+
+
+def dual_buffer_nbytes(spec: Spec, human_capacity: int, policy_capacity: int,
+                       frame_slack: float = DEFAULT_FRAME_SLACK) -> int:
+    """Memory a DualBuffer of these capacities allocates up front (frames plus per-transition arrays)."""
+    per_frame = observation_nbytes(spec)
+    per_transition = 8 + 8 + 4 * spec.action_dim + 4 + 1 + 1 + 1 + 1 + 8  # frame indices, action, flags, episode
+    return sum(default_frame_capacity(c, frame_slack) * per_frame + c * per_transition
+               for c in (human_capacity, policy_capacity))
 
 
 class DualBuffer:

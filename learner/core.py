@@ -20,7 +20,7 @@ import numpy as np
 from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
 from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
-from hilrl.buffers.replay import DualBuffer
+from hilrl.buffers.replay import DualBuffer, dual_buffer_nbytes
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.buffers.store import BufferStore, StoreError, atomic_write
 from hilrl.learner.config import LearnerConfig
@@ -34,6 +34,21 @@ DATASET = "dataset:"  # store source prefix of seeded demonstration files (not a
 
 class SpecMismatch(Exception):
     """An actor's spec differs from the learner's; the text names every difference."""
+
+
+class BuffersTooLarge(Exception):
+    """The replay buffers for a spec would not fit in this machine's memory; the text says what to set."""
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @dataclass
@@ -125,6 +140,16 @@ class LearnerCore:
     def _adopt_spec(self, spec: Spec) -> None:
         if self.spec is not None:
             return
+        need, have = dual_buffer_nbytes(spec, self.cfg.human_capacity, self.cfg.policy_capacity), available_memory()
+        if have is not None and need > 0.9 * have:
+            per = need / (self.cfg.human_capacity + self.cfg.policy_capacity)
+            fits = int(0.6 * have / per)
+            raise BuffersTooLarge(
+                f"the replay buffers for this observation spec ({per / 1e3:.1f} kB per transition) need "
+                f"{need / 2**30:.1f} GiB for --human-capacity {self.cfg.human_capacity} + --policy-capacity "
+                f"{self.cfg.policy_capacity}, but only {have / 2**30:.1f} GiB of memory is available; start the "
+                f"learner with capacities that add up to about {fits} transitions or fewer "
+                f"(e.g. --human-capacity {fits // 3} --policy-capacity {fits - fits // 3})")
         self.spec = spec
         self.buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
         atomic_write(self.out / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hilrl.buffers.store import atomic_write
 from hilrl.learner.auth import BearerTokenServerInterceptor
 from hilrl.learner.config import LearnerConfig
-from hilrl.learner.core import LearnerCore
+from hilrl.learner.core import BuffersTooLarge, LearnerCore
 from hilrl.learner.service import SERVICE_NAME, LearnerService, add_to_server
 from hilrl.learner.training import Trainer
 from hilrl.protos.transport import SecurityConfigError, channel_options
@@ -73,7 +73,10 @@ def serve(cfg: LearnerConfig) -> int:
     if security.warning:
         log.warning("!" * 20 + " %s " + "!" * 20, security.warning)
     core = LearnerCore(cfg)
-    core.open()
+    try:
+        core.open()
+    except BuffersTooLarge as exc:
+        raise SystemExit(f"hilrl learner: {exc}") from None
     if cfg.resume:
         log.info("resumed %s: stage %s, learner step %d, weights v%d", cfg.output_dir, core.stage,
                  core.learner_step, core.weights.version)

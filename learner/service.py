@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from hilrl.learner.core import LearnerCore, SpecMismatch
+from hilrl.learner.core import BuffersTooLarge, LearnerCore, SpecMismatch
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
@@ -91,6 +91,9 @@ class LearnerService(pb_grpc.LearnerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SpecMismatch as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except BuffersTooLarge as exc:
+            log.error("actor %s refused: %s", request.actor_id, exc)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"learner cannot hold this spec's buffers: {exc}")
         log.info("actor %s connected (peer %s)", request.actor_id, context.peer())
         return pb.HelloReply(
             protocol_version=codec.PROTOCOL_VERSION,

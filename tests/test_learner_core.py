@@ -10,8 +10,9 @@ import pytest
 
 from hilrl.buffers.assembler import Discard, Step
 from hilrl.buffers.spec import Feature, Spec
+from hilrl.learner import core as core_module
 from hilrl.learner.config import LearnerConfig
-from hilrl.learner.core import LearnerCore, SpecMismatch
+from hilrl.learner.core import BuffersTooLarge, LearnerCore, SpecMismatch
 
 SPEC = Spec(observation=(Feature("x", "float32", (3,)),), action=Feature("action", "float32", (2,), (-1, -1), (1, 1)))
 
@@ -87,3 +88,18 @@ def test_resume_rebuilds_buffers_and_actor_records_from_the_store(tmp_path: Path
     assert resumed.ingest("a", 3, steps(2, 2, human=False)[:1], 0) is True  # resent after the crash: dropped
     resumed.ingest("a", 4, steps(2, 2, human=False)[1:], 0)  # the rest of the episode completes it
     assert resumed.status()["buffers"]["policy"]["size"] == 6
+
+
+def test_camera_buffers_that_cannot_fit_are_refused_with_capacities_that_would(tmp_path: Path, monkeypatch) -> None:
+    cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
+                             Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
+    monkeypatch.setattr(core_module, "available_memory", lambda: 8 * 2**30)  # an 8 GiB machine
+    c = core(tmp_path)  # default capacities: 200k + 500k transitions, ~76 GiB of frames for two cameras
+    with pytest.raises(BuffersTooLarge, match=r"need 7\d\.\d GiB .*--human-capacity 200000.*only 8\.0 GiB") as err:
+        c.hello("a", cams)
+    fits = int(str(err.value).split("about ")[1].split()[0])
+    assert 40_000 < fits < 60_000  # 60 % of 8 GiB at ~98 kB per transition
+    assert c.spec is None and c.buffers is None  # nothing half-adopted: a learner with smaller capacities can start
+    small = core(tmp_path / "small", human_capacity=fits // 3, policy_capacity=fits - fits // 3)
+    small.hello("a", cams)
+    assert small.buffers is not None and small.spec == cams
