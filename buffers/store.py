@@ -331,6 +331,12 @@ def read_store(path: str | Path) -> tuple[Spec, Iterator[tuple[str, Step | Disca
     return spec, items, {(str(s), int(e)) for s, e in commit["discards"]}
 
 
+def freed_rows(path: str | Path, commit: dict, rows: np.ndarray) -> np.ndarray:
+    """Per row number, True where compaction freed it (it reads back as zeros): for direct array readers."""
+    holes, _ = _load_holes(Path(path), commit)
+    return _in_holes(np.asarray(rows, dtype=np.int64), holes)
+
+
 def _check_commit(path: Path, commit: dict) -> None:
     if commit.get("format") != FORMAT:
         raise StoreError(f"{path} is not a hilrl buffer store (format {commit.get('format')!r})")

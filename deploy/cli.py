@@ -52,6 +52,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "evaluate a trained policy (no noise, no takeover); prints one JSON object",
         "Evaluate a trained policy without exploration noise or takeover; prints one JSON object.",
         "hilrl.deploy.eval:EvalConfig", "hilrl.deploy.eval:run_eval"),
+    "plot-q": Subcommand(
+        "plot a checkpoint's Q values along stored or recorded episodes to a PNG",
+        "Draw the critic's Q1(s, a) and Q1(s, pi(s)), the reward and the human-executed steps along "
+        "episodes from a learner's buffer store or a step recording, to a PNG.",
+        "hilrl.deploy.plot_q:PlotQConfig", "hilrl.deploy.plot_q:run_plot_q"),
     "dataset": Subcommand(
         "LeRobotDataset export (of a learner's store or a recording) and import (to a demos recording)",
         "hilrl dataset export --store DIR|--recording PATH --output DIR [--source human|policy|all], or "

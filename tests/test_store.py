@@ -192,6 +192,23 @@ def test_disk_stays_bounded_and_resume_rebuilds_exactly_the_buffers(tmp_path: Pa
     assert len(original.human) > 0 and len(original.policy) > 0
     assert live(resumed.human) == live(original.human) and live(resumed.policy) == live(original.policy)
 
+    # readers of the raw arrays (hilrl plot-q) skip freed rows: whole episodes only, exactly as written
+    from hilrl.deploy.plot_q import read_store_episodes
+
+    written: dict[tuple[str, int], list[Step]] = {}
+    for source, item in stream:
+        if isinstance(item, Step):
+            written.setdefault((source, item.episode), []).append(item)
+    discarded = {(source, item.episode) for source, item in stream if isinstance(item, Discard)}
+    _, episodes = read_store_episodes(tmp_path / "s")
+    assert len(episodes) > 3 and len(episodes) < 100  # some episodes were freed, some kept
+    for e in episodes:
+        source, _, ep = e.name.split()
+        steps = written[(source, int(ep))]
+        assert (source, int(ep)) not in discarded and (steps[-1].terminated or steps[-1].truncated)
+        np.testing.assert_array_equal(e.actions, np.stack([st.action for st in steps]))
+        np.testing.assert_array_equal(e.states, np.stack([st.obs["x"] for st in steps]))
+
 
 def test_sigkill_during_compaction_keeps_every_acknowledged_batch_and_no_deleted_row(tmp_path: Path) -> None:
     rnd = random.Random(1)
