@@ -39,6 +39,12 @@ class ActorConfig(ClientSecurity):
     seed: int | None = opt(None, "seed of the sim, the exploration noise and the scripted human; none = random")
     sim_cameras: bool = opt(False, "--env sim: add the front and wrist cameras (uint8 128x128x3) to the observation, "
                                    "so the learner trains a camera policy")
+    residual_base: str | None = opt(None, "residual mode: run this frozen base policy, 'expert' (the sim's scripted "
+                                          "expert) or 'checkpoint:PATH' (a learner --output-dir or policy file), "
+                                          "add its action to every observation as 'base_action' and let the "
+                                          "learner (started with --residual) train only a bounded correction")
+    residual_bias: tuple[float, ...] = opt((), "--residual-base expert: a fixed DX,DY,DZ offset (action units) added "
+                                               "to the expert's commands (a miscalibrated base, for studies)")
     exploration_noise: float = opt(0.1, "std of Gaussian exploration noise, as a fraction of each action's half-range")
     demo_noise: float = opt(0.1, "std of noise the scripted human adds to its demonstrations (sim only)")
     takeover_after: int = opt(50, "scripted takeover: the human takes over a policy episode not solved after "

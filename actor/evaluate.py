@@ -31,6 +31,7 @@ def evaluate(policy: Policy, env, episodes: int, seed: int, progress: bool = Tru
     outcomes, lengths, returns = [], [], []
     for _ in tqdm(range(episodes), desc="evaluating", unit="ep", disable=not progress):
         obs = env.reset(seed=int(rng.integers(2**31 - 1)))
+        runner.drop_plan()  # chunked policies: no action chunk carries over from the last episode
         success, steps, done, total = False, 0, False, 0.0
         while not done:
             obs, reward, terminated, truncated, info = env.step(runner.act(obs, explore=False))

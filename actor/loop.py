@@ -93,7 +93,13 @@ class Stats:
 
 
 class PolicyRunner:
-    """Deterministic policy plus Gaussian exploration noise, clamped to the action bounds."""
+    """Deterministic policy plus Gaussian exploration noise, clamped to the action bounds.
+
+    A chunked policy (``PolicyConfig.chunk`` h > 1, learner/chunked.py) plans h actions at once; `act`
+    returns them one per call (open loop, fresh exploration noise on each) and plans again after the
+    last. `drop_plan` discards the rest of a chunk: the loop calls it when a step is not the policy's
+    (a takeover, a hold) and at every episode start, so a takeover stays instant.
+    """
 
     def __init__(self, spec: Spec, noise: float, rng: np.random.Generator) -> None:
         self.spec = spec
@@ -103,17 +109,29 @@ class PolicyRunner:
         self.rng = rng
         self.policy: Policy | None = None
         self.version = 0
+        self._plan: deque[np.ndarray] = deque()  # the rest of the current action chunk (chunked policies)
+
+    def drop_plan(self) -> None:
+        """Forget the rest of the current action chunk (the next `act` plans anew)."""
+        self._plan.clear()
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], explore: bool) -> np.ndarray | None:
         """The policy's action (plus noise when exploring), clamped; None when the policy output is NaN/inf."""
         assert self.policy is not None
-        state = torch.from_numpy(state_vector(obs, self.spec)).unsqueeze(0)
-        images = {f.name: torch.from_numpy(obs[f.name]).unsqueeze(0) for f in self.spec.image_features}
-        action = self.policy(state, images or None)[0].numpy()
-        if not np.all(np.isfinite(action)):
-            log.error("policy v%d produced a non-finite action %s", self.version, action)
-            return None
+        chunked = getattr(getattr(self.policy, "cfg", None), "chunk", 1) > 1
+        if chunked and self._plan:  # open loop: the next action of the current chunk
+            action = self._plan.popleft()
+        else:
+            state = torch.from_numpy(state_vector(obs, self.spec)).unsqueeze(0)
+            images = {f.name: torch.from_numpy(obs[f.name]).unsqueeze(0) for f in self.spec.image_features}
+            action = self.policy(state, images or None)[0].numpy()
+            if not np.all(np.isfinite(action)):
+                log.error("policy v%d produced a non-finite action %s", self.version, action)
+                return None
+            if chunked:  # [h, A]: execute the first now, keep the rest
+                self._plan.extend(action[1:])
+                action = action[0]
         if explore and self.noise_std.any():
             action = action + self.rng.normal(0.0, 1.0, size=action.shape) * self.noise_std
         return self.clamp(action)
@@ -296,6 +314,7 @@ class ActorLoop:
             return False
         self.human.reset(demonstrating=human_episode)  # after the go: drops verdicts pressed while waiting
         episode = self.state.take_episode_index()
+        self.runner.drop_plan()  # a chunk never carries over into a new episode
         if self.safety is not None:
             self.safety.reset(self.runner.hold(self.env))
         interventions = takeovers = 0
@@ -339,6 +358,8 @@ class ActorLoop:
                     self.stats.learner_lost_holds += 1
                 else:
                     action = self._safe(action, obs)
+            if human or late or events.estop or policy_held:  # not the policy's step: drop the rest of a chunk
+                self.runner.drop_plan()
             next_obs, reward, terminated, truncated, info = self.env.step(action)
             if events.end in ("success", "failure"):  # the human's verdict overrides the env's
                 reward, terminated = float(events.end == "success"), True

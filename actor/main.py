@@ -56,8 +56,14 @@ class Standalone:
 
 def make_arm(cfg: ActorConfig, takeover_after: int):
     if cfg.env in ("so101", "so100"):
-        return make_real_arm(cfg)
-    return make_env(cfg.env, cfg.seed, cfg.demo_noise, takeover_after, cameras=cfg.sim_cameras)
+        env, human = make_real_arm(cfg)
+    else:
+        env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise, takeover_after, cameras=cfg.sim_cameras)
+    if getattr(cfg, "residual_base", None):  # residual mode: base(s) rides in every observation
+        from hilrl.actor.residual_base import residual_env
+
+        env = residual_env(env, cfg)
+    return env, human
 
 
 def run_checkpoint(cfg: ActorConfig) -> int:
@@ -85,7 +91,9 @@ def run_checkpoint(cfg: ActorConfig) -> int:
     if env.spec.state_dim != policy.cfg.state_dim or env.spec.action_dim != policy.cfg.action_dim:
         env.close()
         print(f"hilrl actor: {policy_file} expects state {policy.cfg.state_dim} / action {policy.cfg.action_dim}, "
-              f"--env {cfg.env} gives {env.spec.state_dim} / {env.spec.action_dim}", file=sys.stderr)
+              f"--env {cfg.env} gives {env.spec.state_dim} / {env.spec.action_dim}"
+              + ("; it is a residual policy: add --residual-base (the base it was trained on)"
+                 if getattr(policy.cfg, "residual_scale", 0) > 0 and not cfg.residual_base else ""), file=sys.stderr)
         return 2
     log.info("running %s with no learner (nothing is streamed)", policy_file)
     cfg = replace(cfg, exploration_noise=0.0)

@@ -30,7 +30,9 @@ class ScriptedExpert:
     """Move above the block, descend, close the gripper for a few steps, lift.
 
     ``noise`` is the std (in action units, i.e. x 0.025 m) of Gaussian noise added to the xyz part of
-    every action, for noisy demonstrations; the result is clipped to the action bounds.
+    every action, for noisy demonstrations; the result is clipped to the action bounds. ``bias``
+    (``[dx, dy, dz]``, action units) is a fixed offset added to every xyz command: a miscalibrated
+    expert, the base policy of the residual study (benchmarks/residual_study.py).
     """
 
     # Geometry (metres). The block is a 4 cm cube; its centre rests at z = 0.02.
@@ -45,8 +47,9 @@ class ScriptedExpert:
     OPEN_WAIT = 2  # steps to wait at hover after commanding open
     GAIN = 0.8  # proportional gain (fraction of the error corrected per step)
 
-    def __init__(self, noise: float = 0.0, seed: int | None = None) -> None:
+    def __init__(self, noise: float = 0.0, seed: int | None = None, bias: tuple[float, ...] = ()) -> None:
         self.noise = float(noise)
+        self.bias = np.zeros(3) if not bias else np.asarray(bias, dtype=np.float64).reshape(3)
         self._rng = np.random.default_rng(seed)
         self._low = np.asarray(ACTION_LOW, dtype=np.float32)
         self._high = np.asarray(ACTION_HIGH, dtype=np.float32)
@@ -98,6 +101,7 @@ class ScriptedExpert:
         return self.GAIN * (target - tcp) / STEP_SIZE_M
 
     def _finish(self, xyz: np.ndarray, gripper: float) -> np.ndarray:
+        xyz = xyz + self.bias
         if self.noise > 0:
             xyz = xyz + self._rng.normal(0.0, self.noise, size=3)
         action = np.concatenate([xyz, [gripper]]).astype(np.float32)

@@ -46,6 +46,14 @@ class LearnerConfig(ServerSecurity):
     critic_warmup_steps: int = opt(0, "first online updates that train only the critic (the actor holds still)")
     utd_ratio: float = opt(1.0, "online updates per received transition (update-to-data ratio)")
     batch_size: int = opt(256, "minibatch size")
+    residual: bool = opt(False, "residual action fine-tuning (learner/residual.py, docs/residual.md): train only a "
+                                "bounded correction of the base action the actor sends as observation 'base_action' "
+                                "(start the actor with --residual-base)")
+    residual_scale: float = opt(0.1, "--residual: bound of the correction, scale * tanh(...), in normalised action "
+                                     "units (1 = half of each action's range)")
+    chunk: int = opt(1, "action chunk length h (Q-chunking, learner/chunked.py, docs/chunking.md): the policy "
+                        "outputs h actions executed open-loop, the critic scores all h; 1 = plain one-step TD3 "
+                        "(try 5)")
     human_ratio: float = opt(0.5, "fraction of every online minibatch drawn from the human buffer")
     publish_every: int = opt(500, "publish actor weights every N online updates")
     keep_weight_versions: int = opt(10, "published weight files kept in <output-dir>/weights/ (newest first)")

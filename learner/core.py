@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from hilrl.buffers.spec import Spec, state_vector
 from hilrl.buffers.store import BufferStore, StoreError, atomic_write
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.networks import PolicyConfig, policy_config_for
+from hilrl.learner.residual import residual_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class PublishedWeights:
 
 class LearnerCore:
     def __init__(self, cfg: LearnerConfig) -> None:
+        if cfg.residual and (cfg.residual_scale <= 0 or cfg.chunk > 1):
+            raise SystemExit(f"--residual needs --residual-scale > 0 (got {cfg.residual_scale}) and cannot be "
+                             f"combined with --chunk {cfg.chunk} (one base action per observation)")
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.lock = threading.Condition()
@@ -182,13 +186,17 @@ class LearnerCore:
 
     def policy_config(self) -> PolicyConfig:
         assert self.spec is not None
-        return policy_config_for(self.spec, tuple(self.cfg.hidden), self.cfg.encoder)  # cameras from the spec
+        cfg = policy_config_for(self.spec, tuple(self.cfg.hidden), self.cfg.encoder,  # cameras from the spec
+                                residual_scale=self.cfg.residual_scale if self.cfg.residual else 0.0)
+        return cfg if self.cfg.chunk == 1 else replace(cfg, chunk=self.cfg.chunk)  # --chunk h: chunked policy
 
     # ------------------------------------------------------------------ actors
 
     def hello(self, actor_id: str, spec: Spec) -> dict:
         """Register an actor; raises SpecMismatch when its spec differs from the learner's."""
         with self.lock:
+            if problem := residual_mismatch(spec, self.cfg.residual):
+                raise SpecMismatch(f"actor {actor_id!r}: {problem}")
             if self.spec is None:
                 self._adopt_spec(spec)
                 self.lock.notify_all()

@@ -52,6 +52,9 @@ class PolicyConfig:
     image_shape: tuple[int, ...] = ()
     encoder: str = "resnet10"
     image_feature_dim: int = 64
+    residual_scale: float = 0.0  # > 0: residual policy (learner/residual.py), correction bound in action units
+    base_action_index: int = -1  # residual policies: offset of the base action in the state vector
+    chunk: int = 1  # > 1: action-chunked policy (learner/chunked.py): the actor outputs `chunk` actions at once
 
     def __post_init__(self) -> None:
         self.state_dim = int(self.state_dim)
@@ -60,6 +63,13 @@ class PolicyConfig:
         self.cameras = tuple(str(c) for c in self.cameras)
         self.image_shape = tuple(int(n) for n in self.image_shape)
         self.image_feature_dim = int(self.image_feature_dim)
+        self.residual_scale = float(self.residual_scale)
+        self.base_action_index = int(self.base_action_index)
+        self.chunk = int(self.chunk)
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be at least 1 (1 = one action per step), got {self.chunk}")
+        if self.chunk > 1 and self.residual_scale > 0:
+            raise ValueError("action chunking (chunk > 1) and residual policies cannot be combined")
         if self.cameras:
             if len(self.image_shape) != 3 or self.image_shape[2] != 3:
                 raise ValueError(f"cameras {list(self.cameras)} need image_shape (H, W, 3), got {self.image_shape}")
@@ -74,7 +84,8 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
         return cls(d["state_dim"], d["action_dim"], tuple(d.get("hidden", (256, 256))), tuple(d.get("cameras", ())),
-                   tuple(d.get("image_shape", ())), d.get("encoder", "resnet10"), d.get("image_feature_dim", 64))
+                   tuple(d.get("image_shape", ())), d.get("encoder", "resnet10"), d.get("image_feature_dim", 64),
+                   d.get("residual_scale", 0.0), d.get("base_action_index", -1), d.get("chunk", 1))
 
     @property
     def feature_map(self) -> tuple[int, int, int] | None:
@@ -83,15 +94,23 @@ class PolicyConfig:
 
 
 def policy_config_for(spec: Any, hidden: tuple[int, ...], encoder: str = "resnet10",
-                      image_feature_dim: int = 64) -> PolicyConfig:
-    """The `PolicyConfig` of a `Spec`: its state vector, its action, and its uint8 camera images (if any)."""
+                      image_feature_dim: int = 64, residual_scale: float = 0.0) -> PolicyConfig:
+    """The `PolicyConfig` of a `Spec`: its state vector, its action, and its uint8 camera images (if any).
+
+    ``residual_scale > 0``: a residual policy over the spec's ``base_action`` feature (learner/residual.py).
+    """
     images = spec.image_features
     shapes = {f.shape for f in images}
     if len(shapes) > 1:
         raise ValueError("every camera must have the same image shape for the shared encoder, got "
                          + ", ".join(f"{f.name}: {list(f.shape)}" for f in images))
+    base_index = -1
+    if residual_scale > 0:
+        from hilrl.learner.residual import base_action_index
+
+        base_index = base_action_index(spec)
     return PolicyConfig(spec.state_dim, spec.action_dim, tuple(hidden), tuple(f.name for f in images),
-                        next(iter(shapes)) if shapes else (), encoder, image_feature_dim)
+                        next(iter(shapes)) if shapes else (), encoder, image_feature_dim, residual_scale, base_index)
 
 
 def _camera_heads(cfg: PolicyConfig) -> CameraHeads | None:
@@ -164,7 +183,7 @@ def _features(state_n: Tensor, heads: CameraHeads | None, fmaps: Tensor | None) 
 
 def make_critic(cfg: PolicyConfig) -> Critic:
     """The twin critic that goes with a policy of this config (camera heads included)."""
-    return Critic(cfg.state_dim, cfg.action_dim, cfg.hidden, _camera_heads(cfg))
+    return Critic(cfg.state_dim, cfg.action_dim * cfg.chunk, cfg.hidden, _camera_heads(cfg))  # chunk: (s, a_t..a_t+h-1)
 
 
 class Policy(nn.Module):
@@ -184,7 +203,13 @@ class Policy(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder: ImageEncoder | None = ImageEncoder(cfg.encoder) if cfg.cameras else None
-        self.actor = Actor(cfg.state_dim, cfg.action_dim, cfg.hidden, _camera_heads(cfg))
+        if cfg.residual_scale > 0:  # frozen base (carried in the state) + bounded, zero-initialised correction
+            from hilrl.learner.residual import ResidualActor
+
+            self.actor: Actor = ResidualActor(cfg.state_dim, cfg.action_dim, cfg.hidden, cfg.residual_scale,
+                                              cfg.base_action_index, _camera_heads(cfg))
+        else:
+            self.actor = Actor(cfg.state_dim, cfg.action_dim * cfg.chunk, cfg.hidden, _camera_heads(cfg))
         self.register_buffer("obs_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("obs_std", torch.ones(cfg.state_dim))
         self.register_buffer("action_low", -torch.ones(cfg.action_dim))
@@ -221,7 +246,10 @@ class Policy(nn.Module):
             if images is None:
                 raise ValueError(f"camera policy: pass the images of {list(self.cfg.cameras)}")
             fmaps = self.encode(images)
-        return self.unnormalize_action(self.actor(self.normalize_state(state_raw), fmaps))
+        action_n = self.actor(self.normalize_state(state_raw), fmaps)
+        if self.cfg.chunk > 1:  # a chunked policy: [B, chunk * A] -> [B, chunk, A], executed in order
+            action_n = action_n.unflatten(-1, (self.cfg.chunk, self.cfg.action_dim))
+        return self.unnormalize_action(action_n)
 
     @torch.no_grad()
     def set_normalization(self, mean: Any, std: Any, action_low: Any, action_high: Any) -> None:
@@ -237,6 +265,10 @@ class Policy(nn.Module):
         high = as_t(action_high, self.cfg.action_dim, "action_high")
         if not bool((high > low).all()):
             raise ValueError("action_high must be strictly greater than action_low for every dimension")
+        if self.cfg.residual_scale > 0:  # the base-action slice is normalised like an action (residual.py)
+            from hilrl.learner.residual import residual_normalization
+
+            mean, std = residual_normalization(mean, std, low, high, self.cfg.base_action_index)
         self.obs_mean.copy_(as_t(mean, self.cfg.state_dim, "mean"))
         self.obs_std.copy_(as_t(std, self.cfg.state_dim, "std").clamp_min(STD_EPS))
         self.action_low.copy_(low)

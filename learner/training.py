@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hilrl.buffers.sequences import sample_buffer_sequences, sample_sequences
 from hilrl.buffers.spec import Spec
 from hilrl.buffers.store import fsync_path
 from hilrl.buffers.torch_batch import state_tensor, to_torch
+from hilrl.learner.chunked import ChunkedTD3, device_chunk_batch
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
 from hilrl.learner.networks import compute_state_stats, policy_to_safetensors_bytes
 from hilrl.learner.td3 import TD3
@@ -69,6 +71,8 @@ class Trainer:
         if weights and not Path(weights).is_file():  # fail at start-up, not when the first actor connects
             raise SystemExit(f"--algo.encoder-weights {weights}: no such file (a local safetensors file of "
                              "ResNet trunk weights with torchvision key names)")
+        if self.cfg.chunk < 1:
+            raise SystemExit(f"--chunk {self.cfg.chunk}: the action chunk length must be at least 1 (1 = plain TD3)")
         if self.cfg.torch_threads > 0:
             torch.set_num_threads(self.cfg.torch_threads)
         self.rng = np.random.default_rng(self.cfg.seed)
@@ -115,14 +119,15 @@ class Trainer:
                     stop.wait(0.05)
             elif stage == OFFLINE:
                 if core.offline_steps_done >= self.cfg.offline_steps:
+                    core.set_stage(ONLINE)  # before publishing: the publish checkpoint must say "online"
                     self._publish()
-                    core.set_stage(ONLINE)
                     continue
                 if len(core.buffers.human) == 0:  # resumed mid-offline before the demos are back
                     stop.wait(0.05)
                     continue
                 self._update(bc_weight=1.0, human_only=True)
                 core.offline_steps_done += 1
+                self._maybe_checkpoint()  # after counting the update, so a resumed run repeats none
             else:
                 if online_updates >= self.cfg.utd_ratio * core.online_transitions or not self._has_data():
                     stop.wait(0.005)
@@ -132,7 +137,9 @@ class Trainer:
                              update_actor=not warming_up)
                 online_updates += 1
                 if online_updates % self.cfg.publish_every == 0:
-                    self._publish()
+                    self._publish()  # checkpoints too
+                else:
+                    self._maybe_checkpoint()
 
     def online_bc_weight(self, online_updates: int) -> float:
         """The BC weight after `online_updates` online updates: constant, or decaying linearly to 0."""
@@ -146,7 +153,8 @@ class Trainer:
     def _build(self) -> None:
         core = self.core
         assert core.spec is not None
-        self.td3 = TD3(core.policy_config(), self.cfg.algo, self.device, seed=self.cfg.seed)
+        algo = ChunkedTD3 if self.cfg.chunk > 1 else TD3  # --chunk h > 1: action-chunked critic (chunked.py)
+        self.td3 = algo(core.policy_config(), self.cfg.algo, self.device, seed=self.cfg.seed)
         low, high = np.array(core.spec.action.low), np.array(core.spec.action.high)
         self.td3.set_normalization(np.zeros(core.spec.state_dim), np.ones(core.spec.state_dim), low, high)
         latest = self._latest_checkpoint()
@@ -170,6 +178,8 @@ class Trainer:
     def _sample(self, human_only: bool) -> dict:
         """One minibatch as tensors on the training device (the TD3 batch layout, images as uint8)."""
         core, cfg = self.core, self.cfg
+        if cfg.chunk > 1:
+            return self._sample_chunks(human_only)
         with core.lock:
             assert core.buffers is not None and core.spec is not None
             if human_only:
@@ -180,6 +190,18 @@ class Trainer:
                 batch = core.buffers.sample(cfg.batch_size, cfg.human_ratio, self.rng)
             spec = core.spec
         return device_batch(batch, spec, self.device)  # outside the lock: the gathered arrays are copies
+
+    def _sample_chunks(self, human_only: bool) -> dict:
+        """--chunk h: a minibatch of contiguous h-step windows (buffers/sequences.py), same 50/50 mix."""
+        core, cfg = self.core, self.cfg
+        with core.lock:
+            assert core.buffers is not None and core.spec is not None
+            if human_only:
+                batch = sample_buffer_sequences(core.buffers.human, cfg.batch_size, cfg.chunk, self.rng)
+            else:
+                batch = sample_sequences(core.buffers, cfg.batch_size, cfg.human_ratio, cfg.chunk, self.rng)
+            spec = core.spec
+        return device_chunk_batch(batch, spec, self.device)
 
     def _update(self, bc_weight: float, human_only: bool, update_actor: bool = True) -> None:
         assert self.td3 is not None
@@ -200,7 +222,9 @@ class Trainer:
             b = self.core.buffers
             self.writer.add_scalar("buffer/human", len(b.human), step)
             self.writer.add_scalar("buffer/policy", len(b.policy), step)
-        if step % self.cfg.checkpoint_every == 0:
+
+    def _maybe_checkpoint(self) -> None:
+        if self.core.learner_step % self.cfg.checkpoint_every == 0:
             self.checkpoint()
 
     def _publish(self) -> None:

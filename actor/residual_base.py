@@ -1,0 +1,126 @@
+"""Residual mode on the actor: run the frozen base policy and put its action into every observation.
+
+`ResidualBaseEnv` wraps any env of the actor (sim or real arm): each observation it returns carries the
+extra float32 feature ``base_action`` = ``base(obs)``, and its spec declares it, so the handshake tells
+the learner (which refuses a mismatch) and every stored transition holds ``base(s)`` and ``base(s')``.
+The learner's `ResidualActor` (learner/residual.py) adds the bounded correction to that base; the actor
+loop itself is unchanged: it runs whatever `Policy` the learner publishes.
+
+Bases (``--residual-base``):
+
+* ``expert``: the sim's scripted expert (hardware/expert.py), noise-free, with ``--residual-bias`` as a
+  fixed xyz offset (the study's miscalibrated base).
+* ``checkpoint:PATH``: one of our own policies (a learner --output-dir or a policy .safetensors file),
+  loaded locally and never trained.
+
+A lerobot ACT/diffusion policy would plug in the same way: a callable ``obs -> action`` built from a local
+``pretrained_model`` directory (``PreTrainedPolicy.from_pretrained(path)`` + ``select_action``), called at
+every tick; its action must already be in this env's action units. Not built yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hilrl.buffers.spec import Feature, Spec, state_vector
+from hilrl.learner.residual import BASE_ACTION
+
+Base = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class ResidualBaseEnv:
+    """``env`` with ``base_action`` added to every observation (reset, step and the final observation)."""
+
+    def __init__(self, env: Any, base: Base, reset_base: Callable[[], None] | None = None) -> None:
+        if BASE_ACTION in env.spec.observation_names:
+            raise ValueError(f"the environment already has an observation feature {BASE_ACTION!r}")
+        self.env = env
+        self.base = base
+        self.reset_base = reset_base
+        a = env.spec.action
+        self.low, self.high = np.asarray(a.low, np.float32), np.asarray(a.high, np.float32)
+        feature = Feature(BASE_ACTION, "float32", a.shape, a.low, a.high)
+        self.spec = replace(env.spec, observation=(*env.spec.observation, feature))
+
+    def __getattr__(self, name: str) -> Any:  # everything else (max_steps, cameras, limits, ...) is the env's
+        if name == "env":
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+    def _with_base(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        action = np.asarray(self.base(obs), dtype=np.float32).reshape(self.low.shape)
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"the residual base produced a non-finite action {action}")
+        return {**obs, BASE_ACTION: np.clip(action, self.low, self.high)}
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        obs = self.env.reset(seed=seed)
+        if self.reset_base is not None:
+            self.reset_base()
+        return self._with_base(obs)
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._with_base(obs), reward, terminated, truncated, info
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_base(name: str, env_spec: Spec, bias: tuple[float, ...] = ()) -> tuple[Base, Callable[[], None] | None]:
+    """``(base, reset)`` for ``--residual-base``: ``expert`` or ``checkpoint:PATH`` (see the module docstring)."""
+    if name == "expert":
+        from hilrl.hardware.expert import ScriptedExpert
+
+        expert = ScriptedExpert(noise=0.0, bias=bias)
+        return expert.act, expert.reset
+    if name.startswith("checkpoint:"):
+        from hilrl.actor.evaluate import load_policy_file
+        from hilrl.deploy.eval import resolve_policy_file
+
+        try:
+            policy = load_policy_file(resolve_policy_file(Path(name.removeprefix("checkpoint:"))))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--residual-base {name}: {exc}") from exc
+        cfg = policy.cfg
+        if cfg.state_dim != env_spec.state_dim or cfg.action_dim != env_spec.action_dim or cfg.cameras:
+            raise SystemExit(f"--residual-base {name}: the policy is for a {cfg.state_dim}-d state / "
+                             f"{cfg.action_dim}-d action{' with cameras' if cfg.cameras else ''}, the env gives "
+                             f"{env_spec.state_dim} / {env_spec.action_dim} (state-only bases are supported)")
+
+        @torch.no_grad()
+        def run(obs: dict[str, np.ndarray]) -> np.ndarray:
+            return policy(torch.from_numpy(state_vector(obs, env_spec)).unsqueeze(0))[0].numpy()
+
+        return run, None
+    raise SystemExit(f"unknown --residual-base {name!r}; use expert or checkpoint:PATH")
+
+
+def residual_env(env: Any, cfg: Any) -> ResidualBaseEnv:
+    """The actor's env wrapped for ``--residual-base`` (an `ActorConfig`); replays and bad bases are refused."""
+    from hilrl.actor.replay import ReplaySource
+
+    if isinstance(env, ReplaySource):
+        env.close()
+        raise SystemExit("--residual-base: a replayed recording already holds its observations; "
+                         "drop --residual-base with --env replay:PATH")
+    if cfg.residual_bias and (cfg.residual_base != "expert" or len(cfg.residual_bias) != 3):
+        env.close()
+        raise SystemExit(f"--residual-bias {list(cfg.residual_bias)}: give three values DX,DY,DZ, and only with "
+                         "--residual-base expert")
+    if cfg.residual_base == "expert" and cfg.env in ("so101", "so100"):
+        env.close()
+        raise SystemExit("--residual-base expert is the sim's scripted expert; on a real arm use "
+                         "--residual-base checkpoint:PATH")
+    try:
+        base, reset = make_base(cfg.residual_base, env.spec, tuple(cfg.residual_bias))
+    except SystemExit:
+        env.close()
+        raise
+    return ResidualBaseEnv(env, base, reset)
