@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from hilrl.actor.success import SuccessDetectorConfig
 from hilrl.deploy.configtools import opt
 from hilrl.protos.transport import ClientSecurity
 
@@ -80,3 +81,6 @@ class ActorConfig(ClientSecurity):
                                            "go (gamepad LB / key g); empty = start where the arm is",
                                        group="real arm")
     rest_speed_deg_s: float = opt(30.0, "real arm: joint speed while moving to --rest-pose", group="real arm")
+    success: SuccessDetectorConfig = field(
+        default_factory=SuccessDetectorConfig,
+        metadata={"help": "learned success detector: ends episodes and sets the reward; buttons always win"})

@@ -31,6 +31,7 @@ from hilrl.actor.link import LearnerLink
 from hilrl.actor.outbox import Outbox
 from hilrl.actor.replay import ReplaySource
 from hilrl.actor.safety import LearnerWatch, Safety, limits_for
+from hilrl.actor.success import SuccessGate
 from hilrl.buffers.assembler import Discard, Step
 from hilrl.buffers.recording import StepRecorder
 from hilrl.buffers.spec import Spec, state_vector
@@ -191,6 +192,9 @@ class ActorLoop:
         self.stop = stop
         self.recorder = recorder
         self.spec: Spec = env.spec
+        self.success_gate = SuccessGate.from_config(cfg.success)  # None: the env (sim) or the buttons judge
+        if self.success_gate is not None:
+            self.success_gate.check_spec(tuple(f.name for f in self.spec.observation))
         self.rng = np.random.default_rng(cfg.seed)
         self.runner = PolicyRunner(self.spec, cfg.exploration_noise, self.rng)
         self.stats = Stats()
@@ -313,6 +317,8 @@ class ActorLoop:
         if self.stop.is_set():
             return False
         self.human.reset(demonstrating=human_episode)  # after the go: drops verdicts pressed while waiting
+        if self.success_gate is not None:
+            self.success_gate.reset()
         episode = self.state.take_episode_index()
         self.runner.drop_plan()  # a chunk never carries over into a new episode
         if self.safety is not None:
@@ -361,7 +367,10 @@ class ActorLoop:
             if human or late or events.estop or policy_held:  # not the policy's step: drop the rest of a chunk
                 self.runner.drop_plan()
             next_obs, reward, terminated, truncated, info = self.env.step(action)
-            if events.end in ("success", "failure"):  # the human's verdict overrides the env's
+            if self.success_gate is not None:  # the detector judges; the human's verdict overrides it
+                reward, terminated = self.success_gate.judge(next_obs, reward, terminated, events.end)
+                info = {**info, "success": terminated and reward > 0}
+            elif events.end in ("success", "failure"):  # the human's verdict overrides the env's
                 reward, terminated = float(events.end == "success"), True
             cut_short = self.stop.is_set() or bool(why) or events.end == "rerecord"
             interrupted = cut_short and not (terminated or truncated)

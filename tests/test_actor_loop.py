@@ -366,3 +366,56 @@ def test_loop_keeps_its_rate_while_the_learner_is_frozen(tmp_path: Path, spawn) 
     assert summary["learner_lost"] >= 1 and summary["unacked"] == 0, summary  # noticed, then caught up
     assert after - before < 40, (before, after)
     learner.stop()
+
+
+# ------------------------------------------------------------------ learned success detector
+
+
+def detector_file(tmp_path: Path, says_success: bool) -> Path:
+    """A real SuccessDetector file whose verdict is fixed by its output bias (what it judges is tested in
+    test_success.py; here: what the loop does with the verdict)."""
+    from hilrl.actor.success import DetectorSpec, SuccessDetector, SuccessNet
+
+    net = SuccessNet(DetectorSpec(camera="front"))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.head[-1].bias.fill_(20.0 if says_success else -20.0)
+    path = tmp_path / f"detector-{says_success}.safetensors"
+    SuccessDetector(net).save(path)
+    return path
+
+
+@pytest.mark.parametrize("says_success, plan, expected", [
+    (True, {}, (2, 1.0)),  # two frames in a row judged success: the episode ends as a success
+    (True, {1: HumanEvents(end="failure")}, (2, 0.0)),  # the operator's button wins over the detector
+    (False, {4: HumanEvents(end="success")}, (5, 1.0)),  # ... both ways
+])
+def test_the_success_detector_ends_episodes_and_the_buttons_override_it(tmp_path: Path, says_success: bool,
+                                                                        plan: dict, expected: tuple) -> None:
+    from hilrl.actor.success import SuccessDetectorConfig
+
+    env = SimPickCube(seed=3, cameras=True)
+    state = StateDir(tmp_path / "state", "t")
+    outbox = Outbox(tmp_path / "state" / "outbox")
+    cfg = ActorConfig(fps=0, max_episodes=1, exploration_noise=0.0, seed=0,
+                      success=SuccessDetectorConfig(detector=detector_file(tmp_path, says_success)))
+    loop = ActorLoop(cfg, env, ScriptedHuman(plan), Link(idle_policy(env.spec)), outbox, state, threading.Event())
+    summary = loop.run()
+    steps = [i for b in outbox.pending_after(0, timeout=0) for i in codec.decode_items(b, env.spec)]
+    state.close()
+    env.close()
+    assert (len(steps), steps[-1].reward) == expected and steps[-1].terminated
+    assert all(s.reward == 0.0 and not s.terminated for s in steps[:-1])
+    assert summary["success_rate"] == expected[1]
+
+
+def test_a_detector_without_its_camera_is_refused_before_the_first_episode(tmp_path: Path) -> None:
+    from hilrl.actor.success import SuccessDetectorConfig
+
+    env = SimPickCube(seed=3)  # state only: no "front" camera
+    cfg = ActorConfig(fps=0, max_episodes=1, success=SuccessDetectorConfig(detector=detector_file(tmp_path, True)))
+    with pytest.raises(ValueError, match="watches camera 'front'.*--success.camera"):
+        ActorLoop(cfg, env, ScriptedHuman({}), Link(idle_policy(env.spec)), Outbox(tmp_path / "o"),
+                  StateDir(tmp_path / "s", "t"), threading.Event())
+    env.close()
