@@ -154,6 +154,9 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[Policy, Critic, in
     if meta["policy_config"].get("cameras"):
         raise ValueError(f"{ckpt} is a camera policy (cameras {meta['policy_config']['cameras']}); plot-q draws "
                          "state-only policies so far")
+    if int(meta["policy_config"].get("chunk", 1)) > 1:
+        raise ValueError(f"{ckpt} has an action-chunked critic (--chunk {meta['policy_config']['chunk']}), which "
+                         "scores whole chunks, not single steps; plot-q draws single-step critics so far")
     td3 = TD3(PolicyConfig.from_dict(meta["policy_config"]), TD3Config(), torch.device(device))
     td3.load(ckpt)
     td3.policy.eval().requires_grad_(False)

@@ -60,6 +60,8 @@ class LearnerConfig(ServerSecurity):
     keep_checkpoints: int = opt(3, "complete training checkpoints kept in <output-dir>/checkpoints/")
     checkpoint_every: int = opt(5000, "write a full training checkpoint every N updates")
     log_every: int = opt(100, "TensorBoard scalars every N updates")
+    plot_q_every: int = opt(5000, "TensorBoard figure of Q along the newest stored episodes every N updates "
+                                  "(state policies with single-step critics; 0 = never)")
     human_capacity: int = opt(200_000, "transitions kept in the human buffer")
     policy_capacity: int = opt(500_000, "transitions kept in the policy buffer")
     hidden: tuple[int, ...] = opt((256, 256), "hidden layer sizes of actor and critics")

@@ -83,6 +83,7 @@ class Trainer:
         self._policy_successes: list[float] = []
         self._policy_episodes = 0
         self._published_step = -1
+        self._empty_side: str | None = None  # the dual-buffer side that was empty at the last online sample
         self._last_log: float | None = None
 
     # ------------------------------------------------------------------ loop
@@ -136,10 +137,10 @@ class Trainer:
                 self._update(bc_weight=self.online_bc_weight(online_updates), human_only=False,
                              update_actor=not warming_up)
                 online_updates += 1
-                if online_updates % self.cfg.publish_every == 0:
+                published = online_updates % self.cfg.publish_every == 0
+                if published:
                     self._publish()  # checkpoints too
-                else:
-                    self._maybe_checkpoint()
+                self._maybe_checkpoint(checkpointed=published)
 
     def online_bc_weight(self, online_updates: int) -> float:
         """The BC weight after `online_updates` online updates: constant, or decaying linearly to 0."""
@@ -178,6 +179,8 @@ class Trainer:
     def _sample(self, human_only: bool) -> dict:
         """One minibatch as tensors on the training device (the TD3 batch layout, images as uint8)."""
         core, cfg = self.core, self.cfg
+        if not human_only:
+            self._note_mix()
         if cfg.chunk > 1:
             return self._sample_chunks(human_only)
         with core.lock:
@@ -190,6 +193,20 @@ class Trainer:
                 batch = core.buffers.sample(cfg.batch_size, cfg.human_ratio, self.rng)
             spec = core.spec
         return device_batch(batch, spec, self.device)  # outside the lock: the gathered arrays are copies
+
+    def _note_mix(self) -> None:
+        """Say (once per change) when a side of the dual buffer is empty and the other fills whole batches."""
+        b = self.core.buffers
+        assert b is not None
+        empty = "policy" if len(b.policy) == 0 else "human" if len(b.human) == 0 else None
+        if empty != self._empty_side:
+            if empty is not None:
+                log.info("the %s buffer is empty: minibatches come wholly from the %s buffer until it has data",
+                         empty, "human" if empty == "policy" else "policy")
+            elif self._empty_side is not None:
+                log.info("both buffers hold data: minibatches are %.0f%% human / %.0f%% policy again",
+                         100 * self.cfg.human_ratio, 100 * (1 - self.cfg.human_ratio))
+            self._empty_side = empty
 
     def _sample_chunks(self, human_only: bool) -> dict:
         """--chunk h: a minibatch of contiguous h-step windows (buffers/sequences.py), same 50/50 mix."""
@@ -223,9 +240,24 @@ class Trainer:
             self.writer.add_scalar("buffer/human", len(b.human), step)
             self.writer.add_scalar("buffer/policy", len(b.policy), step)
 
-    def _maybe_checkpoint(self) -> None:
-        if self.core.learner_step % self.cfg.checkpoint_every == 0:
+    def _maybe_checkpoint(self, checkpointed: bool = False) -> None:
+        """The periodic work after a counted update: checkpoint (unless just written) and Q figure."""
+        step = self.core.learner_step
+        if step % self.cfg.checkpoint_every == 0 and not checkpointed:
             self.checkpoint()
+        if self.cfg.plot_q_every and step % self.cfg.plot_q_every == 0:
+            self._plot_q(step)
+
+    def _plot_q(self, step: int) -> None:
+        """Q along the newest complete stored episodes (what `hilrl plot-q` draws) as a TensorBoard figure."""
+        pcfg = self.td3.policy.cfg if self.td3 is not None else None
+        if self.writer is None or pcfg is None or pcfg.cameras or pcfg.chunk > 1 or self.core.store is None:
+            return
+        from hilrl.deploy.plot_q import log_q_figure
+
+        # the ingest lock keeps a compaction from deleting rows while they are read
+        log_q_figure(self.writer, self.td3.policy, self.td3.critic, self.core.store.path, step,
+                     lock=self.core._ingest_lock)
 
     def _publish(self) -> None:
         assert self.td3 is not None

@@ -27,7 +27,7 @@ def learner_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("plotq")
     learner = Proc(["learner", "--port", str(free_port()), "--output-dir", str(out / "run"), "--demos", str(RECORDING),
                     "--demo-episodes", "8", "--offline-steps", "200", "--batch-size", "64", "--hidden", "32,32",
-                    "--torch-threads", "1"], out, "learner")
+                    "--torch-threads", "1", "--plot-q-every", "100"], out, "learner")
     try:
         wait_until(lambda: (out / "run" / "policy.safetensors").exists(), 120, "offline training and weights v1",
                    interval=0.5, diagnose=lambda: learner.stderr[-2000:])
@@ -129,3 +129,11 @@ def test_learner_hook_logs_the_figure_to_tensorboard(learner_run: Path, tmp_path
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     (image,) = events.Images("critic/q_trajectories")
     assert image.step == step and image.width >= 400 and image.height >= 200
+
+
+def test_the_learner_itself_logs_the_figure_every_n_updates(learner_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(learner_run / "tensorboard")).Reload()
+    steps = [image.step for image in events.Images("critic/q_trajectories")]
+    assert steps[:2] == [100, 200], steps  # --plot-q-every 100 during the 200 offline updates

@@ -108,7 +108,8 @@ def test_every_online_minibatch_is_half_human_half_policy_at_any_utd(learner, ut
     assert set(shares) == {(BATCH // 2, BATCH)}, "a minibatch was not exactly 50/50"
 
 
-def test_with_one_side_empty_the_other_fills_the_whole_minibatch(learner) -> None:
+def test_with_one_side_empty_the_other_fills_the_whole_minibatch(learner, caplog) -> None:
+    caplog.set_level("INFO", logger="hilrl.learner.training")
     start, shares = learner
     core, feed = start(demo_episodes=1, utd_ratio=2)
     feed.episode_of([True] * 6)
@@ -119,6 +120,9 @@ def test_with_one_side_empty_the_other_fills_the_whole_minibatch(learner) -> Non
     feed.episode_of([False] * 3)  # the first autonomous steps: from now on exactly half and half
     settle(core, shares, 2 * 7)
     assert set(shares[8:]) == {(BATCH // 2, BATCH)}
+    said = [r.getMessage() for r in caplog.records if "buffer" in r.getMessage() and "minibatches" in r.getMessage()]
+    assert said == ["the policy buffer is empty: minibatches come wholly from the human buffer until it has data",
+                    "both buffers hold data: minibatches are 50% human / 50% policy again"], said
 
 
 def test_without_demos_online_minibatches_are_all_policy_until_a_takeover(learner) -> None:
