@@ -16,6 +16,9 @@ class EvalConfig:
     env: str = opt("sim", "where to evaluate: 'sim' (gym-hil Panda pick-cube, random block positions)")
     episodes: int = opt(50, "evaluation episodes")
     seed: int = opt(10_000, "seed of the block positions (same seed = same positions for every policy)")
+    residual_base: str | None = opt(None, "a residual policy's frozen base, as the actor ran it: 'expert' or "
+                                          "'checkpoint:PATH' (see hilrl actor --help)")
+    residual_bias: tuple[float, ...] = opt((), "--residual-base expert: the fixed DX,DY,DZ offset it was run with")
 
 
 def resolve_policy_file(path: Path) -> Path:
@@ -32,7 +35,15 @@ def run_eval(cfg: EvalConfig) -> int:
 
     policy_file = resolve_policy_file(cfg.checkpoint)
     policy = load_policy_file(policy_file)
+    residual = policy.cfg.residual_scale > 0
+    if residual != bool(cfg.residual_base):
+        raise SystemExit(f"{policy_file} is a residual policy: add --residual-base (the base it was trained on)"
+                         if residual else "--residual-base is only for residual policies; drop it")
     env, _ = make_env(cfg.env, cfg.seed, 0.0, cameras=bool(policy.cfg.cameras))  # a camera policy needs images
+    if residual:  # its observations carry base(s), as on the actor
+        from hilrl.actor.residual_base import residual_env
+
+        env = residual_env(env, cfg)
     try:
         if env.spec.state_dim != policy.cfg.state_dim or env.spec.action_dim != policy.cfg.action_dim:
             raise SystemExit(f"{policy_file} expects state {policy.cfg.state_dim} / action {policy.cfg.action_dim}, "

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, hilrl_status, wait_until
+from conftest import free_port, hilrl_status, run_hilrl, wait_until
 from safetensors.torch import load as st_load
 
 from hilrl.actor.residual_base import ResidualBaseEnv
@@ -200,3 +200,11 @@ def test_learner_and_actor_train_a_residual_over_grpc(spawn, tmp_path: Path) -> 
     assert policy.cfg.residual_scale == 0.2 and isinstance(policy.actor, ResidualActor)
     assert policy.cfg.base_action_index == spec.state_dim - 4
     assert "Traceback" not in actor.stderr and "Traceback" not in learner.stderr
+
+    # hilrl eval runs it over the same base; without the base it says what is missing
+    r = run_hilrl("eval", "--checkpoint", str(out), "--episodes", "2", "--residual-base", "expert",
+                  "--residual-bias", "0.3,0.3,0")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["episodes"] == 2
+    r = run_hilrl("eval", "--checkpoint", str(out), "--episodes", "2")
+    assert r.returncode != 0 and "is a residual policy: add --residual-base" in r.stderr
