@@ -26,18 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from sample_efficiency import Settings as SampleEfficiencySettings
+from sample_efficiency import _eval, record_demos, td3_batch
 
-from hilrl.actor.evaluate import evaluate
 from hilrl.actor.human import ScriptedTeleop
 from hilrl.actor.loop import PolicyRunner
 from hilrl.buffers.replay import DualBuffer, Transition
 from hilrl.buffers.sequences import sample_buffer_sequences, sample_sequences
-from hilrl.buffers.spec import Spec, state_vector
+from hilrl.buffers.spec import state_vector
 from hilrl.hardware.expert import ScriptedExpert
 from hilrl.hardware.perturb import make_sim
 from hilrl.learner.chunked import ChunkedTD3
@@ -46,58 +47,12 @@ from hilrl.learner.td3 import TD3, TD3Config
 
 
 @dataclass
-class Settings:
+class Settings(SampleEfficiencySettings):
+    """benchmarks/sample_efficiency.py's settings, with the regime of docs/chunking.md as defaults."""
+
     action_offset: tuple[float, float, float] = (0.3, 0.3, 0.0)
     demos: int = 20
-    demo_noise: float = 0.1
-    offline_steps: int = 2000
-    alpha: float = 0.5
-    online_bc_weight: float = 1.0
-    batch_size: int = 256
-    human_ratio: float = 0.5
-    exploration_noise: float = 0.1
-    takeover_after: int = 50
-    eval_every: int = 500
-    eval_episodes: int = 20
-    target: float = 0.8
     max_env_steps: int = 3000
-    hidden: tuple[int, ...] = field(default=(256, 256))
-
-
-def record_demos(settings: Settings, seed: int) -> tuple[Spec, list[Transition]]:
-    """Scripted-expert demonstrations on the *unperturbed* arm (as benchmarks/sample_efficiency.py)."""
-    env = make_sim(seed=seed + 5000)
-    expert = ScriptedExpert(noise=settings.demo_noise, seed=seed + 6000)
-    out: list[Transition] = []
-    for episode in range(settings.demos):
-        obs, done = env.reset(), False
-        expert.reset()
-        while not done:
-            action = expert.act(obs)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            done = terminated or truncated
-            out.append(Transition(obs, action, reward, next_obs, terminated, truncated, -1 - episode, True))
-            obs = next_obs
-    env.close()
-    return env.spec, out
-
-
-def to_batch(sampled: dict, spec: Spec) -> dict[str, torch.Tensor]:
-    """A sampled minibatch (one-step or windows) in the layout `TD3.update` / `ChunkedTD3.update` take."""
-    batch = {"state": state_vector(sampled["obs"], spec), "next_state": state_vector(sampled["next_obs"], spec),
-             "done": sampled["terminated" if "terminated" in sampled else "done"].astype(np.float32)}
-    for key in ("human", "action", "reward", "valid", "action_mask"):
-        if key in sampled:
-            batch[key] = sampled[key]
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
-
-
-def _eval(td3: TD3, settings: Settings, seed: int) -> float:
-    env = make_sim(seed=seed, action_offset=settings.action_offset)
-    try:
-        return evaluate(td3.policy, env, settings.eval_episodes, seed=10_000 + seed, progress=False)["success_rate"]
-    finally:
-        env.close()
 
 
 def run(chunk: int, seed: int, settings: Settings, result: dict, save=lambda: None) -> dict:
@@ -127,7 +82,7 @@ def run(chunk: int, seed: int, settings: Settings, result: dict, save=lambda: No
 
     started = time.monotonic()
     for _ in range(settings.offline_steps):
-        td3.update(to_batch(sample(offline=True), spec), bc_weight=1.0)
+        td3.update(td3_batch(sample(offline=True), spec), bc_weight=1.0)
     env = make_sim(seed=seed, action_offset=settings.action_offset)
     human = ScriptedTeleop(ScriptedExpert(noise=settings.demo_noise, seed=seed + 1), settings.takeover_after)
     runner = PolicyRunner(spec, settings.exploration_noise, np.random.default_rng(seed + 2))
@@ -153,7 +108,7 @@ def run(chunk: int, seed: int, settings: Settings, result: dict, save=lambda: No
             buffers.add(Transition(obs, action, reward, next_obs, terminated, truncated, episodes, takeover))
             obs, steps = next_obs, steps + 1
             interventions += int(takeover)
-            td3.update(to_batch(sample(offline=False), spec), bc_weight=settings.online_bc_weight)
+            td3.update(td3_batch(sample(offline=False), spec), bc_weight=settings.online_bc_weight)
             if steps % settings.eval_every == 0:
                 curve.append((steps, _eval(td3, settings, seed)))
                 result.update(episodes=episodes, human_steps=interventions)

@@ -85,15 +85,15 @@ def record_demos(settings: Settings, seed: int) -> tuple[Spec, list[Transition]]
 
 
 def td3_batch(sampled: dict, spec: Spec) -> dict[str, torch.Tensor]:
-    """A `DualBuffer.sample` minibatch in the form `TD3.update` takes (as the learner's Trainer builds it)."""
-    return {
-        "human": torch.from_numpy(sampled["human"]),
-        "state": torch.from_numpy(state_vector(sampled["obs"], spec)),
-        "next_state": torch.from_numpy(state_vector(sampled["next_obs"], spec)),
-        "action": torch.from_numpy(sampled["action"]),
-        "reward": torch.from_numpy(sampled["reward"]),
-        "done": torch.from_numpy(sampled["terminated"].astype(np.float32)),
-    }
+    """A sampled minibatch in the form `TD3.update` takes (as the learner's Trainer builds it); also the
+    h-step windows of buffers/sequences.py for `ChunkedTD3.update` (benchmarks/chunking_efficiency.py)."""
+    done = sampled["terminated"] if "terminated" in sampled else sampled["done"]
+    batch = {"state": state_vector(sampled["obs"], spec), "next_state": state_vector(sampled["next_obs"], spec),
+             "done": done.astype(np.float32)}
+    for key in ("human", "action", "reward", "valid", "action_mask"):
+        if key in sampled:
+            batch[key] = sampled[key]
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 
 
 def _eval(td3: TD3, settings: Settings, seed: int) -> float:

@@ -102,24 +102,8 @@ class ChunkedTD3(TD3):
             if human is not None:
                 step_mask = step_mask * human.to(dev, torch.float32).reshape(-1, 1)
             bc_loss = masked_mean(squared, step_mask)
-            if bc_weight > 0:
-                lmbda = cfg.alpha / q.abs().mean().detach()
-                actor_loss = -lmbda * q.mean() + bc_weight * bc_loss
-                metrics["lambda"] = lmbda
-            else:
-                actor_loss = -q.mean()
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_opt.step()
-            self._soft_update(self.policy.actor, self.target_policy.actor)
-            self._soft_update(self.critic, self.target_critic)
-            metrics["actor_loss"] = actor_loss.detach()
-            metrics["bc_loss"] = bc_loss.detach()
-
-        if return_tensors:
-            return metrics
-        values = torch.stack(list(metrics.values())).tolist()
-        return dict(zip(metrics.keys(), values, strict=True))
+            self._actor_step(q, bc_loss, bc_weight, metrics)  # TD3+BC's actor loss, as in td3.py
+        return self._metrics(metrics, return_tensors)
 
 
 def device_chunk_batch(batch: dict, spec: Spec, device: torch.device) -> dict:

@@ -200,23 +200,31 @@ class TD3:
             else:
                 human = human.to(dev, torch.float32).reshape(-1)
                 bc_loss = (squared * human).sum() / human.sum().clamp_min(1.0)
-            if bc_weight > 0:
-                lmbda = cfg.alpha / q.abs().mean().detach()
-                actor_loss = -lmbda * q.mean() + bc_weight * bc_loss
-                metrics["lambda"] = lmbda
-            else:
-                actor_loss = -q.mean()
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_opt.step()
-            # The critic got gradients from the actor loss; they are discarded by the next zero_grad.
-            self._soft_update(self.policy.actor, self.target_policy.actor)
-            self._soft_update(self.critic, self.target_critic)
-            metrics["actor_loss"] = actor_loss.detach()
-            metrics["bc_loss"] = bc_loss.detach()
+            self._actor_step(q, bc_loss, bc_weight, metrics)
+        return self._metrics(metrics, return_tensors)
 
-        # One host sync per call (a single .tolist() rather than one .item() per metric). On a GPU this
-        # still stalls the pipeline each step; callers that want full overlap can log every N steps.
+    def _actor_step(self, q: Tensor, bc_loss: Tensor, bc_weight: float, metrics: dict) -> None:
+        """TD3+BC's actor loss ``-lambda*Q + w*BC`` with ``lambda = alpha / mean|Q|`` (plain ``-Q`` when
+        w = 0), one optimiser step, then the Polyak updates of both target networks."""
+        if bc_weight > 0:
+            lmbda = self.cfg.alpha / q.abs().mean().detach()
+            actor_loss = -lmbda * q.mean() + bc_weight * bc_loss
+            metrics["lambda"] = lmbda
+        else:
+            actor_loss = -q.mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        # The critic got gradients from the actor loss; they are discarded by the next zero_grad.
+        self._soft_update(self.policy.actor, self.target_policy.actor)
+        self._soft_update(self.critic, self.target_critic)
+        metrics["actor_loss"] = actor_loss.detach()
+        metrics["bc_loss"] = bc_loss.detach()
+
+    @staticmethod
+    def _metrics(metrics: dict, return_tensors: bool) -> dict:
+        """The metrics as tensors, or as floats with one host sync (a single .tolist() rather than one .item()
+        per metric; on a GPU that still stalls the pipeline, so the Trainer asks for tensors)."""
         if return_tensors:
             return metrics
         values = torch.stack(list(metrics.values())).tolist()
