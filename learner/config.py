@@ -60,6 +60,10 @@ class LearnerConfig(ServerSecurity):
     keep_checkpoints: int = opt(3, "complete training checkpoints kept in <output-dir>/checkpoints/")
     checkpoint_every: int = opt(5000, "write a full training checkpoint every N updates")
     log_every: int = opt(100, "TensorBoard scalars every N updates")
+    wandb_project: str = opt("", "also send the TensorBoard metrics to this Weights & Biases project (empty = off; "
+                                 "log in first with `wandb login`, or use --wandb-mode offline)")
+    wandb_mode: Literal["online", "offline"] = opt("online", "offline: keep the W&B run under <output-dir>/wandb "
+                                                             "to `wandb sync` later")
     plot_q_every: int = opt(5000, "TensorBoard figure of Q along the newest stored episodes every N updates "
                                   "(state policies with single-step critics; 0 = never)")
     human_capacity: int = opt(200_000, "transitions kept in the human buffer")

@@ -11,11 +11,13 @@ stay on the device and are read (one host sync) only when they are logged.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,7 @@ class Trainer:
     def run(self, stop: threading.Event) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        run = self._start_wandb()  # before the SummaryWriter: W&B mirrors what it writes
         self.writer = SummaryWriter(str(Path(self.cfg.output_dir) / "tensorboard"))
         try:
             self._run(stop)
@@ -100,6 +103,20 @@ class Trainer:
                     self._publish()  # the final weights, so policy.safetensors is what training ended with
                 self.checkpoint()
             self.writer.close()
+            if run is not None:
+                run.finish()
+
+    def _start_wandb(self):
+        """--wandb-project: a W&B run that mirrors every TensorBoard scalar and figure (sync_tensorboard)."""
+        if not self.cfg.wandb_project:
+            return None
+        import wandb
+
+        run = wandb.init(project=self.cfg.wandb_project, dir=str(self.cfg.output_dir), mode=self.cfg.wandb_mode,
+                         config=json.loads(json.dumps(asdict(self.cfg), default=str)), sync_tensorboard=True,
+                         resume="allow", id=f"hilrl-{self.core.run_id}")
+        log.info("W&B run %s (%s)", run.id, self.cfg.wandb_mode)
+        return run
 
     def _run(self, stop: threading.Event) -> None:
         core = self.core

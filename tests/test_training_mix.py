@@ -136,3 +136,29 @@ def test_without_demos_online_minibatches_are_all_policy_until_a_takeover(learne
     feed.episode_of([False] * 2 + [True] * 3)
     settle(core, shares, 2 * 9)
     assert set(shares[8:]) == {(BATCH // 2, BATCH)}
+
+
+def test_wandb_offline_run_mirrors_the_tensorboard_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--wandb-project with --wandb-mode offline: a real W&B run under the output dir (no network here)."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = LearnerConfig(output_dir=tmp_path / "learner", device="cpu", torch_threads=1, seed=0, demo_episodes=1,
+                        offline_steps=20, batch_size=BATCH, hidden=(16, 16), log_every=5, publish_every=1000,
+                        checkpoint_every=100_000, wandb_project="hilrl-test", wandb_mode="offline")
+    core = LearnerCore(cfg)
+    core.open()
+    core.hello("actor-0", SPEC)
+    stop = threading.Event()
+    thread = threading.Thread(target=Trainer(core).run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        Feeder(core).episode_of([True] * 6)
+        wait_until(lambda: core.stage == ONLINE, 120, "the end of the offline stage", interval=0.05)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+    runs = list((tmp_path / "learner" / "wandb").glob(f"offline-run-*-hilrl-{core.run_id}"))
+    assert len(runs) == 1, list((tmp_path / "learner" / "wandb").iterdir())
+    (log_file,) = runs[0].glob("*.wandb")
+    assert log_file.stat().st_size > 0
+    assert b"train/critic_loss" in log_file.read_bytes()  # a TensorBoard scalar, mirrored into the W&B run
