@@ -155,8 +155,8 @@ def test_wandb_offline_run_mirrors_the_tensorboard_metrics(tmp_path: Path, monke
         wait_until(lambda: core.stage == ONLINE, 120, "the end of the offline stage", interval=0.05)
     finally:
         stop.set()
-        thread.join(60)
-    assert not thread.is_alive()
+        thread.join(180)  # W&B's service finishing the run: seconds, more on a loaded machine
+    assert not thread.is_alive(), "the trainer did not finish (W&B run still closing?)"
     runs = list((tmp_path / "learner" / "wandb").glob(f"offline-run-*-hilrl-{core.run_id}"))
     assert len(runs) == 1, list((tmp_path / "learner" / "wandb").iterdir())
     (log_file,) = runs[0].glob("*.wandb")
