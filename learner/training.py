@@ -150,8 +150,9 @@ class Trainer:
                 if online_updates >= self.cfg.utd_ratio * core.online_transitions or not self._has_data():
                     stop.wait(0.005)
                     continue
-                warming_up = online_updates < self.cfg.critic_warmup_steps
-                self._update(bc_weight=self.online_bc_weight(online_updates), human_only=False,
+                done_online = core.learner_step - core.offline_steps_done  # persisted: survives --resume
+                warming_up = done_online < self.cfg.critic_warmup_steps
+                self._update(bc_weight=self.online_bc_weight(done_online), human_only=False,
                              update_actor=not warming_up)
                 online_updates += 1
                 published = online_updates % self.cfg.publish_every == 0
