@@ -137,8 +137,9 @@ class Trainer:
                     stop.wait(0.05)
             elif stage == OFFLINE:
                 if core.offline_steps_done >= self.cfg.offline_steps:
-                    core.set_stage(ONLINE)  # before publishing: the publish checkpoint must say "online"
-                    self._publish()
+                    self._publish(checkpoint=False)  # weights v1 exist before anyone sees "online"
+                    core.set_stage(ONLINE)
+                    self.checkpoint()  # after the switch: a learner resumed from it does not redo the end
                     continue
                 if len(core.buffers.human) == 0:  # resumed mid-offline before the demos are back
                     stop.wait(0.05)
@@ -277,12 +278,13 @@ class Trainer:
         log_q_figure(self.writer, self.td3.policy, self.td3.critic, self.core.store.path, step,
                      lock=self.core._ingest_lock)
 
-    def _publish(self) -> None:
+    def _publish(self, checkpoint: bool = True) -> None:
         assert self.td3 is not None
         blob = policy_to_safetensors_bytes(self.td3.policy)
         version = self.core.publish(blob)
         self._published_step = self.core.learner_step
-        self.checkpoint()  # training state, stage and actor records consistent with the newest version
+        if checkpoint:
+            self.checkpoint()  # training state, stage and actor records consistent with the newest version
         if self.writer is not None:
             self.writer.add_scalar("weights/version", version, self.core.learner_step)
         log.info("published weights v%d at learner step %d", version, self.core.learner_step)
