@@ -28,8 +28,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hilrl.buffers.spec import Spec
-from hilrl.buffers.torch_batch import state_tensor, to_torch
 from hilrl.learner.td3 import TD3
 
 
@@ -104,22 +102,3 @@ class ChunkedTD3(TD3):
             bc_loss = masked_mean(squared, step_mask)
             self._actor_step(q, bc_loss, bc_weight, metrics)  # TD3+BC's actor loss, as in td3.py
         return self._metrics(metrics, return_tensors)
-
-
-def device_chunk_batch(batch: dict, spec: Spec, device: torch.device) -> dict:
-    """A window batch (`buffers.sequences.sample_sequences`) in `ChunkedTD3.update`'s layout on `device`."""
-    t = to_torch(batch, device)
-    out = {
-        "human": t["human"],
-        "state": state_tensor(t["obs"], spec),
-        "next_state": state_tensor(t["next_obs"], spec),
-        "action": t["action"],
-        "reward": t["reward"],
-        "done": t["done"].float(),
-        "valid": t["valid"],
-        "action_mask": t["action_mask"],
-    }
-    if spec.image_features:
-        out["images"] = {f.name: t["obs"][f.name] for f in spec.image_features}
-        out["next_images"] = {f.name: t["next_obs"][f.name] for f in spec.image_features}
-    return out

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from hilrl.buffers.sequences import sample_buffer_sequences, sample_sequences
 from hilrl.buffers.spec import Spec
 from hilrl.buffers.store import fsync_path
 from hilrl.buffers.torch_batch import state_tensor, to_torch
-from hilrl.learner.chunked import ChunkedTD3, device_chunk_batch
+from hilrl.learner.chunked import ChunkedTD3
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
 from hilrl.learner.networks import compute_state_stats, policy_to_safetensors_bytes
 from hilrl.learner.td3 import TD3
@@ -44,7 +45,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def device_batch(batch: dict, spec: Spec, device: torch.device) -> dict:
-    """A gathered replay batch (``DualBuffer.sample``, with "human") in `TD3.update`'s layout on `device`.
+    """A sampled batch in the update's layout on `device`: one-step transitions (``DualBuffer.sample``, for
+    `TD3.update`) or h-step windows (``buffers.sequences``, with "valid" and "action_mask", for
+    `ChunkedTD3.update`); both carry "human".
 
     Everything crosses to the device once, as stored (uint8 images stay uint8; pinned and
     asynchronous on CUDA); the state vector is assembled there.
@@ -56,12 +59,36 @@ def device_batch(batch: dict, spec: Spec, device: torch.device) -> dict:
         "next_state": state_tensor(t["next_obs"], spec),
         "action": t["action"],
         "reward": t["reward"],
-        "done": t["terminated"].float(),
+        "done": (t["done"] if "done" in t else t["terminated"]).float(),  # windows: a terminal at their end
     }
+    for key in ("valid", "action_mask"):  # windows only
+        if key in t:
+            out[key] = t[key]
     if spec.image_features:
         out["images"] = {f.name: t["obs"][f.name] for f in spec.image_features}
         out["next_images"] = {f.name: t["next_obs"][f.name] for f in spec.image_features}
     return out
+
+
+class WandbMirror:
+    """A TensorBoard SummaryWriter that also sends each scalar and figure to a W&B run. TensorBoard steps
+    differ per tag (updates, episodes), so each W&B row carries its own "step" key rather than W&B's step."""
+
+    def __init__(self, writer: Any, run: Any) -> None:
+        self.writer, self.run = writer, run
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+        self.run.log({tag: value, "step": step})
+
+    def add_figure(self, tag: str, figure: Any, step: int, close: bool = True) -> None:
+        import wandb
+
+        self.run.log({tag: wandb.Image(figure), "step": step})
+        self.writer.add_figure(tag, figure, step, close=close)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class Trainer:
@@ -93,8 +120,10 @@ class Trainer:
     def run(self, stop: threading.Event) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        run = self._start_wandb()  # before the SummaryWriter: W&B mirrors what it writes
         self.writer = SummaryWriter(str(Path(self.cfg.output_dir) / "tensorboard"))
+        run = self._start_wandb()
+        if run is not None:
+            self.writer = WandbMirror(self.writer, run)
         try:
             self._run(stop)
         finally:
@@ -107,13 +136,13 @@ class Trainer:
                 run.finish()
 
     def _start_wandb(self):
-        """--wandb-project: a W&B run that mirrors every TensorBoard scalar and figure (sync_tensorboard)."""
+        """--wandb-project: a W&B run that gets every TensorBoard scalar and figure too (`WandbMirror`)."""
         if not self.cfg.wandb_project:
             return None
         import wandb
 
         run = wandb.init(project=self.cfg.wandb_project, dir=str(self.cfg.output_dir), mode=self.cfg.wandb_mode,
-                         config=json.loads(json.dumps(asdict(self.cfg), default=str)), sync_tensorboard=True,
+                         config=json.loads(json.dumps(asdict(self.cfg), default=str)),
                          resume="allow", id=f"hilrl-{self.core.run_id}")
         log.info("W&B run %s (%s)", run.id, self.cfg.wandb_mode)
         return run
@@ -237,7 +266,7 @@ class Trainer:
             else:
                 batch = sample_sequences(core.buffers, cfg.batch_size, cfg.human_ratio, cfg.chunk, self.rng)
             spec = core.spec
-        return device_chunk_batch(batch, spec, self.device)
+        return device_batch(batch, spec, self.device)
 
     def _update(self, bc_weight: float, human_only: bool, update_actor: bool = True) -> None:
         assert self.td3 is not None

@@ -21,9 +21,10 @@ from hilrl.buffers.replay import DualBuffer, ReplayBuffer, Transition
 from hilrl.buffers.sequences import gather_sequences, sample_sequences
 from hilrl.buffers.spec import Feature, Spec
 from hilrl.hardware.sim import SimPickCube
-from hilrl.learner.chunked import ChunkedTD3, chunk_target, device_chunk_batch
+from hilrl.learner.chunked import ChunkedTD3, chunk_target
 from hilrl.learner.networks import Policy, PolicyConfig, policy_from_safetensors_bytes, policy_to_safetensors_bytes
 from hilrl.learner.td3 import TD3Config
+from hilrl.learner.training import device_batch
 from hilrl.protos import codec
 
 GAMMA = 0.9
@@ -172,7 +173,7 @@ def test_device_batch_and_update_from_sampled_windows() -> None:
     for ep in range(6):
         for t in episode_steps(ep, 10, rewards=[0] * 9 + [1], human=[ep < 3] * 10):
             buffers.add(t)
-    batch = device_chunk_batch(sample_sequences(buffers, 16, 0.5, 5, np.random.default_rng(0)), SPEC,
+    batch = device_batch(sample_sequences(buffers, 16, 0.5, 5, np.random.default_rng(0)), SPEC,
                                torch.device("cpu"))
     td3 = ChunkedTD3(PolicyConfig(2, 1, (16,), chunk=5), TD3Config(), torch.device("cpu"), seed=0)
     td3.set_normalization(np.zeros(2), np.ones(2), [-100.0], [100.0])

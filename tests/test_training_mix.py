@@ -161,4 +161,4 @@ def test_wandb_offline_run_mirrors_the_tensorboard_metrics(tmp_path: Path, monke
     assert len(runs) == 1, list((tmp_path / "learner" / "wandb").iterdir())
     (log_file,) = runs[0].glob("*.wandb")
     assert log_file.stat().st_size > 0
-    assert b"train/critic_loss" in log_file.read_bytes()  # a TensorBoard scalar, mirrored into the W&B run
+    assert b"train/critic_loss" in log_file.read_bytes()  # a TensorBoard scalar, also sent to the W&B run
