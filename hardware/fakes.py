@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 BUTTONS = 12
 AXES = 6
 MOTORS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
@@ -166,3 +168,19 @@ class FakeFollower:
 
     def disconnect(self) -> None:
         self.is_connected = False
+
+
+class StubKinematics:
+    """Stands in for lerobot's RobotKinematics (which needs an arm's URDF): FK puts the end effector at the
+    first three joints / 100 (m) with identity rotation; IK is its exact inverse. lerobot's processor steps
+    call these two methods."""
+
+    def forward_kinematics(self, q: np.ndarray) -> np.ndarray:
+        t = np.eye(4)
+        t[:3, 3] = np.asarray(q[:3], dtype=float) / 100.0
+        return t
+
+    def inverse_kinematics(self, q: np.ndarray, t: np.ndarray) -> np.ndarray:
+        out = np.array(q, dtype=float)
+        out[:3] = t[:3, 3] * 100.0
+        return out

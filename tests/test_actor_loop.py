@@ -25,7 +25,7 @@ from hilrl.actor.outbox import Outbox, StateDir
 from hilrl.actor.replay import ReplaySource
 from hilrl.buffers.assembler import Discard, Step
 from hilrl.hardware.expert import ScriptedExpert
-from hilrl.hardware.fakes import FakeFollower, fake_gamepad
+from hilrl.hardware.fakes import FakeFollower, StubKinematics, fake_gamepad
 from hilrl.hardware.gamepad import GO_BUTTON, GamepadInput
 from hilrl.hardware.sim import SimPickCube
 from hilrl.hardware.so_arm import ArmConfig, SOArm
@@ -252,20 +252,6 @@ def test_learner_lost_hold_ends_the_episode_and_waits_until_it_is_back(tmp_path:
 
 
 # ------------------------------------------------------------------ real-arm reset: rest pose, then the operator's go
-
-
-class StubKinematics:
-    """FK: position = first three joints / 100 (m); IK: its inverse (lerobot's processor steps call these)."""
-
-    def forward_kinematics(self, q: np.ndarray) -> np.ndarray:
-        t = np.eye(4)
-        t[:3, 3] = np.asarray(q[:3], dtype=float) / 100.0
-        return t
-
-    def inverse_kinematics(self, q: np.ndarray, t: np.ndarray) -> np.ndarray:
-        out = np.array(q, dtype=float)
-        out[:3] = t[:3, 3] * 100.0
-        return out
 
 
 def test_real_arm_moves_to_rest_at_bounded_speed_then_waits_for_go(tmp_path: Path, monkeypatch) -> None:

@@ -20,7 +20,7 @@ import pytest
 from hilrl.actor.human import HumanEvents
 from hilrl.hardware import ports
 from hilrl.hardware.cameras import Camera, CameraNotFoundError, CameraSpec, crop_resize
-from hilrl.hardware.fakes import FakeFollower, FakeGamepad, FakeKeys, fake_gamepad
+from hilrl.hardware.fakes import FakeFollower, FakeGamepad, FakeKeys, StubKinematics, fake_gamepad
 from hilrl.hardware.gamepad import ESTOP_BUTTON, GO_BUTTON, TAKEOVER_BUTTON, GamepadInput, GamepadNotFoundError
 from hilrl.hardware.keyboard import KeyboardInput
 from hilrl.hardware.so_arm import ArmConfig, ArmError, ArmNotCalibratedError, ArmNotFoundError, SOArm
@@ -216,20 +216,6 @@ def test_joint_mode_step_and_hold(monkeypatch):
         assert list(robot.sent[-1].values()) == [5, 180, -180, 0, 0, 100]  # clipped to the spec bounds
         assert reward == 0.0 and not term and trunc
     assert not robot.is_connected
-
-
-class StubKinematics:
-    """FK: position = first three joints / 100 (m), identity rotation; IK: its inverse."""
-
-    def forward_kinematics(self, q: np.ndarray) -> np.ndarray:
-        t = np.eye(4)
-        t[:3, 3] = np.asarray(q[:3], dtype=float) / 100.0
-        return t
-
-    def inverse_kinematics(self, q: np.ndarray, t: np.ndarray) -> np.ndarray:
-        out = np.array(q, dtype=float)
-        out[:3] = t[:3, 3] * 100.0
-        return out
 
 
 def test_ee_mode_through_lerobots_kinematic_steps(monkeypatch):
