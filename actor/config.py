@@ -31,6 +31,8 @@ class ActorConfig(ClientSecurity):
     action_mode: Literal["ee", "joint"] = opt("ee", "ee: [dx,dy,dz,gripper] like the sim and the gamepad (needs "
                                                     "--urdf-path); joint: absolute joint targets", group="real arm")
     urdf_path: Path | None = opt(None, "SO-101 URDF for end-effector control (action mode ee)", group="real arm")
+    ee_step_m: float = opt(0.01, "action mode ee: metres the end effector moves per action unit (must equal the "
+                                  "--demo-map.ee-step-m the demonstrations were converted with)", group="real arm")
     max_episode_steps: int = opt(200, "real arm: steps before an episode is truncated", group="real arm")
     actor_id: str | None = opt(None, "stable name of this actor; none = the one stored in --state-dir, or a new one")
     state_dir: Path | None = opt(None, "where id, sequence numbers and the outbox live; "

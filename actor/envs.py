@@ -56,6 +56,7 @@ def make_real_arm(cfg) -> tuple[Any, Any]:
                         calibration_dir=cfg.calibration_dir, action_mode=cfg.action_mode, cameras=cameras,
                         max_steps=cfg.max_episode_steps,
                         urdf_path=None if cfg.urdf_path is None else str(cfg.urdf_path),
+                        ee_step_m=cfg.ee_step_m,
                         rest_pose=tuple(cfg.rest_pose) or None, rest_speed_deg_s=cfg.rest_speed_deg_s,
                         fps=cfg.fps or 30)
     if cfg.workspace:  # lerobot's EEBoundsAndSafety clips to the same box (our clamp counts it first)

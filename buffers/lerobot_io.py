@@ -30,6 +30,15 @@ from typing import Literal
 import numpy as np
 
 from hilrl.buffers.assembler import Discard, Step
+from hilrl.buffers.joint_to_ee import (
+    EE_HIGH,
+    EE_LOW,
+    EEReport,
+    JointToEE,
+    KinematicsError,
+    dataset_joint_names,
+    load_kinematics,
+)
 from hilrl.buffers.recording import RecordingError, read_steps
 from hilrl.buffers.spec import Feature, Spec
 
@@ -67,6 +76,17 @@ class LeRobotMapping:
     action_low: tuple[float, ...] = _help((), "action lower bounds; empty = the learner's spec's, else "
                                               "meta/hilrl.json's, else the dataset's action minimum")
     action_high: tuple[float, ...] = _help((), "action upper bounds (see action_low)")
+    to_ee: bool = _help(False, "convert joint targets to end-effector deltas [dx, dy, dz, g] for an ee-mode actor, "
+                               "by forward kinematics of the URDF (needs urdf and placo; see docs/datasets.md)")
+    urdf: str | None = _help(None, "to_ee: the arm's URDF (SO-101: so101_new_calib.urdf from TheRobotStudio's "
+                                   "SO-ARM100 repository)")
+    ee_step_m: float = _help(0.01, "to_ee: metres per action unit; must equal the ee-mode actor's step "
+                                    "(the SO arm's ee_step_m, 0.01 m)")
+    target_frame: str = _help("gripper_frame_link", "to_ee: the URDF frame whose position the action moves")
+    gripper_dead_band: float = _help(2.0, "to_ee: gripper target changes (0..100 units) within this band hold "
+                                          "the gripper (g=1); beyond it g=2 closes, g=0 opens")
+    joint_state: str = _help("observation.state", "to_ee: the measured joint positions feature (same joint "
+                                                  "order as the action)")
 
 
 def is_lerobot_dataset(path: str | Path) -> bool:
@@ -167,25 +187,50 @@ def dataset_spec(root: str | Path, mapping: LeRobotMapping, like: Spec | None = 
         raise LeRobotImportError(f"{root}: action feature {mapping.action!r} has shape {action_shape}; "
                                  "hilrl needs a vector")
     dim = int(action_shape[0])
+    out_dim = len(EE_LOW) if mapping.to_ee else dim
     if like is not None:
-        if like.action.shape != (dim,):
+        if like.action.shape != (out_dim,) and mapping.to_ee:
+            raise LeRobotImportError(
+                f"{root}: to_ee turns the dataset's joint targets into {out_dim}-entry end-effector actions, the "
+                f"learner's spec has {like.action.shape[0]}: leave to_ee off for a joint-mode actor")
+        if like.action.shape != (out_dim,):
             raise LeRobotImportError(
                 f"{root}: the dataset's action {mapping.action!r} has {dim} entries, the learner's spec "
-                f"{like.action.shape[0]}. A joint-space dataset (joint targets) cannot feed an end-effector actor: "
-                "that conversion needs the arm's kinematics, which hilrl does not apply on import (see "
-                "docs/datasets.md); use a joint-space actor or re-record in its action space")
+                f"{like.action.shape[0]}. A joint-space dataset (joint targets) cannot feed an end-effector actor "
+                "as it is: that conversion needs the arm's kinematics. Convert it on import with --demo-map.to-ee "
+                "--demo-map.urdf URDF (hilrl dataset import: --map.to-ee --map.urdf URDF; see docs/datasets.md), "
+                "or use a joint-space actor")
         names = {f.name for f in obs}
         if names != set(like.observation_names):
             raise LeRobotImportError(
                 f"{root}: the mapped observation features {sorted(names)} differ from the learner's spec "
                 f"{sorted(like.observation_names)}; name them with --demo-map.state KEY=NAME and "
                 "--demo-map.cameras KEY=NAME")
-    low, high = _action_bounds(root, mapping, dim, like)
-    spec = Spec(tuple(obs), Feature("action", "float32", (dim,), tuple(low), tuple(high)))
+    if mapping.to_ee:
+        try:  # refuse a dataset without joint targets before any import work
+            dataset_joint_names(features, mapping.action, mapping.joint_state)
+        except ValueError as exc:
+            raise LeRobotImportError(f"{root}: {exc}") from exc
+        low, high = (list(like.action.low), list(like.action.high)) if like is not None else (EE_LOW, EE_HIGH)
+    else:
+        low, high = _action_bounds(root, mapping, dim, like)
+    spec = Spec(tuple(obs), Feature("action", "float32", (out_dim,), tuple(low), tuple(high)))
     if like is not None:  # the learner's own feature order and dtypes
         by_name = {f.name: f for f in spec.observation}
         spec = Spec(tuple(Feature(f.name, f.dtype, by_name[f.name].shape) for f in like.observation), spec.action)
     return spec
+
+
+def _ee_converter(root: Path, mapping: LeRobotMapping, report: EEReport | None) -> JointToEE:
+    try:
+        names = dataset_joint_names(_features(root)[0], mapping.action, mapping.joint_state)
+        kin = load_kinematics(mapping.urdf, mapping.target_frame, names, "importing joint-space demonstrations "
+                              "as end-effector actions (to_ee)", "leave to_ee off and train a joint-mode actor")
+    except ValueError as exc:  # KinematicsError too
+        where = "" if mapping.urdf and Path(mapping.urdf).is_file() else (
+            " Pass it with --demo-map.urdf PATH (hilrl dataset import: --map.urdf PATH).")
+        raise LeRobotImportError(f"{root}: {exc}{where if isinstance(exc, KinematicsError) else ''}") from exc
+    return JointToEE(kin, mapping.ee_step_m, names.index("gripper"), mapping.gripper_dead_band, report)
 
 
 def _to_numpy(value: object) -> np.ndarray:
@@ -209,11 +254,13 @@ def _flag(frame: dict, key: str | None, default: bool) -> bool:
     return bool(_to_numpy(frame[key]).reshape(-1)[0])
 
 
-def import_lerobot(root: str | Path, mapping: LeRobotMapping | None = None,
-                   like: Spec | None = None) -> tuple[Spec, Iterator[Step]]:
+def import_lerobot(root: str | Path, mapping: LeRobotMapping | None = None, like: Spec | None = None,
+                   ee_report: EEReport | None = None) -> tuple[Spec, Iterator[Step]]:
     """The spec and the steps (in dataset order) of a local LeRobotDataset.
 
-    `like` is the learner's spec, if it has one: its action bounds and feature order are used.
+    `like` is the learner's spec, if it has one: its action bounds and feature order are used. With
+    ``mapping.to_ee`` the joint targets become end-effector deltas (:mod:`hilrl.buffers.joint_to_ee`);
+    `ee_report` (if given) counts the clipped steps, which are also logged when the stream ends.
     """
     root = Path(root)
     mapping = mapping or LeRobotMapping()
@@ -221,6 +268,7 @@ def import_lerobot(root: str | Path, mapping: LeRobotMapping | None = None,
         raise LeRobotImportError(f"{root}: not a LeRobotDataset (no meta/info.json)")
     spec = dataset_spec(root, mapping, like)
     cameras, states = map_features(root, mapping)
+    to_ee = _ee_converter(root, mapping, ee_report) if mapping.to_ee else None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local roots only: never reach the hub
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -239,7 +287,20 @@ def import_lerobot(root: str | Path, mapping: LeRobotMapping | None = None,
         obs.update({name: _image(item[k], spec.feature(name)) for k, name in cameras.items()})
         return obs
 
+    def action(item: dict) -> np.ndarray:
+        a = _to_numpy(item[mapping.action]).astype(np.float32).reshape(-1)
+        if to_ee is None:
+            return a
+        return to_ee(_to_numpy(item[mapping.joint_state]).astype(np.float64).reshape(-1), a)
+
     def steps() -> Iterator[Step]:
+        yield from joint_steps()
+        if to_ee is not None:
+            log.info("%s: joint targets -> end-effector actions: %s", root, json.dumps(to_ee.report.summary()))
+            if warning := to_ee.report.warning():
+                log.warning("%s: %s", root, warning)
+
+    def joint_steps() -> Iterator[Step]:
         pending: Step | None = None
         pending_done = (False, False)
         t = 0
@@ -253,7 +314,7 @@ def import_lerobot(root: str | Path, mapping: LeRobotMapping | None = None,
                 yield _end(pending, observation(item), item_done=pending_done)
                 pending, t = None, 0
                 continue
-            step = Step(observation(item), _to_numpy(item[mapping.action]).astype(np.float32).reshape(-1),
+            step = Step(observation(item), action(item),
                         float(_to_numpy(item[mapping.reward]).reshape(-1)[0]) if mapping.reward else 0.0,
                         False, False, _flag(item, mapping.intervention, True) if has_intervention else True,
                         episode, t)

@@ -61,15 +61,19 @@ def run_dataset(cfg: DatasetConfig) -> int:
             return 0
         if cfg.dataset is None:
             raise SystemExit("hilrl dataset import: --dataset DIR (a LeRobotDataset root) is required")
-        spec, steps = import_lerobot(cfg.dataset, cfg.map)
+        from hilrl.buffers.joint_to_ee import EEReport
+
+        ee_report = EEReport(cfg.map.ee_step_m) if cfg.map.to_ee else None
+        spec, steps = import_lerobot(cfg.dataset, cfg.map, ee_report=ee_report)
         n = episodes = 0
         with StepRecorder(cfg.output, spec) as rec:
             for step in steps:
                 rec.add(step)
                 n += 1
                 episodes += int(step.final_obs is not None)
+        ee = {"ee_conversion": ee_report.summary()} if ee_report is not None else {}
         print(json.dumps({"output": str(cfg.output), "episodes": episodes, "steps": n,
-                          "spec": spec.to_dict()}))
+                          "spec": spec.to_dict(), **ee}))
         return 0
     except (RecordingError, StoreError, FileExistsError, ValueError) as exc:
         raise SystemExit(f"hilrl dataset {cfg.action}: {exc}") from exc

@@ -12,9 +12,9 @@ shoulder_pan, shoulder_lift, elbow_flex, wrist_flex, wrist_roll, gripper; degree
 * action, ``action_mode="ee"``: float32 (4,) ``[dx, dy, dz, g]`` in ``[-1, 1]^3 x [0, 2]`` like the
   sim (``ee_step_m`` metres per unit; g: 2 closes, 0 opens, 1 holds), turned into joint targets by
   lerobot's own kinematic processor steps (``EEReferenceAndDelta`` -> ``EEBoundsAndSafety`` ->
-  ``GripperVelocityToJoint`` -> ``InverseKinematicsEEToJoints``). Those need ``placo``
-  (``pip install 'lerobot[kinematics]'``) and the SO-101 URDF, which lerobot does not ship and
-  neither do we (``so101_new_calib.urdf`` from TheRobotStudio's SO-ARM100 repository); without
+  ``GripperVelocityToJoint`` -> ``InverseKinematicsEEToJoints``). Those need ``placo`` (hilrl's
+  ``kinematics`` extra: ``pip install -e '.[kinematics]'``) and the SO-101 URDF, which lerobot does not
+  ship and neither do we (``so101_new_calib.urdf`` from TheRobotStudio's SO-ARM100 repository); without
   them ``ee`` is refused with that message and ``joint`` keeps working.
 
 Refusals (never an interactive calibration): no calibration file for ``robot_id`` -> the exact
@@ -201,18 +201,13 @@ class SOArm:
                                       to_output=transition_to_robot_action)
 
     def _load_kinematics(self) -> Any:
-        urdf = self.cfg.urdf_path
-        if not urdf or not Path(urdf).is_file():
-            raise ArmError(
-                f"action_mode='ee' needs the SO-101 URDF (urdf_path={urdf!r} is not a file). lerobot does not ship "
-                "it: take Simulation/SO101/so101_new_calib.urdf (with its meshes) from TheRobotStudio's "
-                "SO-ARM100 repository, or use action_mode='joint'.")
-        try:
-            from lerobot.model.kinematics import RobotKinematics
+        from hilrl.buffers.joint_to_ee import KinematicsError, load_kinematics  # shared with the dataset import
 
-            return RobotKinematics(urdf, target_frame_name=self.cfg.target_frame, joint_names=self.motor_names)
-        except ImportError as exc:
-            raise ArmError(f"action_mode='ee' needs placo: pip install 'lerobot[kinematics]' ({exc})") from exc
+        try:
+            return load_kinematics(self.cfg.urdf_path, self.cfg.target_frame, self.motor_names, "action_mode='ee'",
+                                   "use action_mode='joint'", urdf_option="urdf_path")
+        except KinematicsError as exc:
+            raise ArmError(str(exc)) from exc
 
     # ----------------------------------------------------------------------------- limits
     def joint_limits(self) -> tuple[np.ndarray, np.ndarray] | None:

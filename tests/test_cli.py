@@ -45,9 +45,10 @@ def test_stable_flags_parse_exactly_as_written(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "resume: true" in r.stdout and "port: 50123" in r.stdout
     r = run_hilrl("actor", "--learner", "10.0.0.5:50051", "--env", "sim", "--actor-id", "arm-2", "--fps", "0",
-                  "--max-episodes", "3", "--print-config")
+                  "--max-episodes", "3", "--ee-step-m", "0.02", "--print-config")
     assert r.returncode == 0, r.stderr
     assert "actor_id: arm-2" in r.stdout and "fps: 0" in r.stdout and "max_episodes: 3" in r.stdout
+    assert "ee_step_m: 0.02" in r.stdout
 
 
 def test_status_of_a_learner_that_is_not_running_fails_cleanly() -> None:

@@ -218,18 +218,20 @@ def test_joint_mode_step_and_hold(monkeypatch):
     assert not robot.is_connected
 
 
-def test_ee_mode_through_lerobots_kinematic_steps(monkeypatch):
+@pytest.mark.parametrize("step_m", [0.01, 0.02])
+def test_ee_mode_through_lerobots_kinematic_steps(monkeypatch, step_m):
     monkeypatch.setattr("hilrl.hardware.so_arm.port_exists", lambda port: True)
     robot = FakeFollower()
     robot.q = {k: v for k, v in zip(robot.observation_features, [20.0, 0.0, 10.0, 0.0, 0.0, 50.0], strict=True)}
-    cfg = ArmConfig(port="/dev/ttyACM0", action_mode="ee", ee_step_m=0.01)
+    cfg = ArmConfig(port="/dev/ttyACM0", action_mode="ee", ee_step_m=step_m)  # the actor's --ee-step-m
     with SOArm(cfg, robot=robot, kinematics=StubKinematics()) as arm:
         arm.reset()
         np.testing.assert_array_equal(arm.hold_action(), [0, 0, 0, 1])
-        arm.step(np.array([1.0, -0.5, 0.0, 2.0], dtype=np.float32))  # +1 cm x, -0.5 cm y, close
+        arm.step(np.array([1.0, -0.5, 0.0, 2.0], dtype=np.float32))  # +1 step x, -0.5 step y, close
         sent = robot.sent[-1]
+        cm = step_m * 100  # the stub's joints move 1 degree per cm
         np.testing.assert_allclose([sent["shoulder_pan.pos"], sent["shoulder_lift.pos"], sent["elbow_flex.pos"]],
-                                   [21.0, -0.5, 10.0], atol=1e-6)
+                                   [20.0 + cm, -0.5 * cm, 10.0], atol=1e-6)
         assert sent["gripper.pos"] == 0.0  # 2 closes: lerobot's gripper position goes to 0
         arm.step(np.array([0.0, 0.0, 0.0, 0.0], dtype=np.float32))
         assert robot.sent[-1]["gripper.pos"] == 100.0  # 0 opens
