@@ -2,8 +2,8 @@
 
 Network and weight loading happen on the link's threads; between ticks the loop only swaps in a
 policy the link has already verified and built. Every executed step is recorded with who produced
-it (`is_intervention`) and goes to the durable outbox in batches, written by a thread of its own
-(the outbox fsyncs each batch; a slow disk never delays a tick).
+it (`is_intervention`) and goes to the durable outbox, written by a thread of its own (each step
+to the outbox's journal at once, then in batches that are fsynced; a slow disk never delays a tick).
 
 Every executed action passes the safety clamp (`hilrl.actor.safety`); a tick that comes more than
 ``--watchdog-periods`` periods late holds the arm instead; a lost learner either changes nothing
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -28,7 +27,7 @@ import torch
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.human import Schedule
 from hilrl.actor.link import LearnerLink
-from hilrl.actor.outbox import Outbox
+from hilrl.actor.outbox import Outbox, OutboxWriter
 from hilrl.actor.replay import ReplaySource
 from hilrl.actor.safety import LearnerWatch, Safety, limits_for
 from hilrl.actor.success import SuccessGate
@@ -150,33 +149,6 @@ class PolicyRunner:
             log.error("non-finite action %s replaced by the hold action", action)
             action = np.where(np.isfinite(action), action, (self.low + self.high) / 2)
         return np.clip(action, self.low, self.high).astype(np.float32)
-
-
-class OutboxWriter:
-    """Puts batches into the outbox on its own thread: the outbox fsyncs every batch, and a slow disk
-    must never delay a tick. One thread keeps the order; :meth:`drain` waits until all are written."""
-
-    def __init__(self, outbox: Outbox) -> None:
-        self.outbox = outbox
-        self._queue: queue.Queue[pb.TransitionBatch] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, batch: pb.TransitionBatch) -> None:
-        self._queue.put(batch)
-
-    def drain(self) -> None:
-        self._queue.join()
-
-    def _run(self) -> None:
-        while True:
-            batch = self._queue.get()
-            try:
-                self.outbox.put(batch)
-            except Exception:  # noqa: BLE001 - a write error must be loud, and must not kill the writer
-                log.exception("could not write a batch of %d items to the outbox", len(batch.items))
-            finally:
-                self._queue.task_done()
 
 
 class ActorLoop:
@@ -385,7 +357,7 @@ class ActorLoop:
             if self._period:
                 next_tick = self._pace(next_tick)
             if events.end == "rerecord":
-                self._items.append(codec.encode_item(Discard(episode)))
+                self._append(codec.encode_item(Discard(episode)))
                 why = "re-record: discarded on the learner"
         self.stats.last_tick = time.monotonic()
         self.stats.episode_s += self.stats.last_tick - episode_start
@@ -457,9 +429,13 @@ class ActorLoop:
     def _record(self, step: Step) -> None:
         if self.recorder is not None:
             self.recorder.add(step)
-        self._items.append(codec.encode_step(step))
+        self._append(codec.encode_step(step))
         if len(self._items) >= self.cfg.batch_steps:
             self._flush()
+
+    def _append(self, item: pb.Item) -> None:
+        self._items.append(item)
+        self._writer.stage(item)  # journaled at once: a kill before the batch closes loses nothing
 
     def _flush(self) -> None:
         if self._items:

@@ -161,6 +161,10 @@ def run(cfg: ActorConfig) -> int:
         print(f"hilrl actor: {exc}", file=sys.stderr)
         return 2
     outbox = Outbox(state.path / "outbox", max_bytes=int(cfg.outbox_max_mb * 2**20))
+    recovered = outbox.recover_journal(state.actor_id)
+    if recovered:
+        log.info("outbox: %d steps of a batch the earlier run never closed (it was killed) were recovered from "
+                 "its journal", recovered)
     if len(outbox):
         log.info("outbox holds %d unacknowledged batches from an earlier run; they will be resent", len(outbox))
     if cfg.record is not None and cfg.record.exists():

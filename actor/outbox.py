@@ -3,18 +3,32 @@
 Every batch is written to `outbox/<seq>.batch` (serialised protobuf, our own file) before it may
 be sent, and deleted only when the learner acknowledges it. A restarted actor resends whatever is
 left. The directory is locked (flock) so two actors can never share one.
+
+The batch still being filled (fewer than ``--batch-steps`` steps) lives in a journal,
+`outbox/open.items`: every step is appended to it as it is recorded (length-prefixed protobuf
+items, flushed to the OS, not fsynced), and the journal is emptied when its batch is written. An
+actor killed mid-batch (SIGKILL, OOM, a crash) loses none of its executed steps: the restarted
+actor turns the journal into a batch before it starts (:meth:`Outbox.recover_journal`). A power
+cut can still lose the unsynced tail of the journal; every complete batch is fsynced.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import queue
 import secrets
+import struct
 import threading
 from pathlib import Path
 
 from hilrl.protos.v1 import learner_pb2 as pb
+
+log = logging.getLogger(__name__)
+JOURNAL = "open.items"
+_LENGTH = struct.Struct("<I")
 
 
 class StateDirInUse(RuntimeError):
@@ -91,6 +105,8 @@ class Outbox:
         acked_path = self.dir / "acked.json"
         self.last_acked = json.loads(acked_path.read_text())["seq"] if acked_path.exists() else 0
         self._next_seq = max([self.last_acked, *self._pending]) + 1
+        self._journal_path = self.dir / JOURNAL
+        self._journal = None  # opened by the first stage()
 
     @property
     def full(self) -> bool:
@@ -113,6 +129,7 @@ class Outbox:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            self._clear_journal()  # its items are in this batch now
             self._pending[seq] = batch
             self.nbytes += batch.ByteSize()
             self._cond.notify_all()
@@ -146,3 +163,89 @@ class Outbox:
     def wait_empty(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: not self._pending, timeout=timeout)
+
+    # ------------------------------------------------------------------ journal of the open batch
+
+    def stage(self, item: pb.Item) -> None:
+        """Append one item of the batch being filled to the journal (it survives the process; see the
+        module docstring). The next :meth:`put` holds the staged items and empties the journal."""
+        data = item.SerializeToString()
+        with self._cond:
+            if self._journal is None:
+                self._journal = open(self._journal_path, "ab")  # noqa: SIM115 - kept open across steps
+            self._journal.write(_LENGTH.pack(len(data)) + data)
+            self._journal.flush()
+
+    def _clear_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self._journal_path.unlink(missing_ok=True)
+
+    def recover_journal(self, actor_id: str) -> int:
+        """Turn the journal a killed actor left into a batch of `actor_id` (sent like any other); returns
+        how many items it held. Call once at start, before anything is staged."""
+        items = read_journal(self._journal_path)
+        if items:
+            self.put(pb.TransitionBatch(actor_id=actor_id, items=items))
+        else:
+            self._clear_journal()
+        return len(items)
+
+
+def read_journal(path: Path) -> list[pb.Item]:
+    """The complete items of a journal; a record cut short by the kill (the last one) is left out."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    items, at = [], 0
+    while at + _LENGTH.size <= len(data):
+        (n,) = _LENGTH.unpack_from(data, at)
+        if at + _LENGTH.size + n > len(data):
+            break
+        item = pb.Item()
+        try:
+            item.ParseFromString(data[at + _LENGTH.size:at + _LENGTH.size + n])
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError; a torn record ends the journal
+            break
+        items.append(item)
+        at += _LENGTH.size + n
+    if at < len(data):
+        log.warning("%s: %d bytes at the end are an incomplete record (cut by the kill) and are dropped",
+                    path, len(data) - at)
+    return items
+
+
+class OutboxWriter:
+    """Writes to the outbox on its own thread: the outbox fsyncs every batch, and a slow disk must never
+    delay a tick. One thread keeps the order of staged items and batches; :meth:`drain` waits until all
+    are written."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self._queue: queue.Queue[pb.Item | pb.TransitionBatch] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
+        self._thread.start()
+
+    def stage(self, item: pb.Item) -> None:
+        self._queue.put(item)
+
+    def put(self, batch: pb.TransitionBatch) -> None:
+        self._queue.put(batch)
+
+    def drain(self) -> None:
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            entry = self._queue.get()
+            try:
+                if isinstance(entry, pb.Item):
+                    self.outbox.stage(entry)
+                else:
+                    self.outbox.put(entry)
+            except Exception:  # noqa: BLE001 - a write error must be loud, and must not kill the writer
+                log.exception("could not write to the outbox (%s)", type(entry).__name__)
+            finally:
+                self._queue.task_done()

@@ -25,6 +25,7 @@ import pytest
 from conftest import free_port, hilrl_status, wait_until
 from tcp_proxy import TcpProxy
 
+from hilrl.actor.outbox import JOURNAL, read_journal
 from hilrl.buffers.assembler import Step
 from hilrl.buffers.recording import read_steps
 from hilrl.buffers.spec import Spec
@@ -178,9 +179,9 @@ def test_actor_sigkilled_mid_episode_restarts_on_its_state_dir(spawn, tmp_path: 
     """What an actor SIGKILL costs, precisely:
 
     * every batch in its outbox (on disk) at the kill is resent by the restarted actor and stored once;
-    * the steps of the current episode not yet put into a batch (fewer than ``--batch-steps``) die
-      with the process: they were never sent;
-    * the killed episode stays in the store as the prefix that was sent; its last step never gets a
+    * the steps of the current episode not yet put into a batch (fewer than ``--batch-steps``) are in
+      the outbox's journal; the restarted actor turns them into a batch and they are stored once too;
+    * the killed episode stays in the store as the prefix that was executed; its last step never gets a
       next observation, so the learner's assembler drops that one step from the replay buffers (and
       logs it) when the restarted actor's first episode (a new episode index) arrives.
     """
@@ -215,7 +216,9 @@ def test_actor_sigkilled_mid_episode_restarts_on_its_state_dir(spawn, tmp_path: 
         if batch.seq > stored_seq:  # not yet stored (a batch stored but not yet acknowledged is skipped)
             pending += [s for s in codec.decode_items(batch, spec) if isinstance(s, Step)]
     assert pending, "the outbox held nothing unacknowledged at the kill; the test proves nothing"
-    durable += pending
+    journal = [s for s in codec.decode_items(pb.TransitionBatch(items=read_journal(
+        tmp_path / "outbox-at-kill" / JOURNAL)), spec) if isinstance(s, Step)]
+    durable += pending + journal
     last = durable[-1]
     orphan = not (last.terminated or last.truncated)
 
@@ -231,6 +234,8 @@ def test_actor_sigkilled_mid_episode_restarts_on_its_state_dir(spawn, tmp_path: 
 
     assert "unacknowledged batches from an earlier run; they will be resent" in second.stderr
     assert "resending" in second.stderr
+    if journal:  # the kill usually falls inside a batch (--batch-steps 4): its steps came back from the journal
+        assert f"outbox: {len(journal)} steps of a batch the earlier run never closed" in second.stderr
     after = recorded(tmp_path / "after.zarr")
     assert min(s.episode for s in after) > last.episode  # the restart never reuses an episode index
     stored = stored_by_actor(out)["arm"]
@@ -242,6 +247,7 @@ def test_actor_sigkilled_mid_episode_restarts_on_its_state_dir(spawn, tmp_path: 
     assert status["actors"][0]["transitions_received"] == len(stored) - int(orphan)
     dropped = f"episode {last.episode} step {last.step} never got its next observation; dropped"
     assert (dropped in learner.stderr) == orphan, learner.stderr[-2000:]
-    print(f"actor SIGKILL with {len(pending)} steps unacknowledged in its outbox: all resent and stored once; "
+    print(f"actor SIGKILL with {len(pending)} steps unacknowledged in its outbox and {len(journal)} in its journal: "
+          "all resent and stored once; "
           f"killed episode {last.episode} kept as steps 0..{last.step}, "
           f"{'its last step dropped from the buffers' if orphan else 'it had ended'}")

@@ -94,3 +94,33 @@ def test_corrupted_or_malformed_weights_are_rejected_and_the_old_policy_kept(tmp
     version, _ = link.take_policy()
     assert version == 4
     link.channel.close()
+
+
+def step_item(i: int) -> pb.Item:
+    return pb.Item(discard=pb.DiscardEpisode(episode=i))  # any item: the journal stores them opaquely
+
+
+def test_steps_of_an_unclosed_batch_survive_a_kill_through_the_journal(tmp_path: Path) -> None:
+    box = Outbox(tmp_path)
+    box.put(batch())
+    for i in range(3):
+        box.stage(step_item(10 + i))
+    with open(tmp_path / "open.items", "ab") as f:  # the kill tore the record being written
+        f.write(b"\x40\x00\x00\x00partial")
+    reopened = Outbox(tmp_path)  # no close(): as after SIGKILL
+    assert reopened.recover_journal("arm") == 3
+    pending = reopened.pending_after(0, timeout=0)
+    assert [b.seq for b in pending] == [1, 2]  # the recovered steps follow the batches written before
+    assert pending[1].actor_id == "arm" and [it.discard.episode for it in pending[1].items] == [10, 11, 12]
+    assert not (tmp_path / "open.items").exists()
+    assert Outbox(tmp_path).recover_journal("arm") == 0  # recovered once, never twice
+
+
+def test_a_written_batch_empties_the_journal(tmp_path: Path) -> None:
+    box = Outbox(tmp_path)
+    items = [step_item(i) for i in range(4)]
+    for it in items:
+        box.stage(it)
+    box.put(pb.TransitionBatch(actor_id="a", items=items))
+    box.stage(step_item(99))  # the next batch's first step
+    assert Outbox(tmp_path).recover_journal("a") == 1
