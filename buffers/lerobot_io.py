@@ -1,4 +1,5 @@
-"""LeRobotDataset import and export (local directories only; the Hugging Face hub is never reached).
+"""LeRobotDataset import (local directories only; the Hugging Face hub is never reached); export is in
+:mod:`hilrl.buffers.lerobot_export`.
 
 Import: any LeRobotDataset root (``meta/info.json``) becomes hilrl steps through a `LeRobotMapping`
 (dataset feature -> our feature). Images (``dtype`` image or video) become uint8 HWC arrays, state
@@ -18,18 +19,17 @@ ends truncated, its final observation being the observation the other side's ste
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from hilrl.buffers.assembler import Discard, Step
+from hilrl.buffers.assembler import Step
 from hilrl.buffers.joint_to_ee import (
     EE_HIGH,
     EE_LOW,
@@ -337,129 +337,3 @@ def _end(step: Step, final_obs: dict[str, np.ndarray], item_done: tuple[bool, bo
     step.truncated = not step.terminated
     step.final_obs = final_obs
     return step
-
-
-# ---------------------------------------------------------------------------------------------- export
-
-
-def episodes_from_items(items: Iterable[tuple[str, Step | Discard]], side: Side = "all",
-                        discarded: set[tuple[str, int]] | None = None) -> Iterator[list[Step]]:
-    """Closed runs of steps (each step's successor is the next one, the last carries final_obs).
-
-    `items` is a (source, step) stream in arrival order (sources may interleave). Discarded
-    episodes are left out; a run without an end (the actor restarted, or the episode is still going)
-    loses its last step, whose observation becomes the final observation of the one before, exactly
-    as the learner's assembler does. `side` keeps only human (is_intervention) or policy runs.
-    """
-    discarded = set(discarded or ())
-    open_runs: dict[str, list[Step]] = {}
-
-    def close(run: list[Step]) -> Iterator[list[Step]]:
-        last = run[-1]
-        if last.final_obs is None or not (last.terminated or last.truncated):
-            if len(run) < 2:
-                return
-            run = run[:-1]
-            run[-1] = _copy(run[-1], final_obs=last.obs, truncated=True)
-        yield from _split(run, side)
-
-    for source, item in items:
-        if isinstance(item, Discard):
-            discarded.add((source, item.episode))
-            continue
-        run = open_runs.get(source)
-        if run and (run[-1].episode != item.episode or item.step != run[-1].step + 1):
-            del open_runs[source]
-            if (source, run[-1].episode) not in discarded:
-                yield from close(run)
-        open_runs.setdefault(source, []).append(item)
-        if item.terminated or item.truncated:
-            finished = open_runs.pop(source)
-            if (source, item.episode) not in discarded:
-                yield from close(finished)
-    for source, run in open_runs.items():
-        if run and (source, run[-1].episode) not in discarded:
-            yield from close(run)
-
-
-def _copy(step: Step, **changes: object) -> Step:
-    values = {**step.__dict__, **changes}
-    return Step(**values)
-
-
-def _split(run: list[Step], side: Side) -> Iterator[list[Step]]:
-    if side == "all":
-        yield run
-        return
-    want = side == "human"
-    start = 0
-    for i in range(1, len(run) + 1):
-        if i == len(run) or run[i].is_intervention != run[start].is_intervention:
-            if run[start].is_intervention == want:
-                part = run[start:i]
-                if i < len(run):  # the other side took over: its first observation ends this run
-                    part[-1] = _copy(part[-1], final_obs=run[i].obs, terminated=False, truncated=True)
-                yield part
-            start = i
-
-
-def lerobot_features(spec: Spec) -> dict[str, dict]:
-    """LeRobotDataset features for our spec (images as PNG ``image`` features; no video codec needed)."""
-    feats: dict[str, dict] = {}
-    for f in spec.state_features:
-        feats[f"observation.{f.name}"] = {"dtype": f.dtype, "shape": f.shape or (1,), "names": None}
-    for f in spec.image_features:
-        feats[f"{IMAGES}{f.name}"] = {"dtype": "image", "shape": f.shape, "names": ["height", "width", "channels"]}
-    feats["action"] = {"dtype": "float32", "shape": (spec.action_dim,), "names": None}
-    for key, dtype in (("next.reward", "float32"), ("next.done", "bool"), ("next.truncated", "bool"),
-                       ("complementary_info.is_intervention", "bool"), (FINAL, "bool")):
-        feats[key] = {"dtype": dtype, "shape": (1,), "names": None}
-    return feats
-
-
-def export_lerobot(episodes: Iterable[list[Step]], spec: Spec, output: str | Path, fps: int = 10,
-                   task: str = "", repo_id: str | None = None) -> dict:
-    """Write closed step runs (see `episodes_from_items`) as a LeRobotDataset at `output` (must not exist)."""
-    output = Path(output)
-    if output.exists():
-        raise FileExistsError(f"{output} already exists; choose a new --output directory")
-    runs = iter(episodes)
-    first = next(runs, None)
-    if first is None:
-        raise ValueError("nothing to export: no complete run of steps of the chosen --source")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    ds = LeRobotDataset.create(repo_id or f"local/{output.name}", fps=fps, features=lerobot_features(spec),
-                               root=output, use_videos=False)
-    n_episodes = n_steps = 0
-
-    def frame(obs: dict[str, np.ndarray], action: np.ndarray, reward: float, done: bool, truncated: bool,
-              human: bool, final: bool) -> dict:
-        out: dict = {f"observation.{f.name}": np.asarray(obs[f.name], dtype=f.dtype).reshape(f.shape or (1,))
-                     for f in spec.state_features}
-        out.update({f"{IMAGES}{f.name}": np.asarray(obs[f.name], dtype=np.uint8) for f in spec.image_features})
-        out.update({"action": np.asarray(action, dtype=np.float32), "next.reward": np.array([reward], np.float32),
-                    "next.done": np.array([done]), "next.truncated": np.array([truncated]),
-                    "complementary_info.is_intervention": np.array([human]), FINAL: np.array([final]),
-                    "task": task})
-        return out
-
-    try:
-        for run in itertools.chain([first], runs):
-            for s in run:
-                ds.add_frame(frame(s.obs, s.action, s.reward, s.terminated or s.truncated, s.truncated,
-                                   s.is_intervention, False))
-            last = run[-1]
-            assert last.final_obs is not None
-            ds.add_frame(frame(last.final_obs, np.zeros(spec.action_dim, np.float32), 0.0,
-                               last.terminated or last.truncated, last.truncated, last.is_intervention, True))
-            ds.save_episode()
-            n_episodes += 1
-            n_steps += len(run)
-    finally:
-        ds.finalize()
-    (output / META).write_text(json.dumps({"format": "hilrl-lerobot-export", "version": 1,
-                                           "spec": spec.to_dict()}, indent=2))
-    return {"output": str(output), "episodes": n_episodes, "steps": n_steps, "frames": n_steps + n_episodes,
-            "fps": fps}

@@ -46,7 +46,8 @@ def _items_of(cfg: DatasetConfig):
 
 
 def run_dataset(cfg: DatasetConfig) -> int:
-    from hilrl.buffers.lerobot_io import episodes_from_items, export_lerobot, import_lerobot
+    from hilrl.buffers.lerobot_export import episodes_from_items, export_lerobot
+    from hilrl.buffers.lerobot_io import import_lerobot
     from hilrl.buffers.recording import RecordingError, StepRecorder
     from hilrl.buffers.store import StoreError
 
