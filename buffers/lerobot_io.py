@@ -80,8 +80,8 @@ class LeRobotMapping:
                                "by forward kinematics of the URDF (needs urdf and placo; see docs/datasets.md)")
     urdf: str | None = _help(None, "to_ee: the arm's URDF (SO-101: so101_new_calib.urdf from TheRobotStudio's "
                                    "SO-ARM100 repository)")
-    ee_step_m: float = _help(0.01, "to_ee: metres per action unit; must equal the ee-mode actor's step "
-                                    "(the SO arm's ee_step_m, 0.01 m)")
+    ee_step_m: float = _help(0.01, "to_ee: metres per action unit; must equal the ee-mode actor's "
+                                    "--ee-step-m (default 0.01 m on both)")
     target_frame: str = _help("gripper_frame_link", "to_ee: the URDF frame whose position the action moves")
     gripper_dead_band: float = _help(2.0, "to_ee: gripper target changes (0..100 units) within this band hold "
                                           "the gripper (g=1); beyond it g=2 closes, g=0 opens")
