@@ -3,7 +3,8 @@
     python benchmarks/chunking_efficiency.py --chunks 1 5 --seeds 0 1 2 --out chunking.json
     python benchmarks/chunking_efficiency.py --report chunking.json
 
-The regime of `benchmarks/sample_efficiency.py` (docs/sample-efficiency.md), recipe (a): 20 scripted
+The arm-offset regime of `benchmarks/sample_efficiency.py` (docs/sample-efficiency.md, "Earlier regime"),
+recipe (a): 20 scripted
 demos recorded on the plain arm, TD3+BC offline on them (alpha 0.5), then online TD3 with a BC weight
 of 1.0 on the human rows, on an arm whose executed ``dx, dy`` are shifted by 0.3 action units
 (`hardware.perturb.OffsetArm`) — the demos never saw the offset, so the online stage has work to do.
