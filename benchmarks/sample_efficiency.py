@@ -275,7 +275,9 @@ def _plot(data: dict, path: Path) -> None:
     ax.axhline(100 * s["target"], color="grey", ls="--", lw=1)
     ax.set_xlabel("online environment steps")
     ax.set_ylabel(f"eval success, % ({s['eval_episodes']} episodes)")
-    ax.set_title(f"pick-cube, arm offset {tuple(s['action_offset'])}, {s['demos']} demos; one line per seed")
+    arm = f"arm offset {tuple(s['action_offset'])}" if any(s["action_offset"]) else "plain arm"
+    ax.set_title(f"pick-cube, {arm}, {s['demos']} demos, (a) {s['offline_steps']} offline updates; one line per seed",
+                 fontsize=9)
     ax.set_ylim(-3, 103)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
