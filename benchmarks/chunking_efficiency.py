@@ -33,15 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from sample_efficiency import Settings as SampleEfficiencySettings
-from sample_efficiency import _eval, record_demos, td3_batch
+from sample_efficiency import _eval, online_loop_parts, record_demos, td3_batch
 
-from hilrl.actor.human import ScriptedTeleop
-from hilrl.actor.loop import PolicyRunner
 from hilrl.buffers.replay import DualBuffer, Transition
 from hilrl.buffers.sequences import sample_buffer_sequences, sample_sequences
 from hilrl.buffers.spec import state_vector
-from hilrl.hardware.expert import ScriptedExpert
-from hilrl.hardware.perturb import make_sim
 from hilrl.learner.chunked import ChunkedTD3
 from hilrl.learner.networks import PolicyConfig, compute_state_stats
 from hilrl.learner.td3 import TD3, TD3Config
@@ -84,10 +80,7 @@ def run(chunk: int, seed: int, settings: Settings, result: dict, save=lambda: No
     started = time.monotonic()
     for _ in range(settings.offline_steps):
         td3.update(td3_batch(sample(offline=True), spec), bc_weight=1.0)
-    env = make_sim(seed=seed, action_offset=settings.action_offset)
-    human = ScriptedTeleop(ScriptedExpert(noise=settings.demo_noise, seed=seed + 1), settings.takeover_after)
-    runner = PolicyRunner(spec, settings.exploration_noise, np.random.default_rng(seed + 2))
-    runner.policy = td3.policy
+    env, human, runner = online_loop_parts(td3, spec, settings, seed)
     curve = [(0, _eval(td3, settings, seed))]
     result.update(chunk=chunk, seed=seed, steps_to_target=None, curve=curve, finished=False)
     save()

@@ -106,6 +106,16 @@ def _eval(td3: TD3, settings: Settings, seed: int) -> float:
         env.close()
 
 
+def online_loop_parts(td3: TD3, spec: Spec, settings: Settings, seed: int) -> tuple:
+    """The online arm (offset applied), the scripted human and the policy runner of one run, seeded the same
+    in every benchmark that uses them (also benchmarks/chunking_efficiency.py)."""
+    env = make_sim(seed=seed, action_offset=settings.action_offset)
+    human = ScriptedTeleop(ScriptedExpert(noise=settings.demo_noise, seed=seed + 1), settings.takeover_after)
+    runner = PolicyRunner(spec, settings.exploration_noise, np.random.default_rng(seed + 2))
+    runner.policy = td3.policy
+    return env, human, runner
+
+
 def run(condition: str, seed: int, settings: Settings, log=print, result: dict | None = None,
         save=lambda: None) -> dict:
     """One run of one condition; returns its learning curve and the env steps to reach the target.
@@ -132,10 +142,7 @@ def run(condition: str, seed: int, settings: Settings, log=print, result: dict |
             part = buffers.human.gather(idx)
             part["human"] = np.ones(settings.batch_size, np.float32)
             td3.update(td3_batch(part, spec), bc_weight=1.0)
-    env = make_sim(seed=seed, action_offset=settings.action_offset)
-    human = ScriptedTeleop(ScriptedExpert(noise=settings.demo_noise, seed=seed + 1), settings.takeover_after)
-    runner = PolicyRunner(spec, settings.exploration_noise, np.random.default_rng(seed + 2))
-    runner.policy = td3.policy
+    env, human, runner = online_loop_parts(td3, spec, settings, seed)
     curve = [(0, _eval(td3, settings, seed))]
     result.update(condition=condition, seed=seed, steps_to_target=None, curve=curve, finished=False)
     save()
