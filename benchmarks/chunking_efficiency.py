@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from sample_efficiency import Curve, online_loop_parts, record_demos, td3_batch
 from sample_efficiency import Settings as SampleEfficiencySettings
-from sample_efficiency import _eval, online_loop_parts, record_demos, td3_batch
 
 from hilrl.buffers.replay import DualBuffer, Transition
 from hilrl.buffers.sequences import sample_buffer_sequences, sample_sequences
@@ -77,17 +76,14 @@ def run(chunk: int, seed: int, settings: Settings, result: dict, save=lambda: No
             return part
         return buffers.sample(settings.batch_size, settings.human_ratio, rng)
 
-    started = time.monotonic()
+    curve = Curve(td3, settings, seed, result, save, lambda line: print(line, flush=True), f"h={chunk} seed {seed}")
+    result.update(chunk=chunk, seed=seed, steps_to_target=None, curve=curve.points, finished=False)
     for _ in range(settings.offline_steps):
         td3.update(td3_batch(sample(offline=True), spec), bc_weight=1.0)
     env, human, runner = online_loop_parts(td3, spec, settings, seed)
-    curve = [(0, _eval(td3, settings, seed))]
-    result.update(chunk=chunk, seed=seed, steps_to_target=None, curve=curve, finished=False)
-    save()
-    print(f"  h={chunk} seed {seed}: env steps 0 success {curve[-1][1]:.2f} ({time.monotonic() - started:.0f}s)",
-          flush=True)
     steps = episodes = interventions = 0
-    while curve[-1][1] < settings.target and steps < settings.max_env_steps:
+    curve.evaluate(0, episodes, interventions)
+    while not curve.reached and steps < settings.max_env_steps:
         obs, done = env.reset(), False
         human.reset()
         runner.drop_plan()
@@ -103,19 +99,10 @@ def run(chunk: int, seed: int, settings: Settings, result: dict, save=lambda: No
             obs, steps = next_obs, steps + 1
             interventions += int(takeover)
             td3.update(td3_batch(sample(offline=False), spec), bc_weight=settings.online_bc_weight)
-            if steps % settings.eval_every == 0:
-                curve.append((steps, _eval(td3, settings, seed)))
-                result.update(episodes=episodes, human_steps=interventions)
-                save()
-                print(f"  h={chunk} seed {seed}: env steps {steps} success {curve[-1][1]:.2f} (episodes {episodes}, "
-                      f"human steps {interventions}, {time.monotonic() - started:.0f}s)", flush=True)
-                if curve[-1][1] >= settings.target or steps >= settings.max_env_steps:
-                    break
+            if steps % settings.eval_every == 0 and curve.evaluate(steps, episodes, interventions):
+                break
     env.close()
-    reached = next((s for s, r in curve if r >= settings.target), None)
-    result.update(steps_to_target=reached, episodes=episodes, human_steps=interventions, finished=True,
-                  wall_s=round(time.monotonic() - started, 1))
-    return result
+    return curve.finish(episodes, interventions)
 
 
 def report(data: dict) -> str:

@@ -116,6 +116,36 @@ def online_loop_parts(td3: TD3, spec: Spec, settings: Settings, seed: int) -> tu
     return env, human, runner
 
 
+class Curve:
+    """The evaluation curve of one run, kept in `result` (saved after every evaluation, so a run stopped
+    early keeps its partial curve); also used by benchmarks/chunking_efficiency.py."""
+
+    def __init__(self, td3: TD3, settings: Settings, seed: int, result: dict, save, log, label: str) -> None:
+        self.td3, self.settings, self.seed = td3, settings, seed
+        self.result, self.save, self.log, self.label = result, save, log, label
+        self.started = time.monotonic()
+        self.points: list[tuple[int, float]] = []
+
+    @property
+    def reached(self) -> bool:
+        return self.points[-1][1] >= self.settings.target
+
+    def evaluate(self, steps: int, episodes: int, interventions: int) -> bool:
+        """Evaluate at `steps` online env steps; True when the run ends here (target reached or cap)."""
+        self.points.append((steps, _eval(self.td3, self.settings, self.seed)))
+        self.result.update(episodes=episodes, human_steps=interventions)
+        self.save()
+        self.log(f"  {self.label}: env steps {steps} success {self.points[-1][1]:.2f} "
+                 f"(episodes {episodes}, human steps {interventions}, {time.monotonic() - self.started:.0f}s)")
+        return self.reached or steps >= self.settings.max_env_steps
+
+    def finish(self, episodes: int, interventions: int) -> dict:
+        reached = next((s for s, r in self.points if r >= self.settings.target), None)
+        self.result.update(steps_to_target=reached, episodes=episodes, human_steps=interventions, finished=True,
+                           wall_s=round(time.monotonic() - self.started, 1))
+        return self.result
+
+
 def run(condition: str, seed: int, settings: Settings, log=print, result: dict | None = None,
         save=lambda: None) -> dict:
     """One run of one condition; returns its learning curve and the env steps to reach the target.
@@ -135,7 +165,8 @@ def run(condition: str, seed: int, settings: Settings, log=print, result: dict |
         for t in demos:
             buffers.add(t)
         td3.set_normalization(*compute_state_stats(np.stack([state_vector(t.obs, spec) for t in demos])), low, high)
-    started = time.monotonic()
+    curve = Curve(td3, settings, seed, result, save, log, f"{condition} seed {seed}")
+    result.update(condition=condition, seed=seed, steps_to_target=None, curve=curve.points, finished=False)
     if condition == "a":
         for _ in range(settings.offline_steps):
             idx = buffers.human.sample_indices(settings.batch_size, rng)
@@ -143,13 +174,10 @@ def run(condition: str, seed: int, settings: Settings, log=print, result: dict |
             part["human"] = np.ones(settings.batch_size, np.float32)
             td3.update(td3_batch(part, spec), bc_weight=1.0)
     env, human, runner = online_loop_parts(td3, spec, settings, seed)
-    curve = [(0, _eval(td3, settings, seed))]
-    result.update(condition=condition, seed=seed, steps_to_target=None, curve=curve, finished=False)
-    save()
-    log(f"  {condition} seed {seed}: env steps 0 success {curve[-1][1]:.2f}")
     steps = episodes = interventions = 0
+    curve.evaluate(0, episodes, interventions)
     normalized = condition != "c"
-    while curve[-1][1] < settings.target and steps < settings.max_env_steps:
+    while not curve.reached and steps < settings.max_env_steps:
         obs, done, t = env.reset(), False, 0
         human.reset()
         episodes += 1
@@ -170,19 +198,10 @@ def run(condition: str, seed: int, settings: Settings, log=print, result: dict |
                 for _ in range(settings.utd):
                     sampled = buffers.sample(settings.batch_size, settings.human_ratio, rng)
                     td3.update(td3_batch(sampled, spec), bc_weight=settings.online_bc_weight)
-            if steps % settings.eval_every == 0:
-                curve.append((steps, _eval(td3, settings, seed)))
-                result.update(episodes=episodes, human_steps=interventions)
-                save()
-                log(f"  {condition} seed {seed}: env steps {steps} success {curve[-1][1]:.2f} "
-                    f"(episodes {episodes}, human steps {interventions}, {time.monotonic() - started:.0f}s)")
-                if curve[-1][1] >= settings.target or steps >= settings.max_env_steps:
-                    break
+            if steps % settings.eval_every == 0 and curve.evaluate(steps, episodes, interventions):
+                break
     env.close()
-    reached = next((s for s, r in curve if r >= settings.target), None)
-    result.update(steps_to_target=reached, episodes=episodes, human_steps=interventions, finished=True,
-                  wall_s=round(time.monotonic() - started, 1))
-    return result
+    return curve.finish(episodes, interventions)
 
 
 # ---------------------------------------------------------------------------------------------- report
