@@ -1,4 +1,4 @@
-"""Shared helpers: real hilrl processes on free loopback ports."""
+"""Shared helpers: real hilrl processes on free loopback ports, and a stand-in learner link for loop tests."""
 
 from __future__ import annotations
 
@@ -97,3 +97,34 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
         time.sleep(interval)
     extra = f"\n{diagnose()}" if diagnose else ""
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
+
+
+def train_online(learner: Proc, actor: Proc, address: str, what: str, timeout: float = 150) -> dict:
+    """Wait until the learner is online with more than 20 policy steps and the actor has applied weights v>=2,
+    stop both (each must exit 0) and return the actor's one-line JSON summary."""
+
+    def trained() -> dict | None:
+        s = hilrl_status(address)
+        ok = (s and s["actors"] and s["stage"] == "online" and s["buffers"]["policy"]["size"] > 20
+              and s["actors"][0]["weight_version_applied"] >= 2)
+        return s if ok else None
+
+    wait_until(trained, timeout, what, diagnose=lambda: f"learner:\n{learner.stderr[-2000:]}\nactor:\n"
+                                                         f"{actor.stderr[-2000:]}")
+    assert actor.stop() == 0
+    summary = json.loads(actor.stdout.strip().splitlines()[-1])
+    assert summary["weight_version"] >= 2 and summary["steps"] > summary["interventions"]
+    assert learner.stop() == 0
+    return summary
+
+
+class Link:
+    """Just what the actor loop reads from a learner link: an online learner that already sent weights."""
+
+    def __init__(self, policy) -> None:
+        self.stage, self.fatal, self.actor_id, self.weight_version_applied = "online", None, "t", 0
+        self._policy = (1, policy)
+
+    def take_policy(self):
+        new, self._policy = self._policy, None
+        return new

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, run_hilrl, wait_until
+from conftest import Link, free_port, run_hilrl, wait_until
 
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.human import HumanEvents, ScriptedTeleop
@@ -31,18 +31,6 @@ from hilrl.hardware.sim import SimPickCube
 from hilrl.hardware.so_arm import ArmConfig, SOArm
 from hilrl.learner.networks import Policy, PolicyConfig, policy_to_safetensors_bytes
 from hilrl.protos import codec
-
-
-class Link:
-    """Just what the loop reads from a learner link: an online learner that already sent weights."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.stage, self.fatal, self.actor_id, self.weight_version_applied = "online", None, "t", 0
-        self._policy: tuple[int, Policy] | None = (1, policy)
-
-    def take_policy(self):
-        new, self._policy = self._policy, None
-        return new
 
 
 class ScriptedHuman:

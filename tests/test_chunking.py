@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, hilrl_status, wait_until
+from conftest import Link, free_port, train_online
 
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.human import HumanEvents
@@ -200,16 +200,6 @@ def chunk_policy(spec, h: int) -> Policy:
     return policy
 
 
-class Link:
-    def __init__(self, policy: Policy) -> None:
-        self.stage, self.fatal, self.actor_id, self.weight_version_applied = "online", None, "t", 0
-        self._policy: tuple[int, Policy] | None = (1, policy)
-
-    def take_policy(self):
-        new, self._policy = self._policy, None
-        return new
-
-
 class Human:
     """Takes over on ticks 4 and 5, presses "failure" on tick 10; drives like the hold action."""
 
@@ -268,20 +258,7 @@ def test_learner_and_actor_train_and_run_a_chunked_policy_over_grpc(spawn, tmp_p
                     "--hidden", "32,32", name="learner")
     actor = spawn("actor", "--learner", f"127.0.0.1:{port}", "--env", "sim", "--fps", "0", "--state-dir",
                   str(tmp_path / "actor"), "--seed", "0", name="actor")
-    address = f"127.0.0.1:{port}"
-
-    def trained() -> dict | None:
-        s = hilrl_status(address)
-        ok = (s and s["actors"] and s["stage"] == "online" and s["buffers"]["policy"]["size"] > 20
-              and s["actors"][0]["weight_version_applied"] >= 2)
-        return s if ok else None
-
-    wait_until(trained, 150, "online with a chunked policy applied by the actor (v>=2)",
-               diagnose=lambda: f"learner:\n{learner.stderr[-2000:]}\nactor:\n{actor.stderr[-2000:]}")
-    assert actor.stop() == 0
-    summary = json.loads(actor.stdout.strip().splitlines()[-1])
-    assert summary["weight_version"] >= 2 and summary["steps"] > summary["interventions"]
-    assert learner.stop() == 0
+    train_online(learner, actor, f"127.0.0.1:{port}", "online with a chunked policy applied by the actor (v>=2)")
     ckpt = sorted((out / "checkpoints").glob("step-*/td3.json"))[-1]
     assert json.loads(ckpt.read_text())["policy_config"]["chunk"] == 5
     from hilrl.actor.evaluate import load_policy_file

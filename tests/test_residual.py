@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, hilrl_status, run_hilrl, wait_until
+from conftest import free_port, run_hilrl, train_online
 from safetensors.torch import load as st_load
 
 from hilrl.actor.residual_base import ResidualBaseEnv
@@ -178,20 +178,7 @@ def test_learner_and_actor_train_a_residual_over_grpc(spawn, tmp_path: Path) -> 
     actor = spawn("actor", "--learner", f"127.0.0.1:{port}", "--env", "sim", "--fps", "0", "--state-dir",
                   str(tmp_path / "actor"), "--seed", "0", "--residual-base", "expert", "--residual-bias", "0.3,0.3,0",
                   name="actor")
-    address = f"127.0.0.1:{port}"
-
-    def trained() -> dict | None:
-        s = hilrl_status(address)
-        ok = (s and s["actors"] and s["stage"] == "online" and s["buffers"]["policy"]["size"] > 20
-              and s["actors"][0]["weight_version_applied"] >= 2)
-        return s if ok else None
-
-    wait_until(trained, 150, "online in residual mode with weights v>=2 applied by the actor",
-               diagnose=lambda: f"learner:\n{learner.stderr[-2000:]}\nactor:\n{actor.stderr[-2000:]}")
-    assert actor.stop() == 0
-    summary = json.loads(actor.stdout.strip().splitlines()[-1])
-    assert summary["weight_version"] >= 2 and summary["steps"] > summary["interventions"]
-    assert learner.stop() == 0
+    train_online(learner, actor, f"127.0.0.1:{port}", "online in residual mode with weights v>=2 applied by the actor")
     spec = Spec.from_dict(json.loads((out / "spec.json").read_text()))
     assert spec.feature(BASE_ACTION).shape == (4,)
     from hilrl.actor.evaluate import load_policy_file
