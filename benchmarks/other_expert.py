@@ -12,8 +12,9 @@
    ``hilrl status`` reports the online stage (the offline stage is over and its policy published), is stopped,
    and ``hilrl eval --episodes 50`` scores the published policy (block positions from eval's default seed).
 
-Results go under ``--label`` into the ``--out`` JSON (other labels already there are kept), with the commit,
-the learner's defaults as the run saw them, timings and every number.
+``--learner-args`` adds flags for a labelled non-default comparison. Results go under ``--label`` into the
+``--out`` JSON (other labels already there are kept), with the commit, the learner's defaults as the run saw
+them, the extra flags, timings and every number.
 """
 
 from __future__ import annotations
@@ -126,10 +127,13 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--expert-episodes", type=int, default=50, help="0 skips the expert's own measurement")
     p.add_argument("--eval-episodes", type=int, default=50)
+    p.add_argument("--learner-args", nargs=argparse.REMAINDER, default=[],
+                   help="extra learner flags for a labelled non-default comparison (last on the line)")
     args = p.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     data = json.loads(args.out.read_text()) if args.out.exists() else {}
-    entry: dict = {"commit": commit(), "learner_defaults": learner_defaults(), "datasets": {}}
+    entry: dict = {"commit": commit(), "learner_defaults": learner_defaults(), "learner_args": args.learner_args,
+                   "datasets": {}}
     if args.expert_episodes:
         data["expert"] = [expert_success(d["noise"], args.expert_episodes) for d in DATASETS.values()]
         print("expert on its own:", data["expert"], flush=True)
@@ -141,7 +145,8 @@ def main() -> None:
         out = args.work / f"learner-{args.label}-{name}"
         if out.exists():
             raise SystemExit(f"{out} exists; remove it or choose another --label")
-        entry["datasets"][name] = {**DATASETS[name], **offline_success(ds, out, args.eval_episodes)}
+        entry["datasets"][name] = {**DATASETS[name], **offline_success(ds, out, args.eval_episodes,
+                                                                      tuple(args.learner_args))}
         print(name, entry["datasets"][name], flush=True)
         data[args.label] = entry
         tmp = args.out.with_suffix(".tmp")
