@@ -341,7 +341,8 @@ def main() -> None:
     torch.set_num_threads(1)
     regime = Regime()
     if args.demos is not None or args.budget is not None:
-        regime = replace(regime, demos=args.demos or regime.demos, budget=args.budget or regime.budget)
+        regime = replace(regime, demos=regime.demos if args.demos is None else args.demos,
+                         budget=regime.budget if args.budget is None else args.budget)
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for c in args.conditions:
