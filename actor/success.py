@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from hilrl.deploy.configtools import opt
+from hilrl.buffers.options import opt
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from hilrl.deploy.configtools import opt as option
+from hilrl.buffers.options import opt as option
 from hilrl.learner.encoders import load_trunk_weights, random_shift
 from hilrl.learner.networks import Policy, PolicyConfig, make_critic
 
