@@ -301,7 +301,7 @@ class Trainer:
         pcfg = self.td3.policy.cfg if self.td3 is not None else None
         if self.writer is None or pcfg is None or pcfg.cameras or pcfg.chunk > 1 or self.core.store is None:
             return
-        from hilrl.deploy.plot_q import log_q_figure
+        from hilrl.learner.q_figure import log_q_figure
 
         # the ingest lock keeps a compaction from deleting rows while they are read
         log_q_figure(self.writer, self.td3.policy, self.td3.critic, self.core.store.path, step,
