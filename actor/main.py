@@ -71,7 +71,7 @@ def run_checkpoint(cfg: ActorConfig) -> int:
     from dataclasses import replace
 
     from hilrl.actor.evaluate import load_policy_file
-    from hilrl.deploy.eval import resolve_policy_file
+    from hilrl.learner.rundir import resolve_policy_file
 
     if cfg.env.startswith("replay:"):
         print("hilrl actor: --checkpoint runs a policy; it cannot be combined with --env replay:PATH", file=sys.stderr)

@@ -82,7 +82,7 @@ def make_base(name: str, env_spec: Spec, bias: tuple[float, ...] = ()) -> tuple[
         return expert.act, expert.reset
     if name.startswith("checkpoint:"):
         from hilrl.actor.evaluate import load_policy_file
-        from hilrl.deploy.eval import resolve_policy_file
+        from hilrl.learner.rundir import resolve_policy_file
 
         try:
             policy = load_policy_file(resolve_policy_file(Path(name.removeprefix("checkpoint:"))))
