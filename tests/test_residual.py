@@ -18,11 +18,12 @@ from hilrl.hardware.sim import SimPickCube
 from hilrl.learner.networks import (
     Policy,
     PolicyConfig,
+    ResidualActor,
     policy_config_for,
     policy_from_safetensors_bytes,
     policy_to_safetensors_bytes,
 )
-from hilrl.learner.residual import BASE_ACTION, ResidualActor, residual_mismatch
+from hilrl.learner.residual import BASE_ACTION, residual_mismatch
 from hilrl.learner.td3 import TD3, TD3Config
 
 LOW, HIGH = np.array([-1, -1, -1, 0], np.float32), np.array([1, 1, 1, 2], np.float32)
