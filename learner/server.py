@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from hilrl.buffers.store import atomic_write
+from hilrl.buffers.durable import atomic_write
 from hilrl.learner.auth import BearerTokenServerInterceptor
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.core import BuffersTooLarge, LearnerCore

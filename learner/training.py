@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -24,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from hilrl.buffers.durable import replace_dir
 from hilrl.buffers.sequences import sample_buffer_sequences, sample_sequences
 from hilrl.buffers.spec import Spec
-from hilrl.buffers.store import fsync_path
 from hilrl.buffers.torch_batch import state_tensor, to_torch
 from hilrl.learner.chunked import ChunkedTD3
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
@@ -364,13 +363,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             self.td3.save(tmp)
             (tmp / "DONE").write_text("complete\n")
-            for f in tmp.iterdir():
-                fsync_path(f)
-            fsync_path(tmp)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-            fsync_path(self.ckpt_root)
+            replace_dir(tmp, path)  # fsyncs every file (DONE included) and both directories
         self.core.save_state()
         complete = sorted(p.parent for p in self.ckpt_root.glob("step-*/DONE"))
         for old in complete[: -max(self.cfg.keep_checkpoints, 1)]:
