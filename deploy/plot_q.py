@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from hilrl.deploy.configtools import opt
 from hilrl.learner.q_figure import figure_png, q_figure, q_series, read_recording_episodes, read_store_episodes
+from hilrl.learner.rundir import RunDir
 
 if TYPE_CHECKING:
     from hilrl.learner.networks import Critic, Policy
@@ -45,14 +46,14 @@ def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint directory (with td3.json and DONE), or the newest complete one of a learner --output-dir."""
     path = Path(path)
     if (path / "td3.json").exists():
-        if not (path / "DONE").exists():
+        if not RunDir.is_complete(path):
             raise ValueError(f"{path} is an incomplete checkpoint (no DONE marker); choose a complete one")
         return path
-    done = sorted(p.parent for p in (path / "checkpoints").glob("step-*/DONE"))
-    if not done:
+    latest = RunDir(path).latest_checkpoint()
+    if latest is None:
         raise ValueError(f"no complete checkpoint in {path}: give a learner --output-dir that has "
                          "checkpoints/step-*/DONE, or one such checkpoint directory")
-    return done[-1]
+    return latest
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> tuple[Policy, Critic, int]:
