@@ -105,10 +105,6 @@ class SuccessDetector:
         p = out.numpy().astype(np.float32)
         return p[0] if single else p
 
-    def predict(self, frames: np.ndarray) -> np.ndarray:
-        """Success verdicts (probability above the spec's threshold)."""
-        return self.probabilities(frames) > self.spec.threshold
-
     def save(self, path: str | os.PathLike[str]) -> None:
         meta = {"format": FORMAT, "spec": json.dumps(asdict(self.spec))}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
