@@ -150,7 +150,7 @@ class LearnerLink:
                     self._fail(f"cannot connect to the learner at {self.target} over TLS ({code.name}, "
                                f"{handshake_failures} attempts): {details}{hint}")
                     return
-                self._retry(backoff, f"{code.name}: {details}{hint}")
+                self._retry(backoff, f"{code.name}: {details}{hint}", reachable="not storing" in details)
             except RuntimeError as exc:
                 self._retry(backoff, str(exc))
 
@@ -159,11 +159,14 @@ class LearnerLink:
         log.error(message)
         self.stop.set()
 
-    def _retry(self, backoff: Backoff, why: str) -> None:
+    def _retry(self, backoff: Backoff, why: str, reachable: bool = False) -> None:
+        """``reachable``: the learner answered but could not store (its disk is full or failing; RESOURCE_EXHAUSTED
+        or UNAVAILABLE "learner not storing ..."): retried like a lost link, the batches stay in the outbox."""
         self.connected.clear()
         delay = backoff.next()
-        log.warning("learner %s unreachable (%s); %d batches kept in the outbox; retrying in %.1fs",
-                    self.target, why, len(self.outbox), delay)
+        what = "did not store the batches" if reachable else "unreachable"
+        log.warning("learner %s %s (%s); %d batches kept in the outbox; retrying in %.1fs",
+                    self.target, what, why, len(self.outbox), delay)
         self.stop.wait(delay)
 
     def _batches(self) -> Iterator[pb.TransitionBatch]:

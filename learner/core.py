@@ -6,6 +6,7 @@ Thread-safe; the gRPC service calls into it from many threads and the training l
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -101,6 +102,7 @@ class LearnerCore:
         self.normalization: dict[str, np.ndarray] = {}
         self.run_id = ""
         self.episode_events: list[dict] = []  # drained by the training loop for logging
+        self.store_problem = ""  # why the newest append failed (disk full, ...); "" while storing works
         self.stopping = False
 
     # ------------------------------------------------------------------ start-up
@@ -244,12 +246,24 @@ class LearnerCore:
             if last == record.last_seq:
                 return duplicates
             assert self.store is not None
-            self.store.append(actor_id, last, items)  # durable (fsynced), outside the core lock
-            with self.lock:
-                self._apply(actor_id, items, record)
-                record.last_seq = last
-                self.lock.notify_all()
+            try:
+                self.store.append(actor_id, last, items)  # durable (fsynced), outside the core lock
+            except OSError as exc:
+                self.store_problem = store_failure(exc)
+                if self.store.last_seqs().get(actor_id) == last:  # committed after all (BufferStore._roll_back)
+                    self._stored(actor_id, items, record, last)
+                raise
+            if self.store_problem:
+                log.info("the store is writable again; storing (was: %s)", self.store_problem)
+                self.store_problem = ""
+            self._stored(actor_id, items, record, last)
             return duplicates
+
+    def _stored(self, actor_id: str, items: list[Step | Discard], record: ActorRecord, last: int) -> None:
+        with self.lock:
+            self._apply(actor_id, items, record)
+            record.last_seq = last
+            self.lock.notify_all()
 
     def _apply(self, source: str, items: list[Step | Discard], record: ActorRecord | None) -> None:
         """Feed stored items to the assembler and the dual buffer (also used when replaying the store)."""
@@ -351,6 +365,7 @@ class LearnerCore:
             policy = self.buffers.policy if self.buffers else None
             return {
                 "run_id": self.run_id,
+                "store_problem": self.store_problem,
                 "stage": self.stage,
                 "learner_step": self.learner_step,
                 "offline_steps": self.offline_steps_done,
@@ -394,6 +409,13 @@ class LearnerCore:
         self.offline_steps_done = state["offline_steps"]
         self.normalization = {k: np.asarray(v, dtype=np.float32) for k, v in state["normalization"].items()}
         return True
+
+
+def store_failure(exc: OSError) -> str:
+    """What a failed store write means for the operator, in one sentence."""
+    what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "the disk refused a write"
+    return (f"not storing (batches are not acknowledged; actors keep them and retry): {what} "
+            f"({exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}); free space or fix the disk")
 
 
 def _buffer_status(buffer, capacity: int) -> dict:
