@@ -116,6 +116,7 @@ class LearnerLink:
     def _sender(self) -> None:
         backoff = Backoff()
         handshake_failures = 0
+        not_storing = False  # the learner answers but cannot store: back off further, not after every Hello
         while not self.stop.is_set():
             in_setup = True  # a hint about TLS setup only fits a failure before the learner answered
             try:
@@ -125,7 +126,8 @@ class LearnerLink:
                     log.info("connected to learner %s (run %s, stage %s, weights v%d)", self.target,
                              reply.run_id, self.stage, reply.weight_version)
                 self.connected.set()
-                backoff.reset()
+                if not not_storing:
+                    backoff.reset()
                 handshake_failures = 0
                 first = self.outbox.first_pending()
                 if first is not None:
@@ -135,6 +137,8 @@ class LearnerLink:
                     if ack.duplicate:
                         log.info("batch %d was already stored by the learner (duplicate dropped there)", ack.seq)
                     self.outbox.ack(ack.seq)
+                    not_storing = False
+                    backoff.reset()
                 if not self.stop.is_set():
                     raise RuntimeError("learner closed the transition stream")
             except grpc.RpcError as exc:
@@ -150,7 +154,8 @@ class LearnerLink:
                     self._fail(f"cannot connect to the learner at {self.target} over TLS ({code.name}, "
                                f"{handshake_failures} attempts): {details}{hint}")
                     return
-                self._retry(backoff, f"{code.name}: {details}{hint}", reachable="not storing" in details)
+                not_storing = "not storing" in details
+                self._retry(backoff, f"{code.name}: {details}{hint}", reachable=not_storing)
             except RuntimeError as exc:
                 self._retry(backoff, str(exc))
 

@@ -79,7 +79,10 @@ class _DurableLocalStore(LocalStore):
         dirs = set()
         for key in self.touched:
             path = Path(self.root) / key
-            fd = os.open(path, os.O_RDONLY)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # deleted since (a failed append's chunk past the commit): nothing to keep
+                continue
             try:
                 os.fsync(fd)
             finally:
@@ -145,7 +148,14 @@ class BufferStore:
     # ------------------------------------------------------------------ layout
 
     def _create(self) -> None:
-        g = zarr.open_group(store=self._store, mode="w")
+        # Start over from what a creation cut short left, keeping the directory itself: it may be a mount point
+        # (the store on a disk of its own), which zarr's mode "w" would try to remove.
+        for leftover in self.path.iterdir() if self.path.is_dir() else ():
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        g = zarr.open_group(store=self._store, mode="w-")
         g.attrs.update({"format": FORMAT, "version": VERSION, "spec": self.spec.to_dict()})
         for f in self.spec.observation:
             row = f.size * np.dtype(f.dtype).itemsize
@@ -241,9 +251,9 @@ class BufferStore:
         (self.path / "commit.json.tmp").unlink(missing_ok=True)
         try:
             self._truncate_uncommitted()
-        except Exception:  # noqa: BLE001 - the next append writes at the committed rows all the same
-            log.exception("%s: could not cut the arrays back to the last commit; the next append and the next "
-                          "open do it", self.path)
+        except Exception as exc:  # noqa: BLE001 - the next append writes at the committed rows all the same
+            log.warning("%s: could not cut the arrays back to the last commit yet (%s); the next append and the "
+                        "next open do it", self.path, exc)
 
     def _write_commit(self, commit: dict | None = None) -> None:
         atomic_write(self.path / "commit.json", json.dumps(self.commit if commit is None else commit).encode())

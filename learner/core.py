@@ -249,7 +249,7 @@ class LearnerCore:
             try:
                 self.store.append(actor_id, last, items)  # durable (fsynced), outside the core lock
             except OSError as exc:
-                self.store_problem = store_failure(exc)
+                self.store_problem = store_failure(exc, self.store.path)
                 if self.store.last_seqs().get(actor_id) == last:  # committed after all (BufferStore._roll_back)
                     self._stored(actor_id, items, record, last)
                 raise
@@ -411,11 +411,12 @@ class LearnerCore:
         return True
 
 
-def store_failure(exc: OSError) -> str:
+def store_failure(exc: OSError, store: Path) -> str:
     """What a failed store write means for the operator, in one sentence."""
-    what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "the disk refused a write"
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = f"the disk is full at {store}" if full else f"writing {exc.filename or store} failed"
     return (f"not storing (batches are not acknowledged; actors keep them and retry): {what} "
-            f"({exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}); free space or fix the disk")
+            f"({exc.strerror or exc}); {'free space' if full else 'check the disk'}")
 
 
 def _buffer_status(buffer, capacity: int) -> dict:
