@@ -23,7 +23,7 @@ from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
 from hilrl.buffers.replay import DualBuffer, dual_buffer_nbytes
 from hilrl.buffers.spec import Spec, state_vector
-from hilrl.buffers.store import BufferStore, StoreError, atomic_write
+from hilrl.buffers.store import BufferStore, StoreError, atomic_write, read_store
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
@@ -122,10 +122,18 @@ class LearnerCore:
             self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
             atomic_write(marker, json.dumps({"run_id": self.run_id}).encode())
         spec_path = self.out / "spec.json"
-        if self.cfg.spec_file is not None:
-            self._adopt_spec(Spec.from_dict(json.loads(Path(self.cfg.spec_file).read_text())))
-        elif spec_path.exists():
-            self._adopt_spec(Spec.from_dict(json.loads(spec_path.read_text())))
+        try:
+            if self.cfg.spec_file is not None:
+                spec = Spec.from_dict(json.loads(Path(self.cfg.spec_file).read_text()))
+                if spec_path.exists() and (problem := Spec.from_dict(json.loads(spec_path.read_text())).mismatch(spec)):
+                    raise SystemExit(f"--spec-file {self.cfg.spec_file} differs from this run's {spec_path}: {problem}")
+                self._adopt_spec(spec)
+            elif spec_path.exists():
+                self._adopt_spec(Spec.from_dict(json.loads(spec_path.read_text())))
+            elif (self.out / "store" / "commit.json").exists():  # stopped between creating the store and spec.json
+                self._adopt_spec(read_store(self.out / "store")[0])
+        except (StoreError, ValueError, OSError) as exc:
+            raise SystemExit(f"{self.out}: cannot use the spec: {exc}") from exc
         if self.cfg.demos is not None and not self.cfg.resume:
             try:
                 self.seed_demos(Path(self.cfg.demos))
@@ -156,14 +164,22 @@ class LearnerCore:
                 f"{self.cfg.policy_capacity}, but only {have / 2**30:.1f} GiB of memory is available; start the "
                 f"learner with capacities that add up to about {fits} transitions or fewer "
                 f"(e.g. --human-capacity {fits // 3} --policy-capacity {fits - fits // 3})")
-        self.spec = spec
-        self.buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
-        atomic_write(self.out / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
+        # All or nothing: the buffers, then the store, then spec.json (the run's record of its spec); a failure
+        # on the way (StoreError: another spec's store is there; OSError: disk full, ...) leaves no spec adopted
+        # and removes a store this call created, so the next Hello (or start) finds the learner as it was.
+        buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
+        store_dir = self.out / "store"
+        fresh = not (store_dir / "commit.json").exists()
+        store = None
         try:
-            self.store = BufferStore(self.out / "store", spec,  # disk bounded by the buffer capacities
-                                     capacities=(self.cfg.human_capacity, self.cfg.policy_capacity))
-        except StoreError as exc:
-            raise SystemExit(str(exc)) from exc
+            store = BufferStore(store_dir, spec,  # disk bounded by the buffer capacities
+                                capacities=(self.cfg.human_capacity, self.cfg.policy_capacity))
+            atomic_write(self.out / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
+        except BaseException:
+            if fresh and store_dir.exists():
+                (store_dir / "commit.json").unlink(missing_ok=True)  # the next BufferStore starts it over
+            raise
+        self.spec, self.buffers, self.store = spec, buffers, store
         log.info("spec adopted: %s", "; ".join(f.describe() for f in (*spec.observation, spec.action)))
 
     def seed_demos(self, path: Path) -> int:

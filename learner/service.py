@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from hilrl.buffers.store import StoreError
 from hilrl.learner.core import BuffersTooLarge, LearnerCore, SpecMismatch
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
@@ -95,6 +96,13 @@ class LearnerService(pb_grpc.LearnerServicer):
         except BuffersTooLarge as exc:
             log.error("actor %s refused: %s", request.actor_id, exc)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"learner cannot hold this spec's buffers: {exc}")
+        except StoreError as exc:  # the output directory's store holds another spec
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except OSError as exc:  # creating the store or spec.json failed; nothing was adopted, the actor retries
+            log.error("actor %s: adopting its spec failed: %s", request.actor_id, exc)
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
+                grpc.StatusCode.UNAVAILABLE
+            context.abort(code, f"learner not storing: could not create its store for this spec ({exc})")
         log.info("actor %s connected (peer %s)", request.actor_id, context.peer())
         return pb.HelloReply(
             protocol_version=codec.PROTOCOL_VERSION,
