@@ -150,7 +150,7 @@ def run(cfg: ActorConfig) -> int:
         return run_checkpoint(cfg)
     try:  # unusable TLS/token options fail now, before the state directory and the sim
         cfg.channel_credentials()
-        cfg.token()
+        cfg.check_target(cfg.learner, cfg.token())  # no bearer token in plaintext off loopback
     except SecurityConfigError as exc:
         print(f"hilrl actor: {exc}", file=sys.stderr)
         return 2
