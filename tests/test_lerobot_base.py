@@ -183,9 +183,53 @@ def test_bad_policy_directories_are_refused_with_what_to_change(tmp_path: Path, 
         assert base.device == "cpu"
 
 
-def test_a_camera_policy_reads_hilrl_images_and_never_downloads_its_backbone(tmp_path: Path) -> None:
+def _save(policy, stats: dict, out: Path) -> Path:
+    """``policy`` and its processors (with ``stats``) saved the way lerobot-train saves them."""
+    from lerobot.policies.factory import make_pre_post_processors
+
+    pre, post = make_pre_post_processors(policy.config, dataset_stats=stats)
+    policy.save_pretrained(out)
+    pre.save_pretrained(out)
+    post.save_pretrained(out)
+    return out
+
+
+def test_a_diffusion_policy_runs_with_its_observation_and_action_queues(tmp_path: Path) -> None:
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.utils.control_utils import predict_action
+
+    inputs = {"observation.state": PolicyFeature(FeatureType.STATE, (18,)),
+              "observation.environment_state": PolicyFeature(FeatureType.ENV, (3,))}
+    cfg = DiffusionConfig(input_features=inputs, output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
+                          device="cpu", horizon=8, n_action_steps=4, n_obs_steps=2, down_dims=(32, 64),
+                          num_inference_steps=5, diffusion_step_embed_dim=32)
+    stats = {k: {"min": -torch.ones(n), "max": torch.ones(n)} for k, n in
+             (("observation.state", 18), ("observation.environment_state", 3), ("action", 4))}
+    out = _save(DiffusionPolicy(cfg), stats, tmp_path / "diffusion")
+    base = LeRobotBase(out, _sim_spec())
+    assert base.type == "diffusion" and base.n_action_steps == 4
+    twin = DiffusionPolicy.from_pretrained(out)
+    tpre, tpost = make_pre_post_processors(twin.config, pretrained_path=str(out))
+    rng = np.random.default_rng(0)
+    for t in range(6):  # a new sample (noise) every 4 steps; the same seed for both
+        obs = {"agent_pos": rng.normal(size=18).astype(np.float32),
+               "environment_state": rng.normal(size=3).astype(np.float32)}
+        torch.manual_seed(t)
+        got = base(obs)
+        torch.manual_seed(t)
+        want = predict_action({"observation.state": obs["agent_pos"],
+                               "observation.environment_state": obs["environment_state"]},
+                              twin, torch.device("cpu"), tpre, tpost, use_amp=False).reshape(-1).numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"step {t}")
+
+
+def test_a_camera_policy_reads_hilrl_images_and_never_downloads_its_backbone(tmp_path: Path, monkeypatch) -> None:
     """A tiny image ACT built with LeRobot's classes; its config names torchvision's ImageNet weights, which
-    the loader must not fetch (no network here: a download attempt fails the test)."""
+    the loader must not fetch (an empty TORCH_HOME and no network: a download attempt fails the test)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.act.configuration_act import ACTConfig
     from lerobot.policies.act.modeling_act import ACTPolicy
@@ -202,11 +246,7 @@ def test_a_camera_policy_reads_hilrl_images_and_never_downloads_its_backbone(tmp
     stats = {"observation.state": {"mean": torch.zeros(18), "std": torch.ones(18)},
              "observation.images.front": {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.2)},
              "action": {"mean": torch.zeros(4), "std": torch.ones(4)}}
-    pre, post = make_pre_post_processors(cfg, dataset_stats=stats)
-    out = tmp_path / "camera_act"
-    ACTPolicy(cfg).save_pretrained(out)
-    pre.save_pretrained(out)
-    post.save_pretrained(out)
+    out = _save(ACTPolicy(cfg), stats, tmp_path / "camera_act")
     config = json.loads((out / "config.json").read_text())
     config["pretrained_backbone_weights"] = "ResNet18_Weights.IMAGENET1K_V1"  # what a trained ACT carries
     (out / "config.json").write_text(json.dumps(config))
