@@ -17,8 +17,11 @@ class EvalConfig:
     env: str = opt("sim", "where to evaluate: 'sim' (gym-hil Panda pick-cube, random block positions)")
     episodes: int = opt(50, "evaluation episodes")
     seed: int = opt(10_000, "seed of the block positions (same seed = same positions for every policy)")
-    residual_base: str | None = opt(None, "a residual policy's frozen base, as the actor ran it: 'expert' or "
-                                          "'checkpoint:PATH' (see hilrl actor --help)")
+    residual_base: str | None = opt(None, "a residual policy's frozen base, as the actor ran it: 'expert', "
+                                          "'checkpoint:PATH' or 'lerobot:PATH' (see hilrl actor --help)")
+    residual_base_map: tuple[str, ...] = opt((), "--residual-base lerobot:PATH: POLICY_KEY=HILRL_NAME input "
+                                                 "mapping, as the actor ran it")
+    residual_base_device: str | None = opt(None, "--residual-base lerobot:PATH: device to run the base on")
     residual_bias: tuple[float, ...] = opt((), "--residual-base expert: the fixed DX,DY,DZ offset it was run with")
 
 
