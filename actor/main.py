@@ -70,7 +70,7 @@ def run_checkpoint(cfg: ActorConfig) -> int:
     """Run a trained policy with no learner: evaluation and demos (``hilrl actor --checkpoint DIR``)."""
     from dataclasses import replace
 
-    from hilrl.actor.evaluate import load_policy_file
+    from hilrl.learner.networks import load_policy_file
     from hilrl.learner.rundir import resolve_policy_file
 
     if cfg.env.startswith("replay:"):

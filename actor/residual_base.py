@@ -100,7 +100,7 @@ def make_base(name: str, env_spec: Spec, bias: tuple[float, ...] = (), base_map:
         expert = ScriptedExpert(noise=0.0, bias=bias)
         return expert.act, expert.reset
     if name.startswith("checkpoint:"):
-        from hilrl.actor.evaluate import load_policy_file
+        from hilrl.learner.networks import load_policy_file
         from hilrl.learner.rundir import resolve_policy_file
 
         try:

@@ -27,7 +27,8 @@ class EvalConfig:
 
 def run_eval(cfg: EvalConfig) -> int:
     from hilrl.actor.envs import make_env
-    from hilrl.actor.evaluate import evaluate, load_policy_file
+    from hilrl.actor.evaluate import evaluate
+    from hilrl.learner.networks import load_policy_file
 
     policy_file = resolve_policy_file(cfg.checkpoint)
     policy = load_policy_file(policy_file)
