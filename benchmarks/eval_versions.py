@@ -12,8 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from hilrl.actor.evaluate import evaluate, load_policy_file
+from hilrl.actor.evaluate import evaluate
 from hilrl.hardware.sim import SimPickCube
+from hilrl.learner.networks import load_policy_file
 from hilrl.learner.rundir import RunDir
 
 

@@ -144,8 +144,9 @@ def _last_json_line(path: Path) -> dict | None:
 
 
 def _evaluate_and_report(cfg: DemoConfig, out: Path, status: dict, actor_summary: dict) -> int:
-    from hilrl.actor.evaluate import evaluate, load_policy_file
+    from hilrl.actor.evaluate import evaluate
     from hilrl.hardware.sim import SimPickCube
+    from hilrl.learner.networks import load_policy_file
 
     policy_path = RunDir(out / "learner").policy
     if not policy_path.exists():

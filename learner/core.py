@@ -6,6 +6,7 @@ Thread-safe; the gRPC service calls into it from many threads and the training l
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
 from hilrl.buffers.replay import DualBuffer, dual_buffer_nbytes
 from hilrl.buffers.spec import Spec, state_vector
-from hilrl.buffers.store import BufferStore, StoreError, atomic_write
+from hilrl.buffers.store import BufferStore, StoreError, atomic_write, read_store
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
@@ -102,6 +103,7 @@ class LearnerCore:
         self.normalization: dict[str, np.ndarray] = {}
         self.run_id = ""
         self.episode_events: list[dict] = []  # drained by the training loop for logging
+        self.store_problem = ""  # why the newest append failed (disk full, ...); "" while storing works
         self.stopping = False
 
     # ------------------------------------------------------------------ start-up
@@ -121,10 +123,18 @@ class LearnerCore:
             self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
             atomic_write(marker, json.dumps({"run_id": self.run_id}).encode())
         spec_path = self.run_dir.spec
-        if self.cfg.spec_file is not None:
-            self._adopt_spec(Spec.from_dict(json.loads(Path(self.cfg.spec_file).read_text())))
-        elif spec_path.exists():
-            self._adopt_spec(Spec.from_dict(json.loads(spec_path.read_text())))
+        try:
+            if self.cfg.spec_file is not None:
+                spec = Spec.from_dict(json.loads(Path(self.cfg.spec_file).read_text()))
+                if spec_path.exists() and (problem := Spec.from_dict(json.loads(spec_path.read_text())).mismatch(spec)):
+                    raise SystemExit(f"--spec-file {self.cfg.spec_file} differs from this run's {spec_path}: {problem}")
+                self._adopt_spec(spec)
+            elif spec_path.exists():
+                self._adopt_spec(Spec.from_dict(json.loads(spec_path.read_text())))
+            elif (self.run_dir.store / "commit.json").exists():  # stopped between creating the store and spec.json
+                self._adopt_spec(read_store(self.run_dir.store)[0])
+        except (StoreError, ValueError, OSError) as exc:
+            raise SystemExit(f"{self.run_dir.root}: cannot use the spec: {exc}") from exc
         if self.cfg.demos is not None and not self.cfg.resume:
             try:
                 self.seed_demos(Path(self.cfg.demos))
@@ -155,14 +165,22 @@ class LearnerCore:
                 f"{self.cfg.policy_capacity}, but only {have / 2**30:.1f} GiB of memory is available; start the "
                 f"learner with capacities that add up to about {fits} transitions or fewer "
                 f"(e.g. --human-capacity {fits // 3} --policy-capacity {fits - fits // 3})")
-        self.spec = spec
-        self.buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
-        atomic_write(self.run_dir.spec, json.dumps(spec.to_dict(), indent=2).encode())
+        # All or nothing: the buffers, then the store, then spec.json (the run's record of its spec); a failure
+        # on the way (StoreError: another spec's store is there; OSError: disk full, ...) leaves no spec adopted
+        # and removes a store this call created, so the next Hello (or start) finds the learner as it was.
+        buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
+        store_dir = self.run_dir.store
+        fresh = not (store_dir / "commit.json").exists()
+        store = None
         try:
-            self.store = BufferStore(self.run_dir.store, spec,  # disk bounded by the buffer capacities
-                                     capacities=(self.cfg.human_capacity, self.cfg.policy_capacity))
-        except StoreError as exc:
-            raise SystemExit(str(exc)) from exc
+            store = BufferStore(store_dir, spec,  # disk bounded by the buffer capacities
+                                capacities=(self.cfg.human_capacity, self.cfg.policy_capacity))
+            atomic_write(self.run_dir.spec, json.dumps(spec.to_dict(), indent=2).encode())
+        except BaseException:
+            if fresh and store_dir.exists():
+                (store_dir / "commit.json").unlink(missing_ok=True)  # the next BufferStore starts it over
+            raise
+        self.spec, self.buffers, self.store = spec, buffers, store
         log.info("spec adopted: %s", "; ".join(f.describe() for f in (*spec.observation, spec.action)))
 
     def seed_demos(self, path: Path) -> int:
@@ -245,12 +263,24 @@ class LearnerCore:
             if last == record.last_seq:
                 return duplicates
             assert self.store is not None
-            self.store.append(actor_id, last, items)  # durable (fsynced), outside the core lock
-            with self.lock:
-                self._apply(actor_id, items, record)
-                record.last_seq = last
-                self.lock.notify_all()
+            try:
+                self.store.append(actor_id, last, items)  # durable (fsynced), outside the core lock
+            except OSError as exc:
+                self.store_problem = store_failure(exc, self.store.path)
+                if self.store.last_seqs().get(actor_id) == last:  # committed after all (BufferStore._roll_back)
+                    self._stored(actor_id, items, record, last)
+                raise
+            if self.store_problem:
+                log.info("the store is writable again; storing (was: %s)", self.store_problem)
+                self.store_problem = ""
+            self._stored(actor_id, items, record, last)
             return duplicates
+
+    def _stored(self, actor_id: str, items: list[Step | Discard], record: ActorRecord, last: int) -> None:
+        with self.lock:
+            self._apply(actor_id, items, record)
+            record.last_seq = last
+            self.lock.notify_all()
 
     def _apply(self, source: str, items: list[Step | Discard], record: ActorRecord | None) -> None:
         """Feed stored items to the assembler and the dual buffer (also used when replaying the store)."""
@@ -385,6 +415,7 @@ class LearnerCore:
             policy = self.buffers.policy if self.buffers else None
             return {
                 "run_id": self.run_id,
+                "store_problem": self.store_problem,
                 "stage": self.stage,
                 "learner_step": self.learner_step,
                 "offline_steps": self.offline_steps_done,
@@ -427,6 +458,14 @@ class LearnerCore:
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]
         self.normalization = {k: np.asarray(v, dtype=np.float32) for k, v in state["normalization"].items()}
+
+
+def store_failure(exc: OSError, store: Path) -> str:
+    """What a failed store write means for the operator, in one sentence."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = f"the disk is full at {store}" if full else f"writing {exc.filename or store} failed"
+    return (f"not storing (batches are not acknowledged; actors keep them and retry): {what} "
+            f"({exc.strerror or exc}); {'free space' if full else 'check the disk'}")
 
 
 def _buffer_status(buffer, capacity: int) -> dict:

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
@@ -328,3 +330,13 @@ def policy_from_safetensors_bytes(cfg: PolicyConfig, data: bytes) -> Policy:
     policy = Policy(cfg)
     policy.load_state_dict(st_load(data), strict=True)
     return policy.eval().requires_grad_(False)
+
+
+def load_policy_file(path: str | Path) -> Policy:
+    """A policy published by the learner (`<output-dir>/policy.safetensors`); its config is in the metadata."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if "policy_config" not in metadata:
+        raise ValueError(f"{path} carries no policy_config metadata; is it a hilrl policy file?")
+    cfg = PolicyConfig.from_dict(json.loads(metadata["policy_config"]))
+    return policy_from_safetensors_bytes(cfg, Path(path).read_bytes())

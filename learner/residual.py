@@ -42,7 +42,7 @@ def base_action_index(spec: Any) -> int:
         offset += f.size
     raise ValueError(f"residual mode needs the observation feature {BASE_ACTION!r} (the base policy's action), "
                      f"but the actor's spec has {list(spec.observation_names)}: start the actor with "
-                     f"--residual-base expert|checkpoint:DIR")
+                     f"--residual-base expert|checkpoint:DIR|lerobot:DIR")
 
 
 def residual_normalization(mean: Any, std: Any, action_low: Any, action_high: Any, base_index: int
@@ -64,7 +64,7 @@ def residual_mismatch(spec: Any, residual: bool) -> str | None:
     has_base = BASE_ACTION in spec.observation_names
     if residual and not has_base:
         return (f"the learner runs --residual but the actor sends no {BASE_ACTION!r} observation; start the actor "
-                f"with --residual-base expert|checkpoint:PATH")
+                f"with --residual-base expert|checkpoint:PATH|lerobot:PATH")
     if has_base and not residual:
         return (f"the actor runs a residual base (observation {BASE_ACTION!r}) but the learner was started without "
                 f"--residual; restart the learner with --residual (or the actor without --residual-base)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -20,18 +19,9 @@ from hilrl.learner.config import LearnerConfig
 from hilrl.learner.core import BuffersTooLarge, LearnerCore
 from hilrl.learner.service import SERVICE_NAME, LearnerService, add_to_server
 from hilrl.learner.training import Trainer
-from hilrl.protos.transport import SecurityConfigError, channel_options
+from hilrl.protos.transport import SecurityConfigError, channel_options, is_loopback
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
