@@ -348,7 +348,7 @@ def test_loop_keeps_its_rate_while_the_learner_is_frozen(tmp_path: Path, spawn) 
 def detector_file(tmp_path: Path, says_success: bool) -> Path:
     """A real SuccessDetector file whose verdict is fixed by its output bias (what it judges is tested in
     test_success.py; here: what the loop does with the verdict)."""
-    from hilrl.actor.success import DetectorSpec, SuccessDetector, SuccessNet
+    from hilrl.learner.success_net import DetectorSpec, SuccessDetector, SuccessNet
 
     net = SuccessNet(DetectorSpec(camera="front"))
     with torch.no_grad():
