@@ -22,8 +22,9 @@ import threading
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 
-from hilrl.actor.outbox import Outbox
+from hilrl.actor.outbox import SEND_MARGIN, Outbox
 from hilrl.buffers.spec import Spec
 from hilrl.learner.networks import Policy, PolicyConfig, policy_from_safetensors_bytes
 from hilrl.protos import codec
@@ -37,6 +38,16 @@ FATAL_CODES = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGU
                grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                grpc.StatusCode.UNIMPLEMENTED}
 HANDSHAKE_ATTEMPTS = 3  # consecutive TLS handshake failures before giving up (rides out a certificate swap)
+
+
+class NeverFits(Exception):
+    """Data that no message within the agreed limit can carry; retrying cannot help."""
+
+
+def _step_bytes(spec: Spec) -> int:
+    """Bytes of the largest step of `spec` on the wire (an episode's last step carries two observations)."""
+    obs = sum(f.size * np.dtype(f.dtype).itemsize + 64 for f in spec.observation)
+    return 2 * obs + spec.action_dim * 4 + 256
 
 
 class Backoff:
@@ -64,6 +75,7 @@ class LearnerLink:
         self.spec = spec
         self.outbox = outbox
         self.security = security if security is not None else ClientSecurity()
+        self.max_message_bytes = max_message_mb << 20
         self.channel = client_channel(target, max_message_mb, self.security)
         self.stub = pb_grpc.LearnerStub(self.channel)
         self.stop = threading.Event()
@@ -101,7 +113,7 @@ class LearnerLink:
 
     def _hello(self) -> pb.HelloReply:
         request = pb.HelloRequest(protocol_version=codec.PROTOCOL_VERSION, actor_id=self.actor_id,
-                                  spec=codec.encode_spec(self.spec))
+                                  spec=codec.encode_spec(self.spec), max_message_bytes=self.max_message_bytes)
         reply = self.stub.Hello(request, timeout=10.0)
         if self.run_id and reply.run_id != self.run_id:
             log.warning("the learner now serves run %s (was %s); accepting its weight versions from v1",
@@ -111,7 +123,25 @@ class LearnerLink:
         self.policy_config = PolicyConfig.from_dict(json.loads(reply.policy_config_json))
         self.stage = codec.STAGE_NAMES.get(reply.stage, self.stage)
         self.outbox.ack(reply.last_acked_seq)
+        self._agree_on_message_limit(reply.max_message_bytes or self.max_message_bytes)  # 0: an older learner
         return reply
+
+    def _agree_on_message_limit(self, learner_limit: int) -> None:
+        """Batches put from now on fit the smaller of the two sides' limits; a step that cannot fit, or a batch
+        already in the outbox that does not, can never be stored: stop and say what to do."""
+        limit = min(self.max_message_bytes, learner_limit)
+        self.outbox.set_message_limit(limit)
+        step = _step_bytes(self.spec)
+        if step + SEND_MARGIN > limit:
+            raise NeverFits(f"one step of this spec is {step / 2**20:.1f} MiB on the wire, more than the message "
+                            f"limit agreed with the learner ({limit / 2**20:.1f} MiB); raise --max-message-mb on "
+                            "the learner and on this actor")
+        for seq, size in self.outbox.oversized():
+            state = self.outbox.dir.parent
+            raise NeverFits(f"batch seq {seq} in the outbox is {size / 2**20:.1f} MiB, more than the message limit "
+                            f"agreed with the learner ({limit / 2**20:.1f} MiB; it was written under a larger one): "
+                            f"raise the learner's --max-message-mb, or set the batch aside: hilrl outbox set-aside "
+                            f"--state-dir {state} --seq {seq} (see docs/troubleshooting.md)")
 
     def _sender(self) -> None:
         backoff = Backoff()
@@ -146,7 +176,13 @@ class LearnerLink:
                 details = exc.details() or ""
                 hint = connection_hint(code, details, self.security.uses_tls) if in_setup else ""
                 if code in FATAL_CODES:
-                    self._fail(f"learner refused this actor ({code.name}): {details}")
+                    seq = self.outbox.first_pending()
+                    poison = code == grpc.StatusCode.INVALID_ARGUMENT and not in_setup and seq is not None
+                    state = self.outbox.dir.parent
+                    self._fail(f"learner refused this actor ({code.name}): {details}" + (
+                        f"; it refuses batch seq {seq} every time: inspect it with `hilrl outbox list --state-dir "
+                        f"{state}` and set it aside (kept, not sent) with `hilrl outbox set-aside --state-dir "
+                        f"{state} --seq {seq}` (see docs/troubleshooting.md)" if poison else ""))
                     return
                 tls_failure = code == grpc.StatusCode.UNAVAILABLE and is_tls_handshake_failure(details)
                 handshake_failures = handshake_failures + 1 if tls_failure else 0
@@ -156,6 +192,9 @@ class LearnerLink:
                     return
                 not_storing = "not storing" in details
                 self._retry(backoff, f"{code.name}: {details}{hint}", reachable=not_storing)
+            except NeverFits as exc:
+                self._fail(str(exc))
+                return
             except RuntimeError as exc:
                 self._retry(backoff, str(exc))
 

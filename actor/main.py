@@ -161,6 +161,8 @@ def run(cfg: ActorConfig) -> int:
         print(f"hilrl actor: {exc}", file=sys.stderr)
         return 2
     outbox = Outbox(state.path / "outbox", max_bytes=int(cfg.outbox_max_mb * 2**20))
+    own = cfg.max_message_mb << 20  # batches fit this and the learner's limit (the one remembered, until Hello)
+    outbox.set_message_limit(min(own, outbox.message_limit or own))
     recovered = outbox.recover_journal(state.actor_id)
     if recovered:
         log.info("outbox: %d steps of a batch the earlier run never closed (it was killed) were recovered from "

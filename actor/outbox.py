@@ -28,6 +28,9 @@ from hilrl.protos.v1 import learner_pb2 as pb
 
 log = logging.getLogger(__name__)
 JOURNAL = "open.items"
+SEND_MARGIN = 4096  # bytes the sender adds to a stored batch (weight version, loop statistics), with room to spare
+ITEM_OVERHEAD = 6  # an item's field tag and length prefix inside a batch
+SET_ASIDE = "set-aside"  # batches the operator set aside (`hilrl outbox set-aside`); never sent, never deleted
 _LENGTH = struct.Struct("<I")
 
 
@@ -107,6 +110,8 @@ class Outbox:
         self._next_seq = max([self.last_acked, *self._pending]) + 1
         self._journal_path = self.dir / JOURNAL
         self._journal = None  # opened by the first stage()
+        limit_path = self.dir / "limit.json"
+        self.message_limit = int(json.loads(limit_path.read_text())["message_bytes"]) if limit_path.exists() else 0
 
     @property
     def full(self) -> bool:
@@ -117,23 +122,46 @@ class Outbox:
             return len(self._pending)
 
     def put(self, batch: pb.TransitionBatch) -> int:
-        """Assign the next seq, write the batch durably, and make it available to the sender."""
+        """Assign the next seq, write the batch durably, and make it available to the sender; a batch larger
+        than `max_batch_bytes` is split into consecutive batches that fit (returns the last seq)."""
         with self._cond:
-            seq = self._next_seq
-            self._next_seq += 1
-            batch.seq = seq
-            path = self.dir / f"{seq:012d}.batch"
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(batch.SerializeToString())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            self._clear_journal()  # its items are in this batch now
-            self._pending[seq] = batch
-            self.nbytes += batch.ByteSize()
+            for part in split_batch(batch, self.max_batch_bytes):
+                seq = self._next_seq
+                self._next_seq += 1
+                part.seq = seq
+                path = self.dir / f"{seq:012d}.batch"
+                tmp = path.with_suffix(".tmp")
+                with open(tmp, "wb") as f:
+                    f.write(part.SerializeToString())
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                self._pending[seq] = part
+                self.nbytes += part.ByteSize()
+            self._clear_journal()  # its items are in these batches now
             self._cond.notify_all()
             return seq
+
+    @property
+    def max_batch_bytes(self) -> int:
+        """The largest batch `put` writes (0 = any): the message limit, less room for what the sender adds."""
+        return max(1, self.message_limit - SEND_MARGIN) if self.message_limit else 0
+
+    def set_message_limit(self, limit: int) -> None:
+        """The message limit agreed with the learner (bytes; 0 = none); batches put from now on fit into it.
+        Remembered in the state directory, so a restarted actor splits from its first batch."""
+        with self._cond:
+            if limit != self.message_limit:
+                self.message_limit = limit
+                tmp = self.dir / "limit.json.tmp"
+                tmp.write_text(json.dumps({"message_bytes": limit}))
+                os.replace(tmp, self.dir / "limit.json")
+
+    def oversized(self) -> list[tuple[int, int]]:
+        """(seq, bytes) of pending batches larger than `max_batch_bytes` (written before the limit was known)."""
+        with self._cond:
+            limit = self.max_batch_bytes
+            return [(s, b.ByteSize()) for s, b in sorted(self._pending.items()) if limit and b.ByteSize() > limit]
 
     def pending_after(self, seq: int, timeout: float) -> list[pb.TransitionBatch]:
         """Batches with a seq above `seq`, in order; waits up to `timeout` for one to appear."""
@@ -191,6 +219,27 @@ class Outbox:
         else:
             self._clear_journal()
         return len(items)
+
+
+def split_batch(batch: pb.TransitionBatch, max_bytes: int) -> list[pb.TransitionBatch]:
+    """`batch` as consecutive batches of at most `max_bytes` each (0 = no limit), its items in order. An item
+    larger than `max_bytes` on its own travels alone (the learner refuses it; see LearnerLink)."""
+    if not max_bytes or batch.ByteSize() <= max_bytes:
+        return [batch]
+    header = pb.TransitionBatch()
+    header.CopyFrom(batch)
+    del header.items[:]
+    parts: list[pb.TransitionBatch] = []
+    size = max_bytes
+    for item in batch.items:
+        n = item.ByteSize() + ITEM_OVERHEAD
+        if size + n > max_bytes:
+            parts.append(pb.TransitionBatch())
+            parts[-1].CopyFrom(header)
+            size = header.ByteSize()
+        parts[-1].items.append(item)
+        size += n
+    return parts
 
 
 def read_journal(path: Path) -> list[pb.Item]:

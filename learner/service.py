@@ -112,6 +112,7 @@ class LearnerService(pb_grpc.LearnerServicer):
             last_acked_seq=info["last_acked_seq"],
             stage=codec.STAGE_VALUES[info["stage"]],
             normalization=codec.encode_tensor_map(info["normalization"]),
+            max_message_bytes=min(filter(None, (request.max_message_bytes, self.core.cfg.max_message_mb << 20))),
         )
 
     def StreamTransitions(self, request_iterator: Iterator[pb.TransitionBatch],
