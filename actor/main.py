@@ -173,7 +173,8 @@ def run(cfg: ActorConfig) -> int:
         print(f"hilrl actor: --record {cfg.record} already exists; choose a new path", file=sys.stderr)
         return 2
     env, human = make_arm(cfg, cfg.takeover_after)
-    link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb, security=cfg)
+    link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb, security=cfg, state=state,
+                       new_run=cfg.new_run)
     log.info("actor %s (state %s) -> learner %s", state.actor_id, state.path, cfg.learner)
     link.start()
 

@@ -62,6 +62,7 @@ class StateDir:
         self._lock_file.write(f"pid {os.getpid()}\n")
         self._lock_file.flush()
         self._meta_path = self.path / "actor.json"
+        self._save_lock = threading.Lock()
         meta = json.loads(self._meta_path.read_text()) if self._meta_path.exists() else {}
         stored = meta.get("actor_id")
         if stored and actor_id and stored != actor_id:
@@ -69,7 +70,16 @@ class StateDir:
                                 "use another --state-dir")
         self.actor_id: str = stored or actor_id or f"actor-{secrets.token_hex(3)}"
         self.next_episode: int = int(meta.get("next_episode", 0))
+        # Who this directory's seq counter is, for the learner (a new or wiped directory is someone new), and
+        # the learner run its outbox belongs to.
+        self.instance_id: str = meta.get("instance_id") or secrets.token_hex(8)
+        self.run_id: str = meta.get("run_id", "")
         self._save()
+
+    def remember_run(self, run_id: str) -> None:
+        if run_id != self.run_id:
+            self.run_id = run_id
+            self._save()
 
     def take_episode_index(self) -> int:
         index = self.next_episode
@@ -78,8 +88,13 @@ class StateDir:
         return index
 
     def _save(self) -> None:
+        with self._save_lock:  # the control loop (episodes) and the sender (run id) both save
+            self._write_meta()
+
+    def _write_meta(self) -> None:
         tmp = self._meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"actor_id": self.actor_id, "next_episode": self.next_episode}))
+        tmp.write_text(json.dumps({"actor_id": self.actor_id, "next_episode": self.next_episode,
+                                   "instance_id": self.instance_id, "run_id": self.run_id}))
         os.replace(tmp, self._meta_path)
 
     def close(self) -> None:
