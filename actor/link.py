@@ -227,6 +227,12 @@ class LearnerLink:
             except NeverFits as exc:
                 self._fail(str(exc))
                 return
+            except OSError as exc:  # recording an acknowledgement in the state directory failed (disk full, ...)
+                self.connected.clear()
+                delay = backoff.next()
+                log.error("cannot record the learner's acknowledgements in %s (%s): the batches stay in the outbox "
+                          "(resent, stored once); reconnecting in %.1fs", self.outbox.dir, exc, delay)
+                self.stop.wait(delay)
             except RuntimeError as exc:
                 self._retry(backoff, str(exc))
 

@@ -22,6 +22,7 @@ import queue
 import secrets
 import struct
 import threading
+import time
 from pathlib import Path
 
 from hilrl.protos.v1 import learner_pb2 as pb
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 JOURNAL = "open.items"
 SEND_MARGIN = 4096  # bytes the sender adds to a stored batch (weight version, loop statistics), with room to spare
 ITEM_OVERHEAD = 6  # an item's field tag and length prefix inside a batch
+SAVE_ATTEMPTS = 120  # seconds an episode start waits for actor.json to be writable before the actor gives up
 SET_ASIDE = "set-aside"  # batches the operator set aside (`hilrl outbox set-aside`); never sent, never deleted
 _LENGTH = struct.Struct("<I")
 
@@ -82,9 +84,21 @@ class StateDir:
             self._save()
 
     def take_episode_index(self) -> int:
+        """The next episode index, persisted before it is used (an index is never used twice); while the disk
+        refuses the write the arm waits here, between episodes, and the log says so."""
         index = self.next_episode
         self.next_episode += 1
-        self._save()
+        for attempt in range(SAVE_ATTEMPTS):
+            try:
+                self._save()
+                return index
+            except OSError as exc:
+                if attempt == SAVE_ATTEMPTS - 1:
+                    raise
+                if attempt == 0:
+                    log.error("cannot write %s (%s): holding the arm before episode %d, retrying every second",
+                              self._meta_path, exc, index)
+                time.sleep(1.0)
         return index
 
     def _save(self) -> None:
@@ -140,22 +154,29 @@ class Outbox:
         """Assign the next seq, write the batch durably, and make it available to the sender; a batch larger
         than `max_batch_bytes` is split into consecutive batches that fit (returns the last seq)."""
         with self._cond:
-            for part in split_batch(batch, self.max_batch_bytes):
-                seq = self._next_seq
-                self._next_seq += 1
-                part.seq = seq
-                path = self.dir / f"{seq:012d}.batch"
-                tmp = path.with_suffix(".tmp")
-                with open(tmp, "wb") as f:
-                    f.write(part.SerializeToString())
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                self._pending[seq] = part
+            parts = split_batch(batch, self.max_batch_bytes)
+            written: list[Path] = []
+            try:  # all parts durable before any seq is used: a failed write (disk full) costs no seq and keeps
+                for i, part in enumerate(parts):  # the journal, so the caller can retry the same batch
+                    part.seq = self._next_seq + i
+                    tmp = self.dir / f"{part.seq:012d}.tmp"
+                    written.append(tmp)
+                    with open(tmp, "wb") as f:
+                        f.write(part.SerializeToString())
+                        f.flush()
+                        os.fsync(f.fileno())
+            except BaseException:
+                for tmp in written:
+                    tmp.unlink(missing_ok=True)
+                raise
+            for tmp, part in zip(written, parts, strict=True):
+                os.replace(tmp, tmp.with_suffix(".batch"))
+                self._pending[part.seq] = part
                 self.nbytes += part.ByteSize()
+            self._next_seq += len(parts)
             self._clear_journal()  # its items are in these batches now
             self._cond.notify_all()
-            return seq
+            return parts[-1].seq
 
     @property
     def max_batch_bytes(self) -> int:
@@ -286,8 +307,12 @@ class OutboxWriter:
     delay a tick. One thread keeps the order of staged items and batches; :meth:`drain` waits until all
     are written."""
 
+    RETRY_S = 1.0
+
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
+        self.failing = ""  # why the outbox cannot be written right now (the loop holds the arm meanwhile)
+        self._abandon = threading.Event()
         self._queue: queue.Queue[pb.Item | pb.TransitionBatch] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._thread.start()
@@ -301,15 +326,39 @@ class OutboxWriter:
     def drain(self) -> None:
         self._queue.join()
 
+    def abandon(self) -> None:
+        """Stop retrying a failing write (at exit); what is not written is reported as lost."""
+        self._abandon.set()
+
     def _run(self) -> None:
         while True:
             entry = self._queue.get()
+            try:
+                self._write(entry)
+            finally:
+                self._queue.task_done()
+
+    def _write(self, entry: pb.Item | pb.TransitionBatch) -> None:
+        """Write one entry, retrying while the disk refuses (in order: nothing behind it is written first)."""
+        while True:
             try:
                 if isinstance(entry, pb.Item):
                     self.outbox.stage(entry)
                 else:
                     self.outbox.put(entry)
-            except Exception:  # noqa: BLE001 - a write error must be loud, and must not kill the writer
-                log.exception("could not write to the outbox (%s)", type(entry).__name__)
-            finally:
-                self._queue.task_done()
+            except Exception as exc:  # noqa: BLE001 - a write error must be loud, and must not kill the writer
+                if self._abandon.is_set():
+                    log.error("giving up writing to the outbox at exit (%s): %d queued steps and batches are lost",
+                              exc, self._queue.qsize() + 1)
+                    return
+                if not self.failing:
+                    log.error("cannot write to the outbox in %s (%s): holding the arm (no new episode) and "
+                              "retrying every %.0f s; executed steps wait in memory", self.outbox.dir, exc,
+                              self.RETRY_S)
+                self.failing = f"{type(exc).__name__}: {exc}"
+                self._abandon.wait(self.RETRY_S)
+                continue
+            if self.failing:
+                log.info("the outbox is writable again (was: %s)", self.failing)
+                self.failing = ""
+            return
