@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from hilrl.actor.success import SuccessDetectorConfig
-from hilrl.deploy.configtools import opt
+from hilrl.buffers.options import opt
 from hilrl.protos.transport import ClientSecurity
 
 
@@ -45,9 +45,17 @@ class ActorConfig(ClientSecurity):
     sim_cameras: bool = opt(False, "--env sim: add the front and wrist cameras (uint8 128x128x3) to the observation, "
                                    "so the learner trains a camera policy")
     residual_base: str | None = opt(None, "residual mode: run this frozen base policy, 'expert' (the sim's scripted "
-                                          "expert) or 'checkpoint:PATH' (a learner --output-dir or policy file), "
-                                          "add its action to every observation as 'base_action' and let the "
-                                          "learner (started with --residual) train only a bounded correction")
+                                          "expert), 'checkpoint:PATH' (a learner --output-dir or policy file) or "
+                                          "'lerobot:PATH' (a lerobot-train pretrained_model directory, ACT or "
+                                          "Diffusion), add its action to every observation as 'base_action' and "
+                                          "let the learner (started with --residual) train only a bounded correction")
+    residual_base_map: tuple[str, ...] = opt((), "--residual-base lerobot:PATH: POLICY_KEY=HILRL_NAME entries naming "
+                                                 "the observation each policy input is read from, e.g. "
+                                                 "observation.state=joint_pos,observation.images.top=front; unnamed "
+                                                 "inputs: observation.X and observation.images.X <- X, "
+                                                 "observation.state <- joint_pos (arm) / agent_pos (sim)")
+    residual_base_device: str | None = opt(None, "--residual-base lerobot:PATH: device to run the policy on (cpu, "
+                                                 "cuda, mps); none = the device in its config.json")
     residual_bias: tuple[float, ...] = opt((), "--residual-base expert: a fixed DX,DY,DZ offset (action units) added "
                                                "to the expert's commands (a miscalibrated base, for studies)")
     exploration_noise: float = opt(0.1, "std of Gaussian exploration noise, as a fraction of each action's half-range")

@@ -29,6 +29,7 @@ from hilrl.actor.human import Schedule
 from hilrl.actor.link import LearnerLink
 from hilrl.actor.outbox import Outbox, OutboxWriter
 from hilrl.actor.replay import ReplaySource
+from hilrl.actor.residual_base import ResidualBaseEnv
 from hilrl.actor.safety import LearnerWatch, Safety, limits_for
 from hilrl.actor.success import SuccessGate
 from hilrl.buffers.assembler import Discard, Step
@@ -348,6 +349,8 @@ class ActorLoop:
                     action = self._safe(action, obs)
             if human or late or events.estop or policy_held:  # not the policy's step: drop the rest of a chunk
                 self.runner.drop_plan()
+                if isinstance(self.env, ResidualBaseEnv):  # ... and of the residual base's (a LeRobot ACT)
+                    self.env.drop_plan()
             next_obs, reward, terminated, truncated, info = self.env.step(action)
             if self.success_gate is not None:  # the detector judges; the human's verdict overrides it
                 reward, terminated = self.success_gate.judge(next_obs, reward, terminated, events.end)

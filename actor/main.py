@@ -70,8 +70,8 @@ def run_checkpoint(cfg: ActorConfig) -> int:
     """Run a trained policy with no learner: evaluation and demos (``hilrl actor --checkpoint DIR``)."""
     from dataclasses import replace
 
-    from hilrl.actor.evaluate import load_policy_file
-    from hilrl.deploy.eval import resolve_policy_file
+    from hilrl.learner.networks import load_policy_file
+    from hilrl.learner.rundir import resolve_policy_file
 
     if cfg.env.startswith("replay:"):
         print("hilrl actor: --checkpoint runs a policy; it cannot be combined with --env replay:PATH", file=sys.stderr)
@@ -133,6 +133,8 @@ def check_options(cfg: ActorConfig) -> str | None:
         return str(exc)
     if cfg.env in ("so101", "so100") and cfg.action_mode == "joint" and "human" in schedule.cycle:
         return "--schedule with human episodes needs --action-mode ee: the human drives in end-effector space"
+    if (cfg.residual_base_map or cfg.residual_base_device) and not (cfg.residual_base or "").startswith("lerobot:"):
+        return "--residual-base-map and --residual-base-device are for --residual-base lerobot:PATH"
     if cfg.rest_pose and cfg.env not in ("so101", "so100"):
         return f"--rest-pose is for a real arm (--env so101/so100); the sim resets itself (--env {cfg.env})"
     if cfg.max_action_delta < 0 or cfg.watchdog_periods < 0 or cfg.learner_lost_after_s <= 0:

@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from hilrl.buffers.durable import atomic_write, temp_path
 from hilrl.protos.v1 import learner_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,9 @@ class StateDir:
 
     def _save(self) -> None:
         with self._save_lock:  # the control loop (episodes) and the sender (run id) both save
-            self._write_meta()
-
-    def _write_meta(self) -> None:
-        tmp = self._meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"actor_id": self.actor_id, "next_episode": self.next_episode,
-                                   "instance_id": self.instance_id, "run_id": self.run_id}))
-        os.replace(tmp, self._meta_path)
+            meta = {"actor_id": self.actor_id, "next_episode": self.next_episode, "instance_id": self.instance_id,
+                    "run_id": self.run_id}
+            atomic_write(self._meta_path, json.dumps(meta).encode())
 
     def close(self) -> None:
         self._lock_file.close()
@@ -159,18 +156,15 @@ class Outbox:
             try:  # all parts durable before any seq is used: a failed write (disk full) costs no seq and keeps
                 for i, part in enumerate(parts):  # the journal, so the caller can retry the same batch
                     part.seq = self._next_seq + i
-                    tmp = self.dir / f"{part.seq:012d}.tmp"
-                    written.append(tmp)
-                    with open(tmp, "wb") as f:
-                        f.write(part.SerializeToString())
-                        f.flush()
-                        os.fsync(f.fileno())
+                    path = self.dir / f"{part.seq:012d}.batch"
+                    written.append(path)
+                    atomic_write(path, part.SerializeToString())
             except BaseException:
-                for tmp in written:
-                    tmp.unlink(missing_ok=True)
+                for path in written:  # not registered, never sent: as if nothing was put
+                    path.unlink(missing_ok=True)
+                    temp_path(path).unlink(missing_ok=True)
                 raise
-            for tmp, part in zip(written, parts, strict=True):
-                os.replace(tmp, tmp.with_suffix(".batch"))
+            for part in parts:
                 self._pending[part.seq] = part
                 self.nbytes += part.ByteSize()
             self._next_seq += len(parts)
@@ -189,9 +183,7 @@ class Outbox:
         with self._cond:
             if limit != self.message_limit:
                 self.message_limit = limit
-                tmp = self.dir / "limit.json.tmp"
-                tmp.write_text(json.dumps({"message_bytes": limit}))
-                os.replace(tmp, self.dir / "limit.json")
+                atomic_write(self.dir / "limit.json", json.dumps({"message_bytes": limit}).encode())
 
     def oversized(self) -> list[tuple[int, int]]:
         """(seq, bytes) of pending batches larger than `max_batch_bytes` (written before the limit was known)."""
@@ -214,9 +206,7 @@ class Outbox:
                 (self.dir / f"{s:012d}.batch").unlink(missing_ok=True)
             if seq > self.last_acked:
                 self.last_acked = seq
-                tmp = self.dir / "acked.json.tmp"
-                tmp.write_text(json.dumps({"seq": seq}))
-                os.replace(tmp, self.dir / "acked.json")
+                atomic_write(self.dir / "acked.json", json.dumps({"seq": seq}).encode())
                 self._next_seq = max(self._next_seq, seq + 1)
             self._cond.notify_all()
 

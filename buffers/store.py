@@ -44,6 +44,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from hilrl.buffers.assembler import Discard, Step
+from hilrl.buffers.durable import atomic_write, fsync_path
 from hilrl.buffers.spec import Spec, check_array
 
 log = logging.getLogger(__name__)
@@ -80,37 +81,13 @@ class _DurableLocalStore(LocalStore):
         for key in self.touched:
             path = Path(self.root) / key
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fsync_path(path)
             except FileNotFoundError:  # deleted since (a failed append's chunk past the commit): nothing to keep
                 continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             dirs.add(path.parent)
         for d in dirs:
             fsync_path(d)
         self.touched.clear()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: a crash leaves either the old or the new file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes renames inside it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _chunk_rows(row_bytes: int) -> int:

@@ -27,6 +27,7 @@ from hilrl.buffers.store import BufferStore, StoreError, atomic_write, read_stor
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
+from hilrl.learner.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class LearnerCore:
             raise SystemExit(f"--residual needs --residual-scale > 0 (got {cfg.residual_scale}) and cannot be "
                              f"combined with --chunk {cfg.chunk} (one base action per observation)")
         self.cfg = cfg
-        self.out = Path(cfg.output_dir)
+        self.run_dir = RunDir(cfg.output_dir)
         self.lock = threading.Condition()
         # One store writer at a time (the store's row order is the buffers' order), without the core lock:
         # the fsyncs of one actor's batch must not stall training, status, Hello or the weight streams.
@@ -121,19 +122,19 @@ class LearnerCore:
 
     def open(self) -> None:
         """Prepare the output directory: a fresh run, or the previous one with --resume."""
-        marker = self.out / "run.json"
+        marker = self.run_dir.run_marker
         if marker.exists() and not self.cfg.resume:
-            raise SystemExit(f"{self.out} already holds a learner run; pass --resume to continue it, "
+            raise SystemExit(f"{self.run_dir.root} already holds a learner run; pass --resume to continue it, "
                              "or choose another --output-dir")
         if self.cfg.resume and not marker.exists():
-            log.warning("--resume: no learner run in %s yet; starting a fresh one", self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+            log.warning("--resume: no learner run in %s yet; starting a fresh one", self.run_dir.root)
+        self.run_dir.root.mkdir(parents=True, exist_ok=True)
         if marker.exists():
             self.run_id = json.loads(marker.read_text())["run_id"]
         else:
             self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
             atomic_write(marker, json.dumps({"run_id": self.run_id}).encode())
-        spec_path = self.out / "spec.json"
+        spec_path = self.run_dir.spec
         try:
             if self.cfg.spec_file is not None:
                 spec = Spec.from_dict(json.loads(Path(self.cfg.spec_file).read_text()))
@@ -142,10 +143,10 @@ class LearnerCore:
                 self._adopt_spec(spec)
             elif spec_path.exists():
                 self._adopt_spec(Spec.from_dict(json.loads(spec_path.read_text())))
-            elif (self.out / "store" / "commit.json").exists():  # stopped between creating the store and spec.json
-                self._adopt_spec(read_store(self.out / "store")[0])
+            elif (self.run_dir.store / "commit.json").exists():  # stopped between creating the store and spec.json
+                self._adopt_spec(read_store(self.run_dir.store)[0])
         except (StoreError, ValueError, OSError) as exc:
-            raise SystemExit(f"{self.out}: cannot use the spec: {exc}") from exc
+            raise SystemExit(f"{self.run_dir.root}: cannot use the spec: {exc}") from exc
         if self.cfg.demos is not None and not self.cfg.resume:
             try:
                 self.seed_demos(Path(self.cfg.demos))
@@ -156,10 +157,10 @@ class LearnerCore:
             if self.store is not None:
                 self._replay_store()
                 self.online_transitions = 0
-        version_path = self.out / "weights_version.json"
+        version_path = self.run_dir.weights_version
         if version_path.exists():
             version = json.loads(version_path.read_text())["version"]
-            policy_path = self.out / "policy.safetensors"
+            policy_path = self.run_dir.policy
             blob = policy_path.read_bytes() if policy_path.exists() else b""
             self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
 
@@ -180,13 +181,13 @@ class LearnerCore:
         # on the way (StoreError: another spec's store is there; OSError: disk full, ...) leaves no spec adopted
         # and removes a store this call created, so the next Hello (or start) finds the learner as it was.
         buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
-        store_dir = self.out / "store"
+        store_dir = self.run_dir.store
         fresh = not (store_dir / "commit.json").exists()
         store = None
         try:
             store = BufferStore(store_dir, spec,  # disk bounded by the buffer capacities
                                 capacities=(self.cfg.human_capacity, self.cfg.policy_capacity))
-            atomic_write(self.out / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
+            atomic_write(self.run_dir.spec, json.dumps(spec.to_dict(), indent=2).encode())
         except BaseException:
             if fresh and store_dir.exists():
                 (store_dir / "commit.json").unlink(missing_ok=True)  # the next BufferStore starts it over
@@ -237,7 +238,7 @@ class LearnerCore:
                 problem = self.spec.mismatch(spec)
                 if problem:
                     raise SpecMismatch(f"actor {actor_id!r} spec does not match the learner's "
-                                       f"({self.out / 'spec.json'}): {problem}")
+                                       f"({self.run_dir.spec}): {problem}")
             record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
             record.connected = True
             record.instance_id = instance_id or record.instance_id
@@ -385,12 +386,11 @@ class LearnerCore:
     def publish(self, blob: bytes) -> int:
         """Make new actor weights visible; the version counter is persisted before it is used."""
         version = self.weights.version + 1
-        atomic_write(self.out / "weights_version.json", json.dumps({"version": version}).encode())
-        atomic_write(self.out / "policy.safetensors", blob)
-        history = self.out / "weights"
-        history.mkdir(exist_ok=True)
-        atomic_write(history / f"v{version:06d}.safetensors", blob)
-        for old in sorted(history.glob("v*.safetensors"))[: -self.cfg.keep_weight_versions]:
+        atomic_write(self.run_dir.weights_version, json.dumps({"version": version}).encode())
+        atomic_write(self.run_dir.policy, blob)
+        self.run_dir.weight_history.mkdir(exist_ok=True)
+        atomic_write(self.run_dir.weight_file(version), blob)
+        for old in self.run_dir.weight_files()[: -self.cfg.keep_weight_versions]:
             old.unlink(missing_ok=True)
         with self.lock:
             self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
@@ -422,6 +422,40 @@ class LearnerCore:
             if record is not None:
                 for key, value in stats.items():
                     setattr(record, key, value)
+
+    # ------------------------------------------------------------------ what the training loop changes
+
+    def count_update(self) -> int:
+        """One more gradient update (offline or online); returns the new learner step.
+        Only the training thread changes the counters, so no lock is taken (readers see whole ints)."""
+        self.learner_step += 1
+        return self.learner_step
+
+    def count_offline_update(self) -> None:
+        """The update just counted was an offline (TD3+BC on demonstrations) one."""
+        self.offline_steps_done += 1
+
+    def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """The state statistics the policy normalises with (sent to actors in Hello, kept in the state file)."""
+        with self.lock:
+            self.normalization = {"obs_mean": mean, "obs_std": std}
+
+    def take_episode_events(self) -> list[dict]:
+        """The episode ends stored since the last call (for logging), oldest first."""
+        with self.lock:
+            events, self.episode_events = self.episode_events, []
+        return events
+
+    def store_read_guard(self) -> threading.Lock:
+        """Hold it (``with core.store_read_guard():``) to read the store from another thread: no batch is
+        appended and no compaction deletes rows meanwhile. The core lock stays free."""
+        return self._ingest_lock
+
+    def stop(self) -> None:
+        """Shutting down: wakes every waiting weight/stage subscriber so that it returns."""
+        with self.lock:
+            self.stopping = True
+            self.lock.notify_all()
 
     # ------------------------------------------------------------------ status
 
@@ -462,11 +496,11 @@ class LearnerCore:
                      "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
                      "actors": [asdict(a) | {"connected": False} for a in self.actors.values()],
                      "normalization": {k: v.tolist() for k, v in self.normalization.items()}}
-        atomic_write(self.out / "learner_state.json", json.dumps(state, indent=2).encode())
+        atomic_write(self.run_dir.state, json.dumps(state, indent=2).encode())
 
     def load_state(self) -> bool:
         """Stage, step counters and normalisation of a previous run (see `save_state`)."""
-        path = self.out / "learner_state.json"
+        path = self.run_dir.state
         if not path.exists():
             return False
         state = json.loads(path.read_text())

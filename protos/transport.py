@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from hilrl.deploy.configtools import opt
+from hilrl.buffers.options import opt
 
 DEFAULT_TOKEN_ENV = "HILRL_TOKEN"
 AUTH_HEADER = "authorization"
