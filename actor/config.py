@@ -37,6 +37,8 @@ class ActorConfig(ClientSecurity):
     actor_id: str | None = opt(None, "stable name of this actor; none = the one stored in --state-dir, or a new one")
     state_dir: Path | None = opt(None, "where id, sequence numbers and the outbox live; "
                                        "none = ~/.local/state/hilrl/actors/<actor-id or 'default'>")
+    new_run: bool = opt(False, "send unacknowledged batches recorded for another learner run to the learner's "
+                               "current run (without it the actor stops and says so)")
     fps: int = opt(10, "control rate in Hz (0 = as fast as the sim steps; sim and replay only)")
     max_episodes: int = opt(0, "stop after this many episodes (0 = run until SIGINT/SIGTERM)")
     seed: int | None = opt(None, "seed of the sim, the exploration noise and the scripted human; none = random")
