@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from hilrl.actor.success import SuccessDetectorConfig
-from hilrl.deploy.configtools import opt
+from hilrl.buffers.options import opt
 from hilrl.protos.transport import ClientSecurity
 
 

@@ -116,6 +116,7 @@ class LearnerLink:
     def _sender(self) -> None:
         backoff = Backoff()
         handshake_failures = 0
+        not_storing = False  # the learner answers but cannot store: back off further, not after every Hello
         while not self.stop.is_set():
             in_setup = True  # a hint about TLS setup only fits a failure before the learner answered
             try:
@@ -125,7 +126,8 @@ class LearnerLink:
                     log.info("connected to learner %s (run %s, stage %s, weights v%d)", self.target,
                              reply.run_id, self.stage, reply.weight_version)
                 self.connected.set()
-                backoff.reset()
+                if not not_storing:
+                    backoff.reset()
                 handshake_failures = 0
                 first = self.outbox.first_pending()
                 if first is not None:
@@ -135,6 +137,8 @@ class LearnerLink:
                     if ack.duplicate:
                         log.info("batch %d was already stored by the learner (duplicate dropped there)", ack.seq)
                     self.outbox.ack(ack.seq)
+                    not_storing = False
+                    backoff.reset()
                 if not self.stop.is_set():
                     raise RuntimeError("learner closed the transition stream")
             except grpc.RpcError as exc:
@@ -150,7 +154,8 @@ class LearnerLink:
                     self._fail(f"cannot connect to the learner at {self.target} over TLS ({code.name}, "
                                f"{handshake_failures} attempts): {details}{hint}")
                     return
-                self._retry(backoff, f"{code.name}: {details}{hint}")
+                not_storing = "not storing" in details
+                self._retry(backoff, f"{code.name}: {details}{hint}", reachable=not_storing)
             except RuntimeError as exc:
                 self._retry(backoff, str(exc))
 
@@ -159,11 +164,14 @@ class LearnerLink:
         log.error(message)
         self.stop.set()
 
-    def _retry(self, backoff: Backoff, why: str) -> None:
+    def _retry(self, backoff: Backoff, why: str, reachable: bool = False) -> None:
+        """``reachable``: the learner answered but could not store (its disk is full or failing; RESOURCE_EXHAUSTED
+        or UNAVAILABLE "learner not storing ..."): retried like a lost link, the batches stay in the outbox."""
         self.connected.clear()
         delay = backoff.next()
-        log.warning("learner %s unreachable (%s); %d batches kept in the outbox; retrying in %.1fs",
-                    self.target, why, len(self.outbox), delay)
+        what = "did not store the batches" if reachable else "unreachable"
+        log.warning("learner %s %s (%s); %d batches kept in the outbox; retrying in %.1fs",
+                    self.target, what, why, len(self.outbox), delay)
         self.stop.wait(delay)
 
     def _batches(self) -> Iterator[pb.TransitionBatch]:

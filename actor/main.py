@@ -70,8 +70,8 @@ def run_checkpoint(cfg: ActorConfig) -> int:
     """Run a trained policy with no learner: evaluation and demos (``hilrl actor --checkpoint DIR``)."""
     from dataclasses import replace
 
-    from hilrl.actor.evaluate import load_policy_file
-    from hilrl.deploy.eval import resolve_policy_file
+    from hilrl.learner.networks import load_policy_file
+    from hilrl.learner.rundir import resolve_policy_file
 
     if cfg.env.startswith("replay:"):
         print("hilrl actor: --checkpoint runs a policy; it cannot be combined with --env replay:PATH", file=sys.stderr)
@@ -152,7 +152,7 @@ def run(cfg: ActorConfig) -> int:
         return run_checkpoint(cfg)
     try:  # unusable TLS/token options fail now, before the state directory and the sim
         cfg.channel_credentials()
-        cfg.token()
+        cfg.check_target(cfg.learner, cfg.token())  # no bearer token in plaintext off loopback
     except SecurityConfigError as exc:
         print(f"hilrl actor: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ import struct
 import threading
 from pathlib import Path
 
+from hilrl.buffers.durable import atomic_write
 from hilrl.protos.v1 import learner_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,8 @@ class StateDir:
         return index
 
     def _save(self) -> None:
-        tmp = self._meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"actor_id": self.actor_id, "next_episode": self.next_episode}))
-        os.replace(tmp, self._meta_path)
+        meta = {"actor_id": self.actor_id, "next_episode": self.next_episode}
+        atomic_write(self._meta_path, json.dumps(meta).encode())
 
     def close(self) -> None:
         self._lock_file.close()
@@ -122,13 +122,7 @@ class Outbox:
             seq = self._next_seq
             self._next_seq += 1
             batch.seq = seq
-            path = self.dir / f"{seq:012d}.batch"
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(batch.SerializeToString())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write(self.dir / f"{seq:012d}.batch", batch.SerializeToString())
             self._clear_journal()  # its items are in this batch now
             self._pending[seq] = batch
             self.nbytes += batch.ByteSize()
@@ -150,9 +144,7 @@ class Outbox:
                 (self.dir / f"{s:012d}.batch").unlink(missing_ok=True)
             if seq > self.last_acked:
                 self.last_acked = seq
-                tmp = self.dir / "acked.json.tmp"
-                tmp.write_text(json.dumps({"seq": seq}))
-                os.replace(tmp, self.dir / "acked.json")
+                atomic_write(self.dir / "acked.json", json.dumps({"seq": seq}).encode())
                 self._next_seq = max(self._next_seq, seq + 1)
             self._cond.notify_all()
 

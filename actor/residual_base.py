@@ -3,7 +3,7 @@
 `ResidualBaseEnv` wraps any env of the actor (sim or real arm): each observation it returns carries the
 extra float32 feature ``base_action`` = ``base(obs)``, and its spec declares it, so the handshake tells
 the learner (which refuses a mismatch) and every stored transition holds ``base(s)`` and ``base(s')``.
-The learner's `ResidualActor` (learner/residual.py) adds the bounded correction to that base; the actor
+The learner's `ResidualActor` (learner/networks.py) adds the bounded correction to that base; the actor
 loop itself is unchanged: it runs whatever `Policy` the learner publishes.
 
 Bases (``--residual-base``):
@@ -100,8 +100,8 @@ def make_base(name: str, env_spec: Spec, bias: tuple[float, ...] = (), base_map:
         expert = ScriptedExpert(noise=0.0, bias=bias)
         return expert.act, expert.reset
     if name.startswith("checkpoint:"):
-        from hilrl.actor.evaluate import load_policy_file
-        from hilrl.deploy.eval import resolve_policy_file
+        from hilrl.learner.networks import load_policy_file
+        from hilrl.learner.rundir import resolve_policy_file
 
         try:
             policy = load_policy_file(resolve_policy_file(Path(name.removeprefix("checkpoint:"))))

@@ -31,7 +31,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from hilrl.deploy.configtools import opt
+from hilrl.buffers.durable import atomic_path
+from hilrl.buffers.options import opt
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,8 @@ class SuccessDetector:
     def save(self, path: str | os.PathLike[str]) -> None:
         meta = {"format": FORMAT, "spec": json.dumps(asdict(self.spec))}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        tmp = Path(f"{path}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(Path(path)) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SuccessDetector:

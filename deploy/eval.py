@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hilrl.deploy.configtools import opt
+from hilrl.learner.rundir import resolve_policy_file
 
 
 @dataclass
@@ -24,17 +25,10 @@ class EvalConfig:
     residual_bias: tuple[float, ...] = opt((), "--residual-base expert: the fixed DX,DY,DZ offset it was run with")
 
 
-def resolve_policy_file(path: Path) -> Path:
-    candidate = path / "policy.safetensors" if path.is_dir() else path
-    if not candidate.exists():
-        raise SystemExit(f"no policy at {candidate}: give a learner --output-dir that has published weights, "
-                         "or a policy .safetensors file")
-    return candidate
-
-
 def run_eval(cfg: EvalConfig) -> int:
     from hilrl.actor.envs import make_env
-    from hilrl.actor.evaluate import evaluate, load_policy_file
+    from hilrl.actor.evaluate import evaluate
+    from hilrl.learner.networks import load_policy_file
 
     policy_file = resolve_policy_file(cfg.checkpoint)
     policy = load_policy_file(policy_file)

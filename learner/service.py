@@ -7,6 +7,7 @@ wait in one stream to the core together, so they share one durable store commit.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from hilrl.buffers.store import StoreError
 from hilrl.learner.core import BuffersTooLarge, LearnerCore, SpecMismatch
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
@@ -94,6 +96,13 @@ class LearnerService(pb_grpc.LearnerServicer):
         except BuffersTooLarge as exc:
             log.error("actor %s refused: %s", request.actor_id, exc)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"learner cannot hold this spec's buffers: {exc}")
+        except StoreError as exc:  # the output directory's store holds another spec
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except OSError as exc:  # creating the store or spec.json failed; nothing was adopted, the actor retries
+            log.error("actor %s: adopting its spec failed: %s", request.actor_id, exc)
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
+                grpc.StatusCode.UNAVAILABLE
+            context.abort(code, f"learner not storing: could not create its store for this spec ({exc})")
         log.info("actor %s connected (peer %s)", request.actor_id, context.peer())
         return pb.HelloReply(
             protocol_version=codec.PROTOCOL_VERSION,
@@ -129,8 +138,14 @@ class LearnerService(pb_grpc.LearnerServicer):
                     try:
                         applied = group[len(stored) - 1].weight_version_applied
                         duplicates = self.core.ingest_batches(actor_id, stored, applied)
-                    except ValueError as exc:
+                    except ValueError as exc:  # StoreInputError: nothing was stored; resending cannot help
                         error = (grpc.StatusCode.INVALID_ARGUMENT, f"batch rejected: {exc}")
+                    except OSError as exc:  # nothing new is stored (all or nothing); the actor keeps it, retries
+                        error = _store_failed(exc, self.core.store_problem)
+                    except Exception as exc:  # noqa: BLE001 - a bug, not the batch's fault: say so, let it retry
+                        log.exception("actor %s: storing %d batches failed", actor_id, len(stored))
+                        error = (grpc.StatusCode.INTERNAL, f"the learner failed to store the batch ({exc!r}); "
+                                                           "it stays in the actor's outbox and is resent")
                     else:
                         last = group[len(stored) - 1]
                         if last.HasField("loop"):
@@ -183,7 +198,15 @@ class LearnerService(pb_grpc.LearnerServicer):
             actors=[pb.ActorStatus(**a) for a in s["actors"]],
             demo_episodes=s["demo_episodes"],
             demo_episodes_needed=s["demo_episodes_needed"],
+            store_problem=s["store_problem"],
         )
+
+
+def _store_failed(exc: OSError, problem: str) -> tuple[grpc.StatusCode, str]:
+    """The status for a failed store write: RESOURCE_EXHAUSTED when the disk is full, UNAVAILABLE otherwise;
+    both are retried by the actor (with backoff, keeping its outbox)."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE), f"learner {problem}"
 
 
 def weight_chunks(version: int, sha256: str, blob: bytes) -> Iterator[pb.LearnerEvent]:

@@ -285,8 +285,8 @@ def test_the_actor_exits_non_zero_with_the_reason_on_a_bad_policy_directory(tmp_
 def test_learner_and_actor_train_a_residual_on_a_lerobot_act(spawn, tmp_path: Path) -> None:
     """v1 (no update yet) is exactly the ACT's action on every recorded observation; later weights move it,
     never by more than the bound; ``hilrl eval`` runs the result over the same base."""
-    from hilrl.actor.evaluate import load_policy_file
     from hilrl.buffers.recording import read_steps
+    from hilrl.learner.networks import load_policy_file
 
     port, out, scale = free_port(), tmp_path / "learner", 0.2
     learner = spawn("learner", "--port", str(port), "--output-dir", str(out), "--residual", "--residual-scale",
