@@ -45,7 +45,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from sample_efficiency import Settings as LoopSettings
-from sample_efficiency import online_loop_parts, record_demos, td3_batch
+from sample_efficiency import draw_curves, online_loop_parts, record_demos, td3_batch
 
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.evaluate import evaluate
@@ -302,27 +302,11 @@ def goal(per: dict, reg: dict) -> str:
 
 
 def draw(runs: dict, reg: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.4))
     colors = {"a": "tab:blue", "b": "tab:orange", "d": "tab:green"}
-    for c in RUN_CONDITIONS:
-        for i, (_, r) in enumerate(sorted(runs[c].items())):
-            xs, ys = zip(*r["curve"], strict=True)
-            ax.plot(xs, [100 * y for y in ys], color=colors[c], alpha=0.7, marker="o", ms=3,
-                    label=f"({c}) {CONDITIONS[c]}" if i == 0 else None)
-    ax.axhline(100 * reg["target"], color="grey", ls="--", lw=1)
-    ax.set_xlabel("online environment steps")
-    ax.set_ylabel(f"held-out success, % ({reg['eval_episodes']} episodes; {reg['start_episodes']} at 0)")
-    ax.set_title(f"pick-cube, {reg['demos']} demos, learner defaults; one line per seed; (c) = (a) at step 0",
-                 fontsize=9)
-    ax.set_ylim(-3, 103)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    draw_curves([(f"({c}) {CONDITIONS[c]}", colors[c], [r for _, r in sorted(runs[c].items())])
+                 for c in RUN_CONDITIONS],
+                reg["target"], f"held-out success, % ({reg['eval_episodes']} episodes; {reg['start_episodes']} at 0)",
+                f"pick-cube, {reg['demos']} demos, learner defaults; one line per seed; (c) = (a) at step 0", path)
 
 
 def main() -> None:
