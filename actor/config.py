@@ -67,7 +67,6 @@ class ActorConfig(ClientSecurity):
     outbox_max_mb: float = opt(1024.0, "unacknowledged data kept on disk before the actor stops starting episodes "
                                        "(the current one finishes; nothing is dropped)")
     max_message_mb: int = opt(16, "largest gRPC message sent or accepted, in MiB")
-    wait_for_weights_s: float = opt(0.0, "give up waiting for the first weights after this long (0 = forever)")
     checkpoint: Path | None = opt(None, "run this policy (a learner --output-dir or a policy .safetensors file) "
                                         "with no learner: nothing is streamed, no exploration noise, the sim's "
                                         "scripted takeover is off unless --schedule asks for human episodes; "

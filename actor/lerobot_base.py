@@ -139,6 +139,24 @@ def choose_device(config_device: str | None, override: str | None) -> str:
     return device
 
 
+def check_action_range(stats: dict, spec: Spec, tolerance: float = 0.05) -> None:
+    """The training data's action range (the postprocessor's ``action`` min/max) must lie within the actor's
+    action bounds, give or take ``tolerance`` of each range: otherwise the units differ."""
+    low, high = np.asarray(spec.action.low, np.float64), np.asarray(spec.action.high, np.float64)
+    if "min" not in stats or "max" not in stats or not low.size:
+        return
+    lo = np.asarray(stats["min"], np.float64).reshape(-1)
+    hi = np.asarray(stats["max"], np.float64).reshape(-1)
+    slack = tolerance * (high - low)
+    bad = [i for i in range(low.size) if lo[i] < low[i] - slack[i] or hi[i] > high[i] + slack[i]]
+    if bad:
+        ranges = "; ".join(f"entry {i}: trained on [{lo[i]:.4g}, {hi[i]:.4g}], the actor allows [{low[i]:.4g}, "
+                           f"{high[i]:.4g}]" for i in bad)
+        raise LeRobotBaseError(f"the policy's actions are not in this actor's units ({ranges}): joint targets need "
+                               "--action-mode joint and degrees (lerobot's use_degrees=true), [dx, dy, dz, g] "
+                               "needs --action-mode ee (docs/residual.md)")
+
+
 class LeRobotBase:
     """``base(obs) -> action`` for `ResidualBaseEnv`, with ``reset`` (episode start) and ``drop_plan``."""
 
@@ -174,6 +192,9 @@ class LeRobotBase:
                 preprocessor_overrides={"device_processor": {"device": self.device}})
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise LeRobotBaseError(f"{path}: LeRobot could not load the policy: {exc}") from exc
+        unnormalizer = next((st for st in self.post.steps if isinstance(getattr(st, "stats", None), dict)), None)
+        if unnormalizer is not None:
+            check_action_range(unnormalizer.stats.get("action", {}), spec)
         self.path = path
         self.type = cfg.type
         self.n_action_steps = int(getattr(cfg, "n_action_steps", 1))

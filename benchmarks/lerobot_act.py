@@ -42,12 +42,17 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], what: str, log: Path | None = None) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env())
-    if log is not None:
-        log.write_text(r.stdout + r.stderr)
+    """Run ``cmd``; its stdout. ``log``: stdout and stderr also go there as they come (progress of long runs)."""
+    if log is None:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+        out, err = r.stdout, r.stderr
+    else:
+        with open(log, "w") as f:
+            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, env=_env())
+        out = err = log.read_text()
     if r.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {r.returncode}): {' '.join(cmd)}\n{r.stderr[-3000:]}")
-    return r.stdout
+        raise RuntimeError(f"{what} failed (exit {r.returncode}): {' '.join(cmd)}\n{err[-3000:]}")
+    return out
 
 
 def rename_state(src: Path, dst: Path, old: str = "agent_pos", new: str = "state") -> None:

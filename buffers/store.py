@@ -44,7 +44,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from hilrl.buffers.assembler import Discard, Step
-from hilrl.buffers.durable import atomic_write, fsync_path
+from hilrl.buffers.durable import atomic_write, fsync_path, temp_path
 from hilrl.buffers.spec import Spec, check_array
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ class BufferStore:
         if on_disk == attempted:
             self.commit = attempted
             return
-        (self.path / "commit.json.tmp").unlink(missing_ok=True)
+        temp_path(self.path / "commit.json").unlink(missing_ok=True)
         try:
             self._truncate_uncommitted()
         except Exception as exc:  # noqa: BLE001 - the next append writes at the committed rows all the same

@@ -498,17 +498,16 @@ class LearnerCore:
                      "normalization": {k: v.tolist() for k, v in self.normalization.items()}}
         atomic_write(self.run_dir.state, json.dumps(state, indent=2).encode())
 
-    def load_state(self) -> bool:
-        """Stage, step counters and normalisation of a previous run (see `save_state`)."""
+    def load_state(self) -> None:
+        """Stage, step counters and normalisation of a previous run (see `save_state`), if it saved any."""
         path = self.run_dir.state
         if not path.exists():
-            return False
+            return
         state = json.loads(path.read_text())
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]
         self.normalization = {k: np.asarray(v, dtype=np.float32) for k, v in state["normalization"].items()}
-        return True
 
 
 def store_failure(exc: OSError, store: Path) -> str:
