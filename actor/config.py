@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from hilrl.actor.success import SuccessDetectorConfig
-from hilrl.deploy.configtools import opt
+from hilrl.buffers.options import opt
 from hilrl.protos.transport import ClientSecurity
 
 
@@ -37,15 +37,25 @@ class ActorConfig(ClientSecurity):
     actor_id: str | None = opt(None, "stable name of this actor; none = the one stored in --state-dir, or a new one")
     state_dir: Path | None = opt(None, "where id, sequence numbers and the outbox live; "
                                        "none = ~/.local/state/hilrl/actors/<actor-id or 'default'>")
+    new_run: bool = opt(False, "send unacknowledged batches recorded for another learner run to the learner's "
+                               "current run (without it the actor stops and says so)")
     fps: int = opt(10, "control rate in Hz (0 = as fast as the sim steps; sim and replay only)")
     max_episodes: int = opt(0, "stop after this many episodes (0 = run until SIGINT/SIGTERM)")
     seed: int | None = opt(None, "seed of the sim, the exploration noise and the scripted human; none = random")
     sim_cameras: bool = opt(False, "--env sim: add the front and wrist cameras (uint8 128x128x3) to the observation, "
                                    "so the learner trains a camera policy")
     residual_base: str | None = opt(None, "residual mode: run this frozen base policy, 'expert' (the sim's scripted "
-                                          "expert) or 'checkpoint:PATH' (a learner --output-dir or policy file), "
-                                          "add its action to every observation as 'base_action' and let the "
-                                          "learner (started with --residual) train only a bounded correction")
+                                          "expert), 'checkpoint:PATH' (a learner --output-dir or policy file) or "
+                                          "'lerobot:PATH' (a lerobot-train pretrained_model directory, ACT or "
+                                          "Diffusion), add its action to every observation as 'base_action' and "
+                                          "let the learner (started with --residual) train only a bounded correction")
+    residual_base_map: tuple[str, ...] = opt((), "--residual-base lerobot:PATH: POLICY_KEY=HILRL_NAME entries naming "
+                                                 "the observation each policy input is read from, e.g. "
+                                                 "observation.state=joint_pos,observation.images.top=front; unnamed "
+                                                 "inputs: observation.X and observation.images.X <- X, "
+                                                 "observation.state <- joint_pos (arm) / agent_pos (sim)")
+    residual_base_device: str | None = opt(None, "--residual-base lerobot:PATH: device to run the policy on (cpu, "
+                                                 "cuda, mps); none = the device in its config.json")
     residual_bias: tuple[float, ...] = opt((), "--residual-base expert: a fixed DX,DY,DZ offset (action units) added "
                                                "to the expert's commands (a miscalibrated base, for studies)")
     exploration_noise: float = opt(0.1, "std of Gaussian exploration noise, as a fraction of each action's half-range")
@@ -57,7 +67,6 @@ class ActorConfig(ClientSecurity):
     outbox_max_mb: float = opt(1024.0, "unacknowledged data kept on disk before the actor stops starting episodes "
                                        "(the current one finishes; nothing is dropped)")
     max_message_mb: int = opt(16, "largest gRPC message sent or accepted, in MiB")
-    wait_for_weights_s: float = opt(0.0, "give up waiting for the first weights after this long (0 = forever)")
     checkpoint: Path | None = opt(None, "run this policy (a learner --output-dir or a policy .safetensors file) "
                                         "with no learner: nothing is streamed, no exploration noise, the sim's "
                                         "scripted takeover is off unless --schedule asks for human episodes; "

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
-from safetensors import safe_open
 from tqdm import tqdm
 
 from hilrl.actor.loop import PolicyRunner
-from hilrl.learner.networks import Policy, PolicyConfig, policy_from_safetensors_bytes
-
-
-def load_policy_file(path: Path) -> Policy:
-    """A policy published by the learner (`<output-dir>/policy.safetensors`); its config is in the metadata."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if "policy_config" not in metadata:
-        raise ValueError(f"{path} carries no policy_config metadata; is it a hilrl policy file?")
-    cfg = PolicyConfig.from_dict(json.loads(metadata["policy_config"]))
-    return policy_from_safetensors_bytes(cfg, Path(path).read_bytes())
+from hilrl.learner.networks import Policy
 
 
 def evaluate(policy: Policy, env, episodes: int, seed: int, progress: bool = True) -> dict:

@@ -1,51 +1,24 @@
 """The person (or script) next to the arm, as the control loop sees it.
 
 Every takeover device — lerobot's gamepad, a keyboard, the sim's scripted expert — is wrapped in
-a `HumanInput`: once per tick the loop calls `poll(obs)` (is the takeover held? did an episode-end
-or emergency-stop button fire?) and, while the takeover is held, `action(obs)` for the human's
-action in the arm's action space (end-effector delta + gripper, like the policy's).
+a `HumanInput` (declared in `hilrl.hardware.human`, next to the devices): once per tick the loop
+calls `poll(obs)` (is the takeover held? did an episode-end or emergency-stop button fire?) and,
+while the takeover is held, `action(obs)` for the human's action in the arm's action space
+(end-effector delta + gripper, like the policy's). This module holds the sim's scripted stand-in
+and the episode schedule.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
-EpisodeEnd = Literal["success", "failure", "rerecord"]
+from hilrl.hardware.human import EpisodeEnd, HumanEvents, HumanInput
 
-
-@dataclass
-class HumanEvents:
-    """What the human signalled during one tick."""
-
-    takeover: bool = False           # the takeover button is held: the human's action is executed
-    end: EpisodeEnd | None = None    # success / failure end the episode; rerecord discards it
-    estop: bool = False              # emergency stop: hold the arm now and stop
-
-
-class HumanInput(Protocol):
-    def reset(self, demonstrating: bool = False) -> None:
-        """A new episode starts; `demonstrating`: the human is asked to do the whole episode."""
-
-    def poll(self, obs: dict[str, np.ndarray]) -> HumanEvents:
-        """The human's signals for this tick (never blocks)."""
-
-    def action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The human's action for this tick (only called while the takeover is held)."""
-
-    def close(self) -> None:
-        """Release the device."""
-
-
-class OperatorGo(Protocol):
-    """A device the operator can say "go" with (gamepad LB, key g): the real arm waits for it at its rest pose."""
-
-    def go(self) -> bool:
-        """True once per press of the go button since the last call (never blocks)."""
+__all__ = ["EpisodeEnd", "HumanEvents", "HumanInput", "NoTakeover", "Schedule", "ScriptedTeleop", "parse_schedule"]
 
 
 class ScriptedTeleop:

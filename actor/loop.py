@@ -29,6 +29,7 @@ from hilrl.actor.human import Schedule
 from hilrl.actor.link import LearnerLink
 from hilrl.actor.outbox import Outbox, OutboxWriter
 from hilrl.actor.replay import ReplaySource
+from hilrl.actor.residual_base import ResidualBaseEnv
 from hilrl.actor.safety import LearnerWatch, Safety, limits_for
 from hilrl.actor.success import SuccessGate
 from hilrl.buffers.assembler import Discard, Step
@@ -189,6 +190,8 @@ class ActorLoop:
         try:
             return self._replay() if isinstance(self.env, ReplaySource) else self._run()
         finally:
+            if self._writer.failing:
+                self._writer.abandon()
             self._writer.drain()
 
     def _run(self) -> dict:
@@ -197,6 +200,14 @@ class ActorLoop:
             if self.cfg.max_episodes and self.stats.episodes >= self.cfg.max_episodes:
                 break
             self._swap_weights()
+            if self._writer.failing:  # the outbox's disk refuses writes: nothing new until it takes them again
+                if "disk" not in said:
+                    said.add("disk")
+                    log.warning("the outbox cannot be written (%s): holding the arm and starting no new episode",
+                                self._writer.failing)
+                self.stop.wait(0.1)
+                continue
+            said.discard("disk")
             if self.outbox.full:  # finish nothing new until the learner has caught up; drop nothing
                 if "full" not in said:
                     said.add("full")
@@ -338,6 +349,8 @@ class ActorLoop:
                     action = self._safe(action, obs)
             if human or late or events.estop or policy_held:  # not the policy's step: drop the rest of a chunk
                 self.runner.drop_plan()
+                if isinstance(self.env, ResidualBaseEnv):  # ... and of the residual base's (a LeRobot ACT)
+                    self.env.drop_plan()
             next_obs, reward, terminated, truncated, info = self.env.step(action)
             if self.success_gate is not None:  # the detector judges; the human's verdict overrides it
                 reward, terminated = self.success_gate.judge(next_obs, reward, terminated, events.end)

@@ -70,8 +70,8 @@ def run_checkpoint(cfg: ActorConfig) -> int:
     """Run a trained policy with no learner: evaluation and demos (``hilrl actor --checkpoint DIR``)."""
     from dataclasses import replace
 
-    from hilrl.actor.evaluate import load_policy_file
-    from hilrl.deploy.eval import resolve_policy_file
+    from hilrl.learner.networks import load_policy_file
+    from hilrl.learner.rundir import resolve_policy_file
 
     if cfg.env.startswith("replay:"):
         print("hilrl actor: --checkpoint runs a policy; it cannot be combined with --env replay:PATH", file=sys.stderr)
@@ -133,6 +133,8 @@ def check_options(cfg: ActorConfig) -> str | None:
         return str(exc)
     if cfg.env in ("so101", "so100") and cfg.action_mode == "joint" and "human" in schedule.cycle:
         return "--schedule with human episodes needs --action-mode ee: the human drives in end-effector space"
+    if (cfg.residual_base_map or cfg.residual_base_device) and not (cfg.residual_base or "").startswith("lerobot:"):
+        return "--residual-base-map and --residual-base-device are for --residual-base lerobot:PATH"
     if cfg.rest_pose and cfg.env not in ("so101", "so100"):
         return f"--rest-pose is for a real arm (--env so101/so100); the sim resets itself (--env {cfg.env})"
     if cfg.max_action_delta < 0 or cfg.watchdog_periods < 0 or cfg.learner_lost_after_s <= 0:
@@ -150,7 +152,7 @@ def run(cfg: ActorConfig) -> int:
         return run_checkpoint(cfg)
     try:  # unusable TLS/token options fail now, before the state directory and the sim
         cfg.channel_credentials()
-        cfg.token()
+        cfg.check_target(cfg.learner, cfg.token())  # no bearer token in plaintext off loopback
     except SecurityConfigError as exc:
         print(f"hilrl actor: {exc}", file=sys.stderr)
         return 2
@@ -161,6 +163,8 @@ def run(cfg: ActorConfig) -> int:
         print(f"hilrl actor: {exc}", file=sys.stderr)
         return 2
     outbox = Outbox(state.path / "outbox", max_bytes=int(cfg.outbox_max_mb * 2**20))
+    own = cfg.max_message_mb << 20  # batches fit this and the learner's limit (the one remembered, until Hello)
+    outbox.set_message_limit(min(own, outbox.message_limit or own))
     recovered = outbox.recover_journal(state.actor_id)
     if recovered:
         log.info("outbox: %d steps of a batch the earlier run never closed (it was killed) were recovered from "
@@ -171,7 +175,8 @@ def run(cfg: ActorConfig) -> int:
         print(f"hilrl actor: --record {cfg.record} already exists; choose a new path", file=sys.stderr)
         return 2
     env, human = make_arm(cfg, cfg.takeover_after)
-    link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb, security=cfg)
+    link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb, security=cfg, state=state,
+                       new_run=cfg.new_run)
     log.info("actor %s (state %s) -> learner %s", state.actor_id, state.path, cfg.learner)
     link.start()
 

@@ -3,7 +3,7 @@
 `ResidualBaseEnv` wraps any env of the actor (sim or real arm): each observation it returns carries the
 extra float32 feature ``base_action`` = ``base(obs)``, and its spec declares it, so the handshake tells
 the learner (which refuses a mismatch) and every stored transition holds ``base(s)`` and ``base(s')``.
-The learner's `ResidualActor` (learner/residual.py) adds the bounded correction to that base; the actor
+The learner's `ResidualActor` (learner/networks.py) adds the bounded correction to that base; the actor
 loop itself is unchanged: it runs whatever `Policy` the learner publishes.
 
 Bases (``--residual-base``):
@@ -13,9 +13,10 @@ Bases (``--residual-base``):
 * ``checkpoint:PATH``: one of our own policies (a learner --output-dir or a policy .safetensors file),
   loaded locally and never trained.
 
-A lerobot ACT/diffusion policy would plug in the same way: a callable ``obs -> action`` built from a local
-``pretrained_model`` directory (``PreTrainedPolicy.from_pretrained(path)`` + ``select_action``), called at
-every tick; its action must already be in this env's action units. Not built yet.
+* ``lerobot:PATH``: a LeRobot ACT/Diffusion ``pretrained_model`` directory, run through LeRobot's own
+  classes with its action-chunk queue (`hilrl.actor.lerobot_base`); its action must be in this env's
+  action units. A step that is not the policy's (a takeover, a hold) drops the rest of its chunk
+  (`ResidualBaseEnv.drop_plan`, called by the actor loop).
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ class ResidualBaseEnv:
             raise ValueError(f"the residual base produced a non-finite action {action}")
         return {**obs, BASE_ACTION: np.clip(action, self.low, self.high)}
 
+    def drop_plan(self) -> None:
+        """The step about to run is not the policy's: a chunked base re-plans from the next observation."""
+        drop = getattr(self.base, "drop_plan", None)
+        if drop is not None:
+            drop()
+
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         obs = self.env.reset(seed=seed)
         if self.reset_base is not None:
@@ -73,16 +80,28 @@ class ResidualBaseEnv:
         self.env.close()
 
 
-def make_base(name: str, env_spec: Spec, bias: tuple[float, ...] = ()) -> tuple[Base, Callable[[], None] | None]:
-    """``(base, reset)`` for ``--residual-base``: ``expert`` or ``checkpoint:PATH`` (see the module docstring)."""
+def make_base(name: str, env_spec: Spec, bias: tuple[float, ...] = (), base_map: tuple[str, ...] = (),
+              device: str | None = None) -> tuple[Base, Callable[[], None] | None]:
+    """``(base, reset)`` for ``--residual-base``: ``expert``, ``checkpoint:PATH`` or ``lerobot:PATH`` (see the
+    module docstring; ``base_map`` and ``device`` are ``--residual-base-map`` / ``--residual-base-device``)."""
+    if (base_map or device) and not name.startswith("lerobot:"):
+        raise SystemExit("--residual-base-map and --residual-base-device are for --residual-base lerobot:PATH")
+    if name.startswith("lerobot:"):
+        from hilrl.actor.lerobot_base import LeRobotBase, LeRobotBaseError
+
+        try:
+            base = LeRobotBase(Path(name.removeprefix("lerobot:")), env_spec, base_map, device)
+        except LeRobotBaseError as exc:
+            raise SystemExit(f"--residual-base {name}: {exc}") from exc
+        return base, base.reset
     if name == "expert":
         from hilrl.hardware.expert import ScriptedExpert
 
         expert = ScriptedExpert(noise=0.0, bias=bias)
         return expert.act, expert.reset
     if name.startswith("checkpoint:"):
-        from hilrl.actor.evaluate import load_policy_file
-        from hilrl.deploy.eval import resolve_policy_file
+        from hilrl.learner.networks import load_policy_file
+        from hilrl.learner.rundir import resolve_policy_file
 
         try:
             policy = load_policy_file(resolve_policy_file(Path(name.removeprefix("checkpoint:"))))
@@ -99,7 +118,7 @@ def make_base(name: str, env_spec: Spec, bias: tuple[float, ...] = ()) -> tuple[
             return policy(torch.from_numpy(state_vector(obs, env_spec)).unsqueeze(0))[0].numpy()
 
         return run, None
-    raise SystemExit(f"unknown --residual-base {name!r}; use expert or checkpoint:PATH")
+    raise SystemExit(f"unknown --residual-base {name!r}; use expert, checkpoint:PATH or lerobot:PATH")
 
 
 def residual_env(env: Any, cfg: Any) -> ResidualBaseEnv:
@@ -117,9 +136,10 @@ def residual_env(env: Any, cfg: Any) -> ResidualBaseEnv:
     if cfg.residual_base == "expert" and cfg.env in ("so101", "so100"):
         env.close()
         raise SystemExit("--residual-base expert is the sim's scripted expert; on a real arm use "
-                         "--residual-base checkpoint:PATH")
+                         "--residual-base checkpoint:PATH or lerobot:PATH")
     try:
-        base, reset = make_base(cfg.residual_base, env.spec, tuple(cfg.residual_bias))
+        base, reset = make_base(cfg.residual_base, env.spec, tuple(cfg.residual_bias), tuple(cfg.residual_base_map),
+                                cfg.residual_base_device)
     except SystemExit:
         env.close()
         raise

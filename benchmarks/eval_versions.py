@@ -12,8 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
-from hilrl.actor.evaluate import evaluate, load_policy_file
+from hilrl.actor.evaluate import evaluate
 from hilrl.hardware.sim import SimPickCube
+from hilrl.learner.networks import load_policy_file
+from hilrl.learner.rundir import RunDir
 
 
 def main() -> None:
@@ -23,9 +25,10 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5, help="evaluate v1, every k-th version and the last")
     parser.add_argument("--seed", type=int, default=10_000)
     args = parser.parse_args()
-    files = sorted((args.run / "weights").glob("v*.safetensors"))
+    run = RunDir(args.run)
+    files = run.weight_files()
     if not files:
-        raise SystemExit(f"no weight history in {args.run / 'weights'}")
+        raise SystemExit(f"no weight history in {run.weight_history}")
     chosen = [f for i, f in enumerate(files) if i == 0 or (i + 1) % args.every == 0 or f == files[-1]]
     print(f"{'version':>8} {'success':>8} {'mean len':>9}")
     rows = []

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +39,7 @@ from hilrl.buffers.joint_to_ee import (
     dataset_joint_names,
     load_kinematics,
 )
+from hilrl.buffers.options import opt
 from hilrl.buffers.recording import RecordingError, read_steps
 from hilrl.buffers.spec import Feature, Spec
 
@@ -54,38 +55,34 @@ class LeRobotImportError(RecordingError):
     """The dataset cannot be mapped onto hilrl steps; the text lists what is missing and what is there."""
 
 
-def _help(default: object, text: str) -> object:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class LeRobotMapping:
     """Which LeRobotDataset features become which hilrl features (defaults: lerobot's usual names)."""
 
-    cameras: tuple[str, ...] = _help((), "camera features as DATASET_KEY=NAME; empty = every observation.images.* "
+    cameras: tuple[str, ...] = opt((), "camera features as DATASET_KEY=NAME; empty = every observation.images.* "
                                          "feature, named after it (observation.images.front -> front)")
-    state: tuple[str, ...] = _help((), "state features as DATASET_KEY=NAME; empty = every other observation.* "
+    state: tuple[str, ...] = opt((), "state features as DATASET_KEY=NAME; empty = every other observation.* "
                                        "feature, named after it (observation.state -> state)")
-    action: str = _help("action", "action feature (a vector; joint-space datasets give joint targets, see "
+    action: str = opt("action", "action feature (a vector; joint-space datasets give joint targets, see "
                                   "docs/datasets.md)")
-    reward: str | None = _help("next.reward", "reward feature; none = every reward is 0")
-    done: str | None = _help("next.done", "terminal flag feature; none = every episode ends truncated")
-    truncated: str = _help("next.truncated", "timeout flag feature, used when the dataset has it")
-    intervention: str = _help("complementary_info.is_intervention",
+    reward: str | None = opt("next.reward", "reward feature; none = every reward is 0")
+    done: str | None = opt("next.done", "terminal flag feature; none = every episode ends truncated")
+    truncated: str = opt("next.truncated", "timeout flag feature, used when the dataset has it")
+    intervention: str = opt("complementary_info.is_intervention",
                               "human-step flag, used when the dataset has it (else every step is human)")
-    action_low: tuple[float, ...] = _help((), "action lower bounds; empty = the learner's spec's, else "
+    action_low: tuple[float, ...] = opt((), "action lower bounds; empty = the learner's spec's, else "
                                               "meta/hilrl.json's, else the dataset's action minimum")
-    action_high: tuple[float, ...] = _help((), "action upper bounds (see action_low)")
-    to_ee: bool = _help(False, "convert joint targets to end-effector deltas [dx, dy, dz, g] for an ee-mode actor, "
+    action_high: tuple[float, ...] = opt((), "action upper bounds (see action_low)")
+    to_ee: bool = opt(False, "convert joint targets to end-effector deltas [dx, dy, dz, g] for an ee-mode actor, "
                                "by forward kinematics of the URDF (needs urdf and placo; see docs/datasets.md)")
-    urdf: str | None = _help(None, "to_ee: the arm's URDF (SO-101: so101_new_calib.urdf from TheRobotStudio's "
+    urdf: str | None = opt(None, "to_ee: the arm's URDF (SO-101: so101_new_calib.urdf from TheRobotStudio's "
                                    "SO-ARM100 repository)")
-    ee_step_m: float = _help(0.01, "to_ee: metres per action unit; must equal the ee-mode actor's "
+    ee_step_m: float = opt(0.01, "to_ee: metres per action unit; must equal the ee-mode actor's "
                                     "--ee-step-m (default 0.01 m on both)")
-    target_frame: str = _help("gripper_frame_link", "to_ee: the URDF frame whose position the action moves")
-    gripper_dead_band: float = _help(2.0, "to_ee: gripper target changes (0..100 units) within this band hold "
+    target_frame: str = opt("gripper_frame_link", "to_ee: the URDF frame whose position the action moves")
+    gripper_dead_band: float = opt(2.0, "to_ee: gripper target changes (0..100 units) within this band hold "
                                           "the gripper (g=1); beyond it g=2 closes, g=0 opens")
-    joint_state: str = _help("observation.state", "to_ee: the measured joint positions feature (same joint "
+    joint_state: str = opt("observation.state", "to_ee: the measured joint positions feature (same joint "
                                                   "order as the action)")
 
 

@@ -6,12 +6,18 @@ first one it sees and refuses any other. Plain data, JSON-serialisable, no torch
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 SUPPORTED_DTYPES = ("float32", "float64", "uint8", "int64", "int32", "bool")
+# A feature name becomes part of file paths in the learner's store: letters, digits, '_', '.', '-' only.
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+MAX_DIMS = 8
+MAX_STEP_BYTES = 64 << 20  # one step's observation (a few cameras at full HD fit; a mistyped shape does not)
 
 
 @dataclass(frozen=True)
@@ -25,13 +31,25 @@ class Feature:
     high: tuple[float, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise ValueError(f"feature name {self.name!r}: use 1-128 letters, digits, '_', '.' or '-' (it names "
+                             "files in the learner's store)")
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"feature {self.name!r}: dtype {self.dtype!r} is not one of {SUPPORTED_DTYPES}")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         object.__setattr__(self, "low", tuple(float(v) for v in self.low))
         object.__setattr__(self, "high", tuple(float(v) for v in self.high))
+        if len(self.shape) > MAX_DIMS or any(s < 1 for s in self.shape):
+            raise ValueError(f"feature {self.name!r}: shape {list(self.shape)} must have at most {MAX_DIMS} "
+                             "dimensions, each at least 1")
+        if math.prod(self.shape) * np.dtype(self.dtype).itemsize > MAX_STEP_BYTES:
+            raise ValueError(f"feature {self.name!r}: {self.dtype}{list(self.shape)} is larger than "
+                             f"{MAX_STEP_BYTES >> 20} MiB per step")
         if len(self.low) != len(self.high):
             raise ValueError(f"feature {self.name!r}: low and high bounds differ in length")
+        bounds = zip(self.low, self.high, strict=True)
+        if not all(math.isfinite(lo) and math.isfinite(hi) and lo <= hi for lo, hi in bounds):
+            raise ValueError(f"feature {self.name!r}: bounds must be finite with low <= high")
 
     @property
     def is_image(self) -> bool:
@@ -73,6 +91,10 @@ class Spec:
         n = self.action.shape[0]
         if len(self.action.low) != n:
             raise ValueError(f"action bounds must have {n} entries, got {len(self.action.low)}")
+        nbytes = sum(f.size * np.dtype(f.dtype).itemsize for f in self.observation)
+        if nbytes > MAX_STEP_BYTES:
+            raise ValueError(f"the observation is {nbytes / 2**20:.0f} MiB per step, more than "
+                             f"{MAX_STEP_BYTES >> 20} MiB")
 
     @property
     def observation_names(self) -> tuple[str, ...]:

@@ -44,7 +44,8 @@ import zarr
 from zarr.storage import LocalStore
 
 from hilrl.buffers.assembler import Discard, Step
-from hilrl.buffers.spec import Spec
+from hilrl.buffers.durable import atomic_write, fsync_path, temp_path
+from hilrl.buffers.spec import Spec, check_array
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ SCALARS = {"reward": "float32", "terminated": "bool", "truncated": "bool", "is_i
 
 class StoreError(RuntimeError):
     """The store cannot be used as it is; the text says why and what to do."""
+
+
+class StoreInputError(ValueError):
+    """A batch that can never be stored (a value out of range, or not what the spec says); nothing was written."""
 
 
 class _DurableLocalStore(LocalStore):
@@ -75,35 +80,14 @@ class _DurableLocalStore(LocalStore):
         dirs = set()
         for key in self.touched:
             path = Path(self.root) / key
-            fd = os.open(path, os.O_RDONLY)
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                fsync_path(path)
+            except FileNotFoundError:  # deleted since (a failed append's chunk past the commit): nothing to keep
+                continue
             dirs.add(path.parent)
         for d in dirs:
             fsync_path(d)
         self.touched.clear()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: a crash leaves either the old or the new file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes renames inside it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _chunk_rows(row_bytes: int) -> int:
@@ -141,7 +125,14 @@ class BufferStore:
     # ------------------------------------------------------------------ layout
 
     def _create(self) -> None:
-        g = zarr.open_group(store=self._store, mode="w")
+        # Start over from what a creation cut short left, keeping the directory itself: it may be a mount point
+        # (the store on a disk of its own), which zarr's mode "w" would try to remove.
+        for leftover in self.path.iterdir() if self.path.is_dir() else ():
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        g = zarr.open_group(store=self._store, mode="w-")
         g.attrs.update({"format": FORMAT, "version": VERSION, "spec": self.spec.to_dict()})
         for f in self.spec.observation:
             row = f.size * np.dtype(f.dtype).itemsize
@@ -181,33 +172,47 @@ class BufferStore:
         """The highest committed batch seq of every source."""
         return {k: int(v["last_seq"]) for k, v in self.commit["actors"].items()}
 
-    def append(self, source: str, seq: int, items: list[Step | Discard]) -> None:
-        """Durably store one batch and its `(source, seq)` record; returns once it is committed."""
-        steps = [i for i in items if isinstance(i, Step)]
-        sources = self.commit["sources"]
+    def instances(self) -> dict[str, str]:
+        """The state-directory identity each actor source's batches came from (where the actor said it)."""
+        return {k: v["instance"] for k, v in self.commit["actors"].items() if v.get("instance")}
+
+    def append(self, source: str, seq: int, items: list[Step | Discard], instance: str = "") -> None:
+        """Durably store one batch and its `(source, seq)` record (with the sending actor's `instance`, if given);
+        returns once it is committed.
+
+        All or nothing: the items are checked against the spec first (`StoreInputError`, nothing touched),
+        the rows are written at the committed length of every array and fsynced, and only then is the
+        commit record replaced. If anything fails (an `OSError` such as ENOSPC, ...) every array is cut
+        back to the committed length and the in-memory commit stays the one on disk, so a resend of the
+        batch is stored once, at the right rows."""
+        rows, finals, discards = _prepare(self.spec, source, seq, items)
+        sources = list(self.commit["sources"])
         if source not in sources:
             sources.append(source)
         sid = sources.index(source)
-        g, n = self.group, self.commit["steps"]
-        if steps:
-            for f in self.spec.observation:
-                g[f"obs/{f.name}"].append(np.stack([s.obs[f.name] for s in steps]))
-            g["action"].append(np.stack([s.action for s in steps]).astype(np.float32))
-            for name, dtype in SCALARS.items():
-                values = [sid] * len(steps) if name == "source" else [getattr(s, name) for s in steps]
-                g[name].append(np.asarray(values, dtype=dtype))
-            ended = [(n + i, s) for i, s in enumerate(steps) if s.final_obs is not None]
-            if ended:
-                for f in self.spec.observation:
-                    g[f"final/{f.name}"].append(np.stack([s.final_obs[f.name] for _, s in ended]))
-                g["final_index"].append(np.asarray([i for i, _ in ended], dtype=np.int64))
-            self._store.sync()
-            self.commit["steps"] = n + len(steps)
-            self.commit["finals"] += len(ended)
-        self.commit["discards"].extend([source, d.episode] for d in items if isinstance(d, Discard))
-        self.commit["actors"][source] = {"last_seq": seq}
-        self._write_commit()
-        self._since_compact += len(steps)
+        n, e = self.commit["steps"], self.commit["finals"]
+        if rows:
+            rows["source"] = np.full(len(rows["step"]), sid, dtype=np.int32)
+        if finals:
+            finals["final_index"] = finals["final_index"] + n
+        new = {**self.commit, "sources": sources, "steps": n + len(rows.get("step", ())),
+               "finals": e + len(finals.get("final_index", ())),
+               "discards": [*self.commit["discards"], *([source, d] for d in discards)],
+               "actors": {**self.commit["actors"], source: {"last_seq": seq, **({"instance": instance} if instance
+                                                                                   else {})}}}
+        try:
+            if rows:
+                for name, values in rows.items():
+                    _put_rows(self.group[name], n, values)
+                for name, values in finals.items():
+                    _put_rows(self.group[name], e, values)
+                self._store.sync()
+            self._write_commit(new)
+        except BaseException:
+            self._roll_back(new)
+            raise
+        self.commit = new
+        self._since_compact += len(rows.get("step", ()))
         if self.capacities and self._since_compact >= self.compact_every:
             try:  # the batch is committed: a failed compaction must not make it look unstored
                 self.compact()
@@ -215,8 +220,26 @@ class BufferStore:
                 log.exception("%s: compaction failed; the store stays correct, only larger (retried later)",
                               self.path)
 
-    def _write_commit(self) -> None:
-        atomic_write(self.path / "commit.json", json.dumps(self.commit).encode())
+    def _roll_back(self, attempted: dict) -> None:
+        """After a failed append: if the new commit record did reach the disk (only its directory fsync
+        failed) it stands (`last_seqs` shows it, so a resend is a duplicate); otherwise every array is cut
+        back to the commit."""
+        try:
+            on_disk = json.loads((self.path / "commit.json").read_text())
+        except (OSError, ValueError):
+            on_disk = None
+        if on_disk == attempted:
+            self.commit = attempted
+            return
+        temp_path(self.path / "commit.json").unlink(missing_ok=True)
+        try:
+            self._truncate_uncommitted()
+        except Exception as exc:  # noqa: BLE001 - the next append writes at the committed rows all the same
+            log.warning("%s: could not cut the arrays back to the last commit yet (%s); the next append and the "
+                        "next open do it", self.path, exc)
+
+    def _write_commit(self, commit: dict | None = None) -> None:
+        atomic_write(self.path / "commit.json", json.dumps(self.commit if commit is None else commit).encode())
 
     # ------------------------------------------------------------------ bounding disk use
 
@@ -312,6 +335,77 @@ class BufferStore:
     def replay(self) -> Iterator[tuple[str, Step | Discard]]:
         """Every committed step outside holes in arrival order as (source, step), then the discards."""
         return _replay(self.group, self.spec, self.commit, self.holes)
+
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _prepare(spec: Spec, source: str, seq: int,
+             items: list[Step | Discard]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[int]]:
+    """Check a batch against the spec and the store's dtypes and turn it into the rows to write: the step
+    arrays, the final-observation arrays (with `final_index` relative to the batch) and the discarded
+    episodes. Raises `StoreInputError` naming the first bad item; nothing is written before this passes."""
+    if not isinstance(source, str) or not source:
+        raise StoreInputError(f"source {source!r}: must be a non-empty string")
+    if not 1 <= seq <= INT64[1]:
+        raise StoreInputError(f"seq {seq}: must be between 1 and 2**63 - 1")
+    steps: list[Step] = []
+    discards: list[int] = []
+    for i, item in enumerate(items):
+        try:
+            if isinstance(item, Discard):
+                discards.append(_int64(item.episode, "episode"))
+                continue
+            _check_step(spec, item)
+        except ValueError as exc:
+            raise StoreInputError(f"batch {seq} item {i}: {exc}") from None
+        steps.append(item)
+    if not steps:
+        return {}, {}, discards
+    rows = {f"obs/{f.name}": np.stack([s.obs[f.name] for s in steps]) for f in spec.observation}
+    rows["action"] = np.stack([s.action for s in steps]).astype(np.float32)
+    for name, dtype in SCALARS.items():
+        if name != "source":
+            rows[name] = np.asarray([getattr(s, name) for s in steps], dtype=dtype)
+    ended = [(i, s) for i, s in enumerate(steps) if s.final_obs is not None]
+    finals: dict[str, np.ndarray] = {}
+    if ended:
+        finals = {f"final/{f.name}": np.stack([s.final_obs[f.name] for _, s in ended]) for f in spec.observation}
+        finals["final_index"] = np.asarray([i for i, _ in ended], dtype=np.int64)
+    return rows, finals, discards
+
+
+def _check_step(spec: Spec, step: Step) -> None:
+    for what, obs in (("observation", step.obs), ("final observation", step.final_obs)):
+        if obs is None:
+            continue
+        if set(obs) != set(spec.observation_names):
+            raise ValueError(f"{what} keys {sorted(obs)} differ from the spec's {list(spec.observation_names)}")
+        for f in spec.observation:
+            check_array(f, np.asarray(obs[f.name]))
+    action = np.asarray(step.action)
+    if action.shape != spec.action.shape or action.dtype.kind not in "fiu":
+        raise ValueError(f"action: {action.dtype}{list(action.shape)}, the spec says {spec.action.describe()}")
+    if not np.isfinite(action.astype(np.float32)).all():
+        raise ValueError("action: contains NaN or inf (as float32)")
+    if not np.isfinite(np.float32(step.reward)):
+        raise ValueError(f"reward {step.reward} is not a finite float32")
+    _int64(step.episode, "episode")
+    _int64(step.step, "step")
+
+
+def _int64(value: int, what: str) -> int:
+    if not INT64[0] <= int(value) <= INT64[1]:
+        raise ValueError(f"{what} {value} does not fit the store's int64")
+    return int(value)
+
+
+def _put_rows(arr: zarr.Array, start: int, values: np.ndarray) -> None:
+    """Write `values` as rows `start..` of `arr` and make them its last rows (the array may be longer after a
+    failed append: what lies past `start` is not committed)."""
+    stop = start + len(values)
+    arr.resize((stop, *arr.shape[1:]))
+    arr[start:stop] = values
 
 
 def read_store(path: str | Path) -> tuple[Spec, Iterator[tuple[str, Step | Discard]], set[tuple[str, int]]]:

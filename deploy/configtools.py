@@ -22,12 +22,17 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from hilrl.buffers import options as _options
+
 T = TypeVar("T")
 MISSING = dataclasses.MISSING
 _ACCEPT = {int: (int,), float: (int, float), str: (str,), bool: (bool,), Path: (str, Path)}  # YAML types
 _NONE_WORDS = ("none", "null")
 _TRUE_WORDS = ("true", "yes", "on", "1", "t", "y")
 _FALSE_WORDS = ("false", "no", "off", "0", "f", "n")
+
+
+opt = _options.opt  # the field helper lives in the bottom layer (every package declares config); re-exported
 
 
 class ConfigError(ValueError):
@@ -44,13 +49,6 @@ class _Option:
     default: Any
     help: str
     group: str = ""  # --help group of its own (flags unchanged), from ``opt(..., group="...")``
-
-
-def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" reads best at call sites
-    """A dataclass field with its --help text."""
-    if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
 def field_help(f: dataclasses.Field) -> str:

@@ -32,6 +32,7 @@ def _items_of(cfg: DatasetConfig):
     """(spec, (source, step) stream, discarded episodes) of the export input."""
     from hilrl.buffers.recording import read_steps
     from hilrl.buffers.store import read_store
+    from hilrl.learner.rundir import RunDir
 
     if (cfg.store is None) == (cfg.recording is None):
         raise SystemExit("hilrl dataset export: give exactly one of --store DIR or --recording PATH")
@@ -39,8 +40,8 @@ def _items_of(cfg: DatasetConfig):
         spec, steps = read_steps(cfg.recording)
         return spec, (("recording", s) for s in steps), set()
     path = Path(cfg.store)
-    if not (path / "commit.json").exists() and (path / "store" / "commit.json").exists():
-        path = path / "store"
+    if not (path / "commit.json").exists() and (RunDir(path).store / "commit.json").exists():
+        path = RunDir(path).store  # a learner output dir: its store
     spec, items, discarded = read_store(path)
     return spec, items, discarded
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from hilrl.deploy.configtools import opt
+from hilrl.learner.rundir import RunDir
 
 
 @dataclass
@@ -86,7 +87,7 @@ def run_demo(cfg: DemoConfig) -> int:
                      learner_log)
     actor = None
     try:
-        address = _wait_for_address(learner, learner_dir / "learner.json", learner_log)
+        address = _wait_for_address(learner, RunDir(learner_dir).address, learner_log)
         actor = _spawn(["actor", "--learner", address, "--env", "sim", "--fps", "0", "--actor-id", "sim-0",
                         "--state-dir", str(out / "actor-state"), "--seed", str(cfg.seed),
                         "--takeover-after", str(cfg.takeover_after)], actor_log, out / "actor.summary.json")
@@ -137,10 +138,11 @@ def _last_json_line(path: Path) -> dict | None:
 
 
 def _evaluate_and_report(cfg: DemoConfig, out: Path, status: dict, actor_summary: dict) -> int:
-    from hilrl.actor.evaluate import evaluate, load_policy_file
+    from hilrl.actor.evaluate import evaluate
     from hilrl.hardware.sim import SimPickCube
+    from hilrl.learner.networks import load_policy_file
 
-    policy_path = out / "learner" / "policy.safetensors"
+    policy_path = RunDir(out / "learner").policy
     if not policy_path.exists():
         print(f"demo failed: no policy was published (training did not reach the online stage within "
               f"{cfg.train_minutes} min); see {out / 'learner.log'}", file=sys.stderr)
@@ -160,7 +162,7 @@ def _evaluate_and_report(cfg: DemoConfig, out: Path, status: dict, actor_summary
         "eval_mean_length": result["mean_length"],
         "output_dir": str(out),
         "checkpoint": str(policy_path),
-        "tensorboard": f"tensorboard --logdir {out / 'learner' / 'tensorboard'}",
+        "tensorboard": f"tensorboard --logdir {RunDir(out / 'learner').tensorboard}",
     }
     print("\n=== hilrl demo summary ===")
     print(f"training episodes: {summary['episodes']} ({summary['demo_episodes']} demonstrations), "

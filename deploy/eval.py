@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hilrl.deploy.configtools import opt
+from hilrl.learner.rundir import resolve_policy_file
 
 
 @dataclass
@@ -16,22 +17,18 @@ class EvalConfig:
     env: str = opt("sim", "where to evaluate: 'sim' (gym-hil Panda pick-cube, random block positions)")
     episodes: int = opt(50, "evaluation episodes")
     seed: int = opt(10_000, "seed of the block positions (same seed = same positions for every policy)")
-    residual_base: str | None = opt(None, "a residual policy's frozen base, as the actor ran it: 'expert' or "
-                                          "'checkpoint:PATH' (see hilrl actor --help)")
+    residual_base: str | None = opt(None, "a residual policy's frozen base, as the actor ran it: 'expert', "
+                                          "'checkpoint:PATH' or 'lerobot:PATH' (see hilrl actor --help)")
+    residual_base_map: tuple[str, ...] = opt((), "--residual-base lerobot:PATH: POLICY_KEY=HILRL_NAME input "
+                                                 "mapping, as the actor ran it")
+    residual_base_device: str | None = opt(None, "--residual-base lerobot:PATH: device to run the base on")
     residual_bias: tuple[float, ...] = opt((), "--residual-base expert: the fixed DX,DY,DZ offset it was run with")
-
-
-def resolve_policy_file(path: Path) -> Path:
-    candidate = path / "policy.safetensors" if path.is_dir() else path
-    if not candidate.exists():
-        raise SystemExit(f"no policy at {candidate}: give a learner --output-dir that has published weights, "
-                         "or a policy .safetensors file")
-    return candidate
 
 
 def run_eval(cfg: EvalConfig) -> int:
     from hilrl.actor.envs import make_env
-    from hilrl.actor.evaluate import evaluate, load_policy_file
+    from hilrl.actor.evaluate import evaluate
+    from hilrl.learner.networks import load_policy_file
 
     policy_file = resolve_policy_file(cfg.checkpoint)
     policy = load_policy_file(policy_file)

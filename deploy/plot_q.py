@@ -6,31 +6,27 @@ draws, over time, Q1(s, a_executed) (the critic's value of what was actually don
 (its value of what the policy would do), the reward, and the steps a human executed (shaded).
 
 Episodes come from a learner's buffer store (`<output-dir>/store`, read-only: a running learner is
-not disturbed) or from a step recording (`hilrl record`, `hilrl actor --record`). The figure is
-built by the pure function `q_figure`, so the learner can log it to TensorBoard (`log_q_figure`).
+not disturbed) or from a step recording (`hilrl record`, `hilrl actor --record`). The figure and the
+episode reading live in `hilrl.learner.q_figure`, which the learner also uses to log the figure to
+TensorBoard.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hilrl.deploy.configtools import opt
-
-log = logging.getLogger(__name__)
+from hilrl.learner.q_figure import figure_png, q_figure, q_series, read_recording_episodes, read_store_episodes
+from hilrl.learner.rundir import RunDir
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-    from hilrl.buffers.spec import Spec
     from hilrl.learner.networks import Critic, Policy
+
+__all__ = ["PlotQConfig", "load_checkpoint", "q_figure", "q_series", "read_recording_episodes",
+           "read_store_episodes", "resolve_checkpoint", "run_plot_q"]
 
 
 @dataclass
@@ -43,103 +39,21 @@ class PlotQConfig:
     output: Path = opt(Path("q-trajectories.png"), "PNG file to write")
 
 
-@dataclass
-class Episode:
-    """One complete episode's steps (states are the raw state vectors the policy sees)."""
-
-    name: str
-    states: np.ndarray  # [T, state_dim] float32
-    actions: np.ndarray  # [T, action_dim] float32, the executed actions
-    rewards: np.ndarray  # [T] float32
-    interventions: np.ndarray  # [T] bool, True where the human executed the step
-    success: bool  # ended by termination with a positive reward
-
-
-# ---------------------------------------------------------------------- reading episodes
-
-
-def _episodes_from_group(g: Any, spec: Spec, n_rows: int, sources: list[str] | None = None,
-                         discarded: set[tuple[str, int]] | frozenset = frozenset(), start: int = 0,
-                         dropped: np.ndarray | None = None) -> list[Episode]:
-    """Split rows [start, n_rows) of a recording/store group into complete episodes, in order of their end
-    (an episode whose first step lies before `start`, or with rows the store has dropped, is left out).
-    `dropped`: per row in [start, n_rows), True where a bounded store freed the row (a hole)."""
-    from hilrl.buffers.spec import state_vector
-
-    rows_ = slice(start, n_rows)
-    obs = {f.name: g[f"obs/{f.name}"][rows_] for f in spec.state_features}  # never the (large) images
-    states = state_vector(obs, spec)
-    actions = np.asarray(g["action"][rows_], dtype=np.float32)
-    reward = np.asarray(g["reward"][rows_], dtype=np.float32)
-    terminated = np.asarray(g["terminated"][rows_])
-    ended = terminated | np.asarray(g["truncated"][rows_])
-    human = np.asarray(g["is_intervention"][rows_], dtype=bool)
-    episode = np.asarray(g["episode"][rows_])
-    step = np.asarray(g["step"][rows_])
-    source = np.asarray(g["source"][rows_]) if sources is not None else np.zeros(len(episode), np.int64)
-    rows: dict[tuple[str, int], list[int]] = {}
-    out: list[Episode] = []
-    for i in range(len(episode)):
-        if dropped is not None and dropped[i]:
-            continue
-        key = (sources[int(source[i])] if sources is not None else "", int(episode[i]))
-        rows.setdefault(key, []).append(i)
-        if ended[i]:
-            idx = np.asarray(rows.pop(key))
-            if key in discarded or not np.array_equal(step[idx], np.arange(len(idx))):
-                continue  # discarded, begun before `start`, or partly freed by the store
-            name = f"{key[0]} ep {key[1]}" if key[0] else f"ep {key[1]}"
-            out.append(Episode(name, states[idx], actions[idx], reward[idx], human[idx],
-                               bool(terminated[i] and reward[i] > 0)))
-    return out
-
-
-def read_recording_episodes(path: Path) -> tuple[Spec, list[Episode]]:
-    """The complete episodes of a step recording."""
-    from hilrl.buffers.recording import open_recording
-
-    spec, g = open_recording(path)
-    return spec, _episodes_from_group(g, spec, int(g["action"].shape[0]))
-
-
-def read_store_episodes(path: Path, tail_rows: int | None = None) -> tuple[Spec, list[Episode]]:
-    """The complete, non-discarded episodes of a learner buffer store, read-only (up to its last commit);
-    with `tail_rows`, only those within its last `tail_rows` steps."""
-    import zarr
-
-    from hilrl.buffers.spec import Spec
-    from hilrl.buffers.store import FORMAT, freed_rows
-
-    commit_path = Path(path) / "commit.json"
-    if not commit_path.exists():
-        raise ValueError(f"{path}: no learner buffer store there (no commit.json); give <learner output-dir>/store")
-    commit = json.loads(commit_path.read_text())
-    if commit.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a hilrl buffer store (format {commit.get('format')!r})")
-    g = zarr.open_group(str(path), mode="r")
-    spec = Spec.from_dict(g.attrs["spec"])
-    discarded = {(str(s), int(e)) for s, e in commit["discards"]}
-    n = int(commit["steps"])
-    start = 0 if tail_rows is None else max(0, n - tail_rows)
-    dropped = freed_rows(path, commit, np.arange(start, n))  # rows a bounded store freed read back as zeros
-    return spec, _episodes_from_group(g, spec, n, list(commit["sources"]), discarded, start, dropped)
-
-
-# ---------------------------------------------------------------------- checkpoint and Q values
+# ---------------------------------------------------------------------- checkpoint
 
 
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint directory (with td3.json and DONE), or the newest complete one of a learner --output-dir."""
     path = Path(path)
     if (path / "td3.json").exists():
-        if not (path / "DONE").exists():
+        if not RunDir.is_complete(path):
             raise ValueError(f"{path} is an incomplete checkpoint (no DONE marker); choose a complete one")
         return path
-    done = sorted(p.parent for p in (path / "checkpoints").glob("step-*/DONE"))
-    if not done:
+    latest = RunDir(path).latest_checkpoint()
+    if latest is None:
         raise ValueError(f"no complete checkpoint in {path}: give a learner --output-dir that has "
                          "checkpoints/step-*/DONE, or one such checkpoint directory")
-    return done[-1]
+    return latest
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> tuple[Policy, Critic, int]:
@@ -162,115 +76,6 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[Policy, Critic, in
     td3.policy.eval().requires_grad_(False)
     td3.critic.eval().requires_grad_(False)
     return td3.policy, td3.critic, int(meta.get("total_it", 0))
-
-
-def q_series(policy: Policy, critic: Critic, episode: Episode) -> dict[str, np.ndarray]:
-    """``q_data``: Q1(s_t, a_t) of the executed actions; ``q_pi``: Q1(s_t, pi(s_t)); both [T] float32.
-
-    Exactly what the TD3 update sees: normalised states, actions mapped to [-1, 1] and clamped.
-    """
-    import torch
-
-    device = next(critic.parameters()).device
-    with torch.no_grad():
-        s = policy.normalize_state(torch.as_tensor(episode.states, dtype=torch.float32, device=device))
-        a = policy.normalize_action(torch.as_tensor(episode.actions, dtype=torch.float32, device=device))
-        q_data = critic.q1(s, a.clamp(-1.0, 1.0))
-        q_pi = critic.q1(s, policy.actor(s))
-    return {"q_data": q_data.float().cpu().numpy(), "q_pi": q_pi.float().cpu().numpy()}
-
-
-# ---------------------------------------------------------------------- the figure
-
-
-def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) index ranges where mask is True."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
-
-
-def q_figure(policy: Policy, critic: Critic, episodes: list[Episode], title: str = "") -> Figure:
-    """One subplot per episode: Q1(s, a) (green on success, red on failure), Q1(s, pi(s)) dashed,
-    reward (right axis) and the human-executed steps shaded. Pure: no files, no global pyplot state."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    if not episodes:
-        raise ValueError("no complete episodes to plot")
-    ncols = min(4, len(episodes))
-    nrows = math.ceil(len(episodes) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 2.9 * nrows + 0.6), dpi=100, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax in axes.flat[len(episodes):]:
-        ax.set_visible(False)
-    for ax, ep in zip(axes.flat, episodes, strict=False):
-        q = q_series(policy, critic, ep)
-        t = np.arange(len(ep.rewards))
-        for start, stop in _spans(ep.interventions):
-            ax.axvspan(start - 0.5, stop - 0.5, color="tab:orange", alpha=0.2, lw=0)
-        color = "tab:green" if ep.success else "tab:red"
-        ax.plot(t, q["q_data"], color=color, lw=1.8)
-        ax.plot(t, q["q_pi"], color="0.35", lw=1.0, ls="--")
-        ax.set_title(f"{ep.name}: {'success' if ep.success else 'failure'}, {len(t)} steps", color=color,
-                     fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel("Q", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        rax = ax.twinx()
-        rax.step(t, ep.rewards, where="mid", color="tab:blue", lw=1.0, alpha=0.8)
-        rax.set_ylim(-0.05, max(1.05, float(ep.rewards.max(initial=0.0)) * 1.05))
-        rax.set_ylabel("reward", fontsize=8, color="tab:blue")
-        rax.tick_params(labelsize=7, colors="tab:blue")
-    fig.legend(handles=[
-        _line("tab:green", "-", "Q1(s, a executed), success"), _line("tab:red", "-", "Q1(s, a executed), failure"),
-        _line("0.35", "--", "Q1(s, pi(s))"), _line("tab:blue", "-", "reward (right axis)"),
-        Patch(color="tab:orange", alpha=0.2, label="human executed (intervention)"),
-    ], loc="outside lower center", ncols=5, fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
-
-
-def _line(color: str, style: str, label: str):
-    from matplotlib.lines import Line2D
-
-    return Line2D([], [], color=color, ls=style, label=label)
-
-
-def figure_png(fig: Figure, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-
-
-def log_q_figure(writer: Any, policy: Policy, critic: Critic, store_path: Path, step: int, episodes: int = 4,
-                 tag: str = "critic/q_trajectories", lock: Any = None, tail_rows: int = 5000) -> bool:
-    """Hook for the learner: add the Q-trajectory figure of the store's last `episodes` complete episodes to a
-    TensorBoard `SummaryWriter` at `step`. `lock` (the learner core's lock) is held only while the store is
-    read, not while drawing. Returns False, logging nothing, while no episode is complete or the store
-    cannot be read right now (it is retried at the next call). Only the store's last `tail_rows` steps are read,
-    so the cost does not grow with the store."""
-    try:
-        with lock if lock is not None else contextlib.nullcontext():
-            _, eps = read_store_episodes(store_path, tail_rows)
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("Q-trajectory figure skipped at step %d: %s", step, exc)
-        return False
-    if not eps:
-        return False
-    was_training = policy.training, critic.training
-    policy.eval()
-    critic.eval()
-    try:
-        fig = q_figure(policy, critic, eps[-episodes:], title=f"learner step {step}")
-    finally:
-        policy.train(was_training[0])
-        critic.train(was_training[1])
-    writer.add_figure(tag, fig, step, close=False)
-    return True
 
 
 # ---------------------------------------------------------------------- the command

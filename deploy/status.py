@@ -44,6 +44,7 @@ def status_to_dict(reply: pb.StatusReply) -> dict:
             for a in reply.actors
         ],
         "run_id": reply.run_id,
+        "store_problem": reply.store_problem,
         "protocol_version": reply.protocol_version,
     }
 

@@ -1,4 +1,4 @@
-"""The gamepad as a :class:`hilrl.actor.human.HumanInput`, on top of lerobot's own gamepad teleoperator.
+"""The gamepad as a :class:`hilrl.hardware.human.HumanInput`, on top of lerobot's own gamepad teleoperator.
 
 lerobot 0.4.4 (``lerobot.teleoperators.gamepad``) reads the pad through pygame's joystick layer
 (``gamepad_utils.GamepadController``; on macOS it uses hidapi instead). We use its
@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from hilrl.actor.human import EpisodeEnd, HumanEvents
+from hilrl.hardware.human import EpisodeEnd, HumanEvents
 
 log = logging.getLogger(__name__)
 

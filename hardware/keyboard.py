@@ -1,4 +1,4 @@
-"""A keyboard fallback for the gamepad, as a :class:`hilrl.actor.human.HumanInput`.
+"""A keyboard fallback for the gamepad, as a :class:`hilrl.hardware.human.HumanInput`.
 
 Keys come from pynput's listener (the library lerobot's keyboard teleoperators use). We do not use
 lerobot's ``KeyboardEndEffectorTeleop`` itself: in 0.4.4 it cannot run without an X display (its
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from hilrl.actor.human import EpisodeEnd, HumanEvents
+from hilrl.hardware.human import EpisodeEnd, HumanEvents
 
 MOVES = {"up": (0, 1.0), "down": (0, -1.0), "left": (1, 1.0), "right": (1, -1.0),
          "shift_r": (2, 1.0), "shift": (2, -1.0), "shift_l": (2, -1.0)}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from hilrl.buffers.lerobot_io import LeRobotMapping
-from hilrl.deploy.configtools import opt
+from hilrl.buffers.options import opt
 from hilrl.learner.td3 import TD3Config
 from hilrl.protos.transport import ServerSecurity
 

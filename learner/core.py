@@ -6,6 +6,7 @@ Thread-safe; the gRPC service calls into it from many threads and the training l
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,10 +23,11 @@ from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
 from hilrl.buffers.replay import DualBuffer, dual_buffer_nbytes
 from hilrl.buffers.spec import Spec, state_vector
-from hilrl.buffers.store import BufferStore, StoreError, atomic_write
+from hilrl.buffers.store import BufferStore, StoreError, atomic_write, read_store
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
+from hilrl.learner.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,14 @@ DATASET = "dataset:"  # store source prefix of seeded demonstration files (not a
 
 class SpecMismatch(Exception):
     """An actor's spec differs from the learner's; the text names every difference."""
+
+
+class ActorInUse(Exception):
+    """Another actor process streams under the same actor id right now; the text says what to do."""
+
+
+class ActorIdTaken(Exception):
+    """The actor id's stored batches came from another state directory; the text says what to do."""
 
 
 class BuffersTooLarge(Exception):
@@ -66,6 +76,9 @@ class ActorRecord:
     overruns: int = 0
     watchdog_holds: int = 0
     safety_clamps: int = 0
+    instance_id: str = ""  # the actor's state directory (its seq counter) whose batches are stored under this id
+    session_id: str = ""  # the actor process of the newest Hello
+    streams: int = 0  # live transition streams
 
 
 @dataclass
@@ -81,7 +94,7 @@ class LearnerCore:
             raise SystemExit(f"--residual needs --residual-scale > 0 (got {cfg.residual_scale}) and cannot be "
                              f"combined with --chunk {cfg.chunk} (one base action per observation)")
         self.cfg = cfg
-        self.out = Path(cfg.output_dir)
+        self.run_dir = RunDir(cfg.output_dir)
         self.lock = threading.Condition()
         # One store writer at a time (the store's row order is the buffers' order), without the core lock:
         # the fsyncs of one actor's batch must not stall training, status, Hello or the weight streams.
@@ -101,29 +114,39 @@ class LearnerCore:
         self.normalization: dict[str, np.ndarray] = {}
         self.run_id = ""
         self.episode_events: list[dict] = []  # drained by the training loop for logging
+        self.store_problem = ""  # why the newest append failed (disk full, ...); "" while storing works
+        self._peer_session: dict[str, str] = {}  # connection -> actor process of its newest Hello
         self.stopping = False
 
     # ------------------------------------------------------------------ start-up
 
     def open(self) -> None:
         """Prepare the output directory: a fresh run, or the previous one with --resume."""
-        marker = self.out / "run.json"
+        marker = self.run_dir.run_marker
         if marker.exists() and not self.cfg.resume:
-            raise SystemExit(f"{self.out} already holds a learner run; pass --resume to continue it, "
+            raise SystemExit(f"{self.run_dir.root} already holds a learner run; pass --resume to continue it, "
                              "or choose another --output-dir")
         if self.cfg.resume and not marker.exists():
-            log.warning("--resume: no learner run in %s yet; starting a fresh one", self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+            log.warning("--resume: no learner run in %s yet; starting a fresh one", self.run_dir.root)
+        self.run_dir.root.mkdir(parents=True, exist_ok=True)
         if marker.exists():
             self.run_id = json.loads(marker.read_text())["run_id"]
         else:
             self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
             atomic_write(marker, json.dumps({"run_id": self.run_id}).encode())
-        spec_path = self.out / "spec.json"
-        if self.cfg.spec_file is not None:
-            self._adopt_spec(Spec.from_dict(json.loads(Path(self.cfg.spec_file).read_text())))
-        elif spec_path.exists():
-            self._adopt_spec(Spec.from_dict(json.loads(spec_path.read_text())))
+        spec_path = self.run_dir.spec
+        try:
+            if self.cfg.spec_file is not None:
+                spec = Spec.from_dict(json.loads(Path(self.cfg.spec_file).read_text()))
+                if spec_path.exists() and (problem := Spec.from_dict(json.loads(spec_path.read_text())).mismatch(spec)):
+                    raise SystemExit(f"--spec-file {self.cfg.spec_file} differs from this run's {spec_path}: {problem}")
+                self._adopt_spec(spec)
+            elif spec_path.exists():
+                self._adopt_spec(Spec.from_dict(json.loads(spec_path.read_text())))
+            elif (self.run_dir.store / "commit.json").exists():  # stopped between creating the store and spec.json
+                self._adopt_spec(read_store(self.run_dir.store)[0])
+        except (StoreError, ValueError, OSError) as exc:
+            raise SystemExit(f"{self.run_dir.root}: cannot use the spec: {exc}") from exc
         if self.cfg.demos is not None and not self.cfg.resume:
             try:
                 self.seed_demos(Path(self.cfg.demos))
@@ -134,10 +157,10 @@ class LearnerCore:
             if self.store is not None:
                 self._replay_store()
                 self.online_transitions = 0
-        version_path = self.out / "weights_version.json"
+        version_path = self.run_dir.weights_version
         if version_path.exists():
             version = json.loads(version_path.read_text())["version"]
-            policy_path = self.out / "policy.safetensors"
+            policy_path = self.run_dir.policy
             blob = policy_path.read_bytes() if policy_path.exists() else b""
             self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
 
@@ -154,14 +177,22 @@ class LearnerCore:
                 f"{self.cfg.policy_capacity}, but only {have / 2**30:.1f} GiB of memory is available; start the "
                 f"learner with capacities that add up to about {fits} transitions or fewer "
                 f"(e.g. --human-capacity {fits // 3} --policy-capacity {fits - fits // 3})")
-        self.spec = spec
-        self.buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
-        atomic_write(self.out / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
+        # All or nothing: the buffers, then the store, then spec.json (the run's record of its spec); a failure
+        # on the way (StoreError: another spec's store is there; OSError: disk full, ...) leaves no spec adopted
+        # and removes a store this call created, so the next Hello (or start) finds the learner as it was.
+        buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
+        store_dir = self.run_dir.store
+        fresh = not (store_dir / "commit.json").exists()
+        store = None
         try:
-            self.store = BufferStore(self.out / "store", spec,  # disk bounded by the buffer capacities
-                                     capacities=(self.cfg.human_capacity, self.cfg.policy_capacity))
-        except StoreError as exc:
-            raise SystemExit(str(exc)) from exc
+            store = BufferStore(store_dir, spec,  # disk bounded by the buffer capacities
+                                capacities=(self.cfg.human_capacity, self.cfg.policy_capacity))
+            atomic_write(self.run_dir.spec, json.dumps(spec.to_dict(), indent=2).encode())
+        except BaseException:
+            if fresh and store_dir.exists():
+                (store_dir / "commit.json").unlink(missing_ok=True)  # the next BufferStore starts it over
+            raise
+        self.spec, self.buffers, self.store = spec, buffers, store
         log.info("spec adopted: %s", "; ".join(f.describe() for f in (*spec.observation, spec.action)))
 
     def seed_demos(self, path: Path) -> int:
@@ -192,9 +223,12 @@ class LearnerCore:
 
     # ------------------------------------------------------------------ actors
 
-    def hello(self, actor_id: str, spec: Spec) -> dict:
-        """Register an actor; raises SpecMismatch when its spec differs from the learner's."""
+    def hello(self, actor_id: str, spec: Spec, instance_id: str = "", session_id: str = "", peer: str = "") -> dict:
+        """Register an actor; raises SpecMismatch when its spec differs from the learner's, ActorInUse when another
+        actor process streams under `actor_id` now, ActorIdTaken when another state directory's batches are
+        stored under it (`instance_id`/`session_id` empty: an actor that does not say; not checked)."""
         with self.lock:
+            self._check_identity(actor_id, instance_id, session_id)
             if problem := residual_mismatch(spec, self.cfg.residual):
                 raise SpecMismatch(f"actor {actor_id!r}: {problem}")
             if self.spec is None:
@@ -204,17 +238,50 @@ class LearnerCore:
                 problem = self.spec.mismatch(spec)
                 if problem:
                     raise SpecMismatch(f"actor {actor_id!r} spec does not match the learner's "
-                                       f"({self.out / 'spec.json'}): {problem}")
+                                       f"({self.run_dir.spec}): {problem}")
             record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
             record.connected = True
+            record.instance_id = instance_id or record.instance_id
+            record.session_id = session_id
+            self._peer_session[peer] = session_id
             return {"run_id": self.run_id, "policy_config": self.policy_config(), "stage": self.stage,
                     "weight_version": self.weights.version, "last_acked_seq": record.last_seq,
                     "normalization": dict(self.normalization)}
 
-    def disconnected(self, actor_id: str) -> None:
+    def _check_identity(self, actor_id: str, instance_id: str, session_id: str) -> None:
+        record = self.actors.get(actor_id)
+        if record is None:
+            return
+        if session_id and record.streams > 0 and record.session_id and record.session_id != session_id:
+            raise ActorInUse(f"actor id {actor_id!r} is streaming to this learner right now from another actor "
+                             f"process; two actors must not share an id: give this one its own --actor-id, or stop "
+                             "the other one")
+        if instance_id and record.instance_id and record.instance_id != instance_id and record.last_seq > 0:
+            raise ActorIdTaken(f"actor id {actor_id!r} already has batches up to seq {record.last_seq} stored from "
+                               f"another actor state directory (instance {record.instance_id}; this one is "
+                               f"{instance_id}: a new, wiped or copied --state-dir); its sequence numbers would be "
+                               "taken for those: give this actor its own --actor-id")
+
+    def stream_started(self, actor_id: str, peer: str) -> None:
+        """A transition stream of `actor_id` began on the connection `peer`; raises ActorInUse when another actor
+        process said Hello under this id since this connection did."""
         with self.lock:
+            record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
+            session = self._peer_session.get(peer)
+            if session is not None and record.session_id and session != record.session_id:
+                raise ActorInUse(f"actor id {actor_id!r} was taken over by another actor process (its Hello came "
+                                 "after this one's); two actors must not share an id: give this one its own "
+                                 "--actor-id, or stop the other one")
+            record.streams += 1
+            record.connected = True
+
+    def disconnected(self, actor_id: str, peer: str = "") -> None:
+        with self.lock:
+            self._peer_session.pop(peer, None)
             if actor_id in self.actors:
-                self.actors[actor_id].connected = False
+                record = self.actors[actor_id]
+                record.streams = max(0, record.streams - 1)
+                record.connected = record.streams > 0
 
     def ingest(self, actor_id: str, seq: int, items: list[Step | Discard], weight_version_applied: int) -> bool:
         """Store one batch from an actor; returns True when it had been stored before (duplicate)."""
@@ -244,12 +311,24 @@ class LearnerCore:
             if last == record.last_seq:
                 return duplicates
             assert self.store is not None
-            self.store.append(actor_id, last, items)  # durable (fsynced), outside the core lock
-            with self.lock:
-                self._apply(actor_id, items, record)
-                record.last_seq = last
-                self.lock.notify_all()
+            try:
+                self.store.append(actor_id, last, items, instance=record.instance_id)  # durable, outside the lock
+            except OSError as exc:
+                self.store_problem = store_failure(exc, self.store.path)
+                if self.store.last_seqs().get(actor_id) == last:  # committed after all (BufferStore._roll_back)
+                    self._stored(actor_id, items, record, last)
+                raise
+            if self.store_problem:
+                log.info("the store is writable again; storing (was: %s)", self.store_problem)
+                self.store_problem = ""
+            self._stored(actor_id, items, record, last)
             return duplicates
+
+    def _stored(self, actor_id: str, items: list[Step | Discard], record: ActorRecord, last: int) -> None:
+        with self.lock:
+            self._apply(actor_id, items, record)
+            record.last_seq = last
+            self.lock.notify_all()
 
     def _apply(self, source: str, items: list[Step | Discard], record: ActorRecord | None) -> None:
         """Feed stored items to the assembler and the dual buffer (also used when replaying the store)."""
@@ -285,9 +364,11 @@ class LearnerCore:
         for source, item in self.store.replay():
             record = None if source.startswith(DATASET) else self.actors.setdefault(source, ActorRecord(source))
             self._apply(source, [item], record)
+        instances = self.store.instances()
         for source, last_seq in self.store.last_seqs().items():
             if not source.startswith(DATASET):
-                self.actors.setdefault(source, ActorRecord(source)).last_seq = last_seq
+                record = self.actors.setdefault(source, ActorRecord(source))
+                record.last_seq, record.instance_id = last_seq, instances.get(source, "")
         self.episode_events.clear()
         log.info("replayed %d stored steps: human %d, policy %d transitions, %d demo episodes", len(self.store),
                  len(self.buffers.human), len(self.buffers.policy), self.demo_episodes)
@@ -305,12 +386,11 @@ class LearnerCore:
     def publish(self, blob: bytes) -> int:
         """Make new actor weights visible; the version counter is persisted before it is used."""
         version = self.weights.version + 1
-        atomic_write(self.out / "weights_version.json", json.dumps({"version": version}).encode())
-        atomic_write(self.out / "policy.safetensors", blob)
-        history = self.out / "weights"
-        history.mkdir(exist_ok=True)
-        atomic_write(history / f"v{version:06d}.safetensors", blob)
-        for old in sorted(history.glob("v*.safetensors"))[: -self.cfg.keep_weight_versions]:
+        atomic_write(self.run_dir.weights_version, json.dumps({"version": version}).encode())
+        atomic_write(self.run_dir.policy, blob)
+        self.run_dir.weight_history.mkdir(exist_ok=True)
+        atomic_write(self.run_dir.weight_file(version), blob)
+        for old in self.run_dir.weight_files()[: -self.cfg.keep_weight_versions]:
             old.unlink(missing_ok=True)
         with self.lock:
             self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
@@ -343,6 +423,40 @@ class LearnerCore:
                 for key, value in stats.items():
                     setattr(record, key, value)
 
+    # ------------------------------------------------------------------ what the training loop changes
+
+    def count_update(self) -> int:
+        """One more gradient update (offline or online); returns the new learner step.
+        Only the training thread changes the counters, so no lock is taken (readers see whole ints)."""
+        self.learner_step += 1
+        return self.learner_step
+
+    def count_offline_update(self) -> None:
+        """The update just counted was an offline (TD3+BC on demonstrations) one."""
+        self.offline_steps_done += 1
+
+    def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """The state statistics the policy normalises with (sent to actors in Hello, kept in the state file)."""
+        with self.lock:
+            self.normalization = {"obs_mean": mean, "obs_std": std}
+
+    def take_episode_events(self) -> list[dict]:
+        """The episode ends stored since the last call (for logging), oldest first."""
+        with self.lock:
+            events, self.episode_events = self.episode_events, []
+        return events
+
+    def store_read_guard(self) -> threading.Lock:
+        """Hold it (``with core.store_read_guard():``) to read the store from another thread: no batch is
+        appended and no compaction deletes rows meanwhile. The core lock stays free."""
+        return self._ingest_lock
+
+    def stop(self) -> None:
+        """Shutting down: wakes every waiting weight/stage subscriber so that it returns."""
+        with self.lock:
+            self.stopping = True
+            self.lock.notify_all()
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict:
@@ -351,6 +465,7 @@ class LearnerCore:
             policy = self.buffers.policy if self.buffers else None
             return {
                 "run_id": self.run_id,
+                "store_problem": self.store_problem,
                 "stage": self.stage,
                 "learner_step": self.learner_step,
                 "offline_steps": self.offline_steps_done,
@@ -381,19 +496,26 @@ class LearnerCore:
                      "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
                      "actors": [asdict(a) | {"connected": False} for a in self.actors.values()],
                      "normalization": {k: v.tolist() for k, v in self.normalization.items()}}
-        atomic_write(self.out / "learner_state.json", json.dumps(state, indent=2).encode())
+        atomic_write(self.run_dir.state, json.dumps(state, indent=2).encode())
 
-    def load_state(self) -> bool:
-        """Stage, step counters and normalisation of a previous run (see `save_state`)."""
-        path = self.out / "learner_state.json"
+    def load_state(self) -> None:
+        """Stage, step counters and normalisation of a previous run (see `save_state`), if it saved any."""
+        path = self.run_dir.state
         if not path.exists():
-            return False
+            return
         state = json.loads(path.read_text())
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]
         self.normalization = {k: np.asarray(v, dtype=np.float32) for k, v in state["normalization"].items()}
-        return True
+
+
+def store_failure(exc: OSError, store: Path) -> str:
+    """What a failed store write means for the operator, in one sentence."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = f"the disk is full at {store}" if full else f"writing {exc.filename or store} failed"
+    return (f"not storing (batches are not acknowledged; actors keep them and retry): {what} "
+            f"({exc.strerror or exc}); {'free space' if full else 'check the disk'}")
 
 
 def _buffer_status(buffer, capacity: int) -> dict:

@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from hilrl.learner.encoders import ENCODERS, CameraHeads, ImageEncoder, feature_map_shape
+from hilrl.learner.residual import base_action_index, residual_normalization
 
 STD_EPS = 1e-3  # lower clamp on the per-feature state std
 
@@ -106,8 +109,6 @@ def policy_config_for(spec: Any, hidden: tuple[int, ...], encoder: str = "resnet
                          + ", ".join(f"{f.name}: {list(f.shape)}" for f in images))
     base_index = -1
     if residual_scale > 0:
-        from hilrl.learner.residual import base_action_index
-
         base_index = base_action_index(spec)
     return PolicyConfig(spec.state_dim, spec.action_dim, tuple(hidden), tuple(f.name for f in images),
                         next(iter(shapes)) if shapes else (), encoder, image_feature_dim, residual_scale, base_index)
@@ -145,6 +146,39 @@ class Actor(nn.Module):
 
     def forward(self, state_n: Tensor, fmaps: Tensor | None = None) -> Tensor:
         return torch.tanh(self.net(_features(state_n, self.heads, fmaps)))
+
+
+class ResidualActor(Actor):
+    """``a_n = clamp(b_n + scale * tanh(delta(s_n[, images])), -1, 1)``, ``b_n = s_n[base_index : base_index + A]``.
+
+    ``delta`` is the usual actor MLP (`hilrl.learner.networks.mlp`) with its last layer zeroed.
+    """
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...], scale: float, base_index: int,
+                 heads: CameraHeads | None = None) -> None:
+        super().__init__(state_dim, action_dim, hidden, heads)
+        if not scale > 0:
+            raise ValueError(f"residual scale must be > 0, got {scale}")
+        if not 0 <= base_index <= state_dim - action_dim:
+            raise ValueError(f"base action index {base_index} does not fit a {action_dim}-d action in a "
+                             f"{state_dim}-d state")
+        self.scale = float(scale)
+        self.base_index = int(base_index)
+        last = self.net[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def base(self, state_n: Tensor) -> Tensor:
+        """The base action (normalised units) carried in the normalised state."""
+        return state_n[..., self.base_index: self.base_index + self.net[-1].out_features]
+
+    def correction(self, state_n: Tensor, fmaps: Tensor | None = None) -> Tensor:
+        """``scale * tanh(delta(s))``, always within ``[-scale, scale]``."""
+        return self.scale * super().forward(state_n, fmaps)
+
+    def forward(self, state_n: Tensor, fmaps: Tensor | None = None) -> Tensor:
+        return (self.base(state_n) + self.correction(state_n, fmaps)).clamp(-1.0, 1.0)
 
 
 class Critic(nn.Module):
@@ -204,8 +238,6 @@ class Policy(nn.Module):
         self.cfg = cfg
         self.encoder: ImageEncoder | None = ImageEncoder(cfg.encoder) if cfg.cameras else None
         if cfg.residual_scale > 0:  # frozen base (carried in the state) + bounded, zero-initialised correction
-            from hilrl.learner.residual import ResidualActor
-
             self.actor: Actor = ResidualActor(cfg.state_dim, cfg.action_dim, cfg.hidden, cfg.residual_scale,
                                               cfg.base_action_index, _camera_heads(cfg))
         else:
@@ -266,8 +298,6 @@ class Policy(nn.Module):
         if not bool((high > low).all()):
             raise ValueError("action_high must be strictly greater than action_low for every dimension")
         if self.cfg.residual_scale > 0:  # the base-action slice is normalised like an action (residual.py)
-            from hilrl.learner.residual import residual_normalization
-
             mean, std = residual_normalization(mean, std, low, high, self.cfg.base_action_index)
         self.obs_mean.copy_(as_t(mean, self.cfg.state_dim, "mean"))
         self.obs_std.copy_(as_t(std, self.cfg.state_dim, "std").clamp_min(STD_EPS))
@@ -300,3 +330,13 @@ def policy_from_safetensors_bytes(cfg: PolicyConfig, data: bytes) -> Policy:
     policy = Policy(cfg)
     policy.load_state_dict(st_load(data), strict=True)
     return policy.eval().requires_grad_(False)
+
+
+def load_policy_file(path: str | Path) -> Policy:
+    """A policy published by the learner (`<output-dir>/policy.safetensors`); its config is in the metadata."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if "policy_config" not in metadata:
+        raise ValueError(f"{path} carries no policy_config metadata; is it a hilrl policy file?")
+    cfg = PolicyConfig.from_dict(json.loads(metadata["policy_config"]))
+    return policy_from_safetensors_bytes(cfg, Path(path).read_bytes())

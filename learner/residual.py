@@ -5,10 +5,11 @@
 The base action travels *inside the observation*: the actor computes ``base(s)`` every tick (the
 scripted expert, or one of our own policy checkpoints, see `hilrl.actor.residual_base`) and adds it
 as the float32 feature ``base_action`` (shape ``(action_dim,)``), so every stored transition carries
-``base(s)`` and ``base(s')``. The learner therefore never runs the base: `ResidualActor` reads it
-from the state vector, and TD3's target ``pi(s')`` is ``clamp(base(s') + scale * tanh(delta(s', base(s'))))``
-with no change to the update rule. The critic sees the final action; the correction network reads the
-whole (normalised) state, the base action included.
+``base(s)`` and ``base(s')``. The learner therefore never runs the base: `ResidualActor` (in
+`hilrl.learner.networks`, next to the plain `Actor`) reads it from the state vector, and TD3's
+target ``pi(s')`` is ``clamp(base(s') + scale * tanh(delta(s', base(s'))))`` with no change to the
+update rule. The critic sees the final action; the correction network reads the whole (normalised)
+state, the base action included.
 
 Normalisation: the ``base_action`` slice of the state is normalised with the action bounds
 (``mean = (low + high) / 2``, ``std = (high - low) / 2``), so that slice *is* the base action in the
@@ -25,45 +26,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from torch import Tensor, nn
-
-from hilrl.learner.encoders import CameraHeads
-from hilrl.learner.networks import Actor
 
 BASE_ACTION = "base_action"  # the observation feature the actor adds in residual mode
-
-
-class ResidualActor(Actor):
-    """``a_n = clamp(b_n + scale * tanh(delta(s_n[, images])), -1, 1)``, ``b_n = s_n[base_index : base_index + A]``.
-
-    ``delta`` is the usual actor MLP (`hilrl.learner.networks.mlp`) with its last layer zeroed.
-    """
-
-    def __init__(self, state_dim: int, action_dim: int, hidden: tuple[int, ...], scale: float, base_index: int,
-                 heads: CameraHeads | None = None) -> None:
-        super().__init__(state_dim, action_dim, hidden, heads)
-        if not scale > 0:
-            raise ValueError(f"residual scale must be > 0, got {scale}")
-        if not 0 <= base_index <= state_dim - action_dim:
-            raise ValueError(f"base action index {base_index} does not fit a {action_dim}-d action in a "
-                             f"{state_dim}-d state")
-        self.scale = float(scale)
-        self.base_index = int(base_index)
-        last = self.net[-1]
-        assert isinstance(last, nn.Linear)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-
-    def base(self, state_n: Tensor) -> Tensor:
-        """The base action (normalised units) carried in the normalised state."""
-        return state_n[..., self.base_index: self.base_index + self.net[-1].out_features]
-
-    def correction(self, state_n: Tensor, fmaps: Tensor | None = None) -> Tensor:
-        """``scale * tanh(delta(s))``, always within ``[-scale, scale]``."""
-        return self.scale * super().forward(state_n, fmaps)
-
-    def forward(self, state_n: Tensor, fmaps: Tensor | None = None) -> Tensor:
-        return (self.base(state_n) + self.correction(state_n, fmaps)).clamp(-1.0, 1.0)
 
 
 def base_action_index(spec: Any) -> int:
@@ -78,7 +42,7 @@ def base_action_index(spec: Any) -> int:
         offset += f.size
     raise ValueError(f"residual mode needs the observation feature {BASE_ACTION!r} (the base policy's action), "
                      f"but the actor's spec has {list(spec.observation_names)}: start the actor with "
-                     f"--residual-base expert|checkpoint:DIR")
+                     f"--residual-base expert|checkpoint:DIR|lerobot:DIR")
 
 
 def residual_normalization(mean: Any, std: Any, action_low: Any, action_high: Any, base_index: int
@@ -100,7 +64,7 @@ def residual_mismatch(spec: Any, residual: bool) -> str | None:
     has_base = BASE_ACTION in spec.observation_names
     if residual and not has_base:
         return (f"the learner runs --residual but the actor sends no {BASE_ACTION!r} observation; start the actor "
-                f"with --residual-base expert|checkpoint:PATH")
+                f"with --residual-base expert|checkpoint:PATH|lerobot:PATH")
     if has_base and not residual:
         return (f"the actor runs a residual base (observation {BASE_ACTION!r}) but the learner was started without "
                 f"--residual; restart the learner with --residual (or the actor without --residual-base)")

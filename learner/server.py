@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -14,24 +13,15 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from hilrl.buffers.store import atomic_write
+from hilrl.buffers.durable import atomic_write
 from hilrl.learner.auth import BearerTokenServerInterceptor
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.core import BuffersTooLarge, LearnerCore
 from hilrl.learner.service import SERVICE_NAME, LearnerService, add_to_server
 from hilrl.learner.training import Trainer
-from hilrl.protos.transport import SecurityConfigError, channel_options
+from hilrl.protos.transport import SecurityConfigError, channel_options, is_loopback
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -99,7 +89,7 @@ def serve(cfg: LearnerConfig) -> int:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{cfg.host}:{port}"
-    atomic_write(cfg.output_dir / "learner.json", json.dumps({"address": address, "pid": os.getpid()}).encode())
+    atomic_write(core.run_dir.address, json.dumps({"address": address, "pid": os.getpid()}).encode())
     mode = ("mutual TLS" if cfg.tls_ca else "TLS") if security.credentials else "plaintext"
     print(f"hilrl learner listening on {address} ({mode}, {'bearer token' if security.token else 'no token'}; "
           f"output: {cfg.output_dir})", flush=True)
@@ -124,9 +114,7 @@ def serve(cfg: LearnerConfig) -> int:
     log.info("shutting down: no new calls, finishing the ones in flight, writing a final checkpoint")
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    with core.lock:
-        core.stopping = True
-        core.lock.notify_all()
+    core.stop()
     server.stop(grace=5).wait()
     thread.join(timeout=60)
     core.save_state()

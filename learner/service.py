@@ -7,6 +7,7 @@ wait in one stream to the core together, so they share one durable store commit.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -17,7 +18,8 @@ from collections.abc import Iterator
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from hilrl.learner.core import BuffersTooLarge, LearnerCore, SpecMismatch
+from hilrl.buffers.store import StoreError
+from hilrl.learner.core import ActorIdTaken, ActorInUse, BuffersTooLarge, LearnerCore, SpecMismatch
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
@@ -86,14 +88,24 @@ class LearnerService(pb_grpc.LearnerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "actor_id is empty")
         try:
             spec = codec.decode_spec(request.spec)
-            info = self.core.hello(request.actor_id, spec)
+            info = self.core.hello(request.actor_id, spec, request.instance_id, request.session_id, context.peer())
         except codec.DecodeError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except SpecMismatch as exc:
+        except (SpecMismatch, ActorIdTaken) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ActorInUse as exc:
+            log.warning("actor %s refused: %s", request.actor_id, exc)
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except BuffersTooLarge as exc:
             log.error("actor %s refused: %s", request.actor_id, exc)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"learner cannot hold this spec's buffers: {exc}")
+        except StoreError as exc:  # the output directory's store holds another spec
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except OSError as exc:  # creating the store or spec.json failed; nothing was adopted, the actor retries
+            log.error("actor %s: adopting its spec failed: %s", request.actor_id, exc)
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
+                grpc.StatusCode.UNAVAILABLE
+            context.abort(code, f"learner not storing: could not create its store for this spec ({exc})")
         log.info("actor %s connected (peer %s)", request.actor_id, context.peer())
         return pb.HelloReply(
             protocol_version=codec.PROTOCOL_VERSION,
@@ -103,6 +115,7 @@ class LearnerService(pb_grpc.LearnerServicer):
             last_acked_seq=info["last_acked_seq"],
             stage=codec.STAGE_VALUES[info["stage"]],
             normalization=codec.encode_tensor_map(info["normalization"]),
+            max_message_bytes=min(filter(None, (request.max_message_bytes, self.core.cfg.max_message_mb << 20))),
         )
 
     def StreamTransitions(self, request_iterator: Iterator[pb.TransitionBatch],
@@ -124,13 +137,25 @@ class LearnerService(pb_grpc.LearnerServicer):
                     except codec.DecodeError as exc:
                         error = (grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.seq} rejected: {exc}")
                         break
-                if stored:  # the valid batches before a bad one are stored and acknowledged first
+                if stored and actor_id is None:  # the stream's first batch names its actor
+                    try:
+                        self.core.stream_started(group[0].actor_id, context.peer())
+                    except ActorInUse as exc:
+                        log.warning("actor %s: %s", group[0].actor_id, exc)
+                        context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
                     actor_id = group[0].actor_id
+                if stored:  # the valid batches before a bad one are stored and acknowledged first
                     try:
                         applied = group[len(stored) - 1].weight_version_applied
                         duplicates = self.core.ingest_batches(actor_id, stored, applied)
-                    except ValueError as exc:
+                    except ValueError as exc:  # StoreInputError: nothing was stored; resending cannot help
                         error = (grpc.StatusCode.INVALID_ARGUMENT, f"batch rejected: {exc}")
+                    except OSError as exc:  # nothing new is stored (all or nothing); the actor keeps it, retries
+                        error = _store_failed(exc, self.core.store_problem)
+                    except Exception as exc:  # noqa: BLE001 - a bug, not the batch's fault: say so, let it retry
+                        log.exception("actor %s: storing %d batches failed", actor_id, len(stored))
+                        error = (grpc.StatusCode.INTERNAL, f"the learner failed to store the batch ({exc!r}); "
+                                                           "it stays in the actor's outbox and is resent")
                     else:
                         last = group[len(stored) - 1]
                         if last.HasField("loop"):
@@ -142,7 +167,7 @@ class LearnerService(pb_grpc.LearnerServicer):
                     context.abort(*error)
         finally:
             if actor_id is not None:
-                self.core.disconnected(actor_id)
+                self.core.disconnected(actor_id, context.peer())
 
     def _check(self, batch: pb.TransitionBatch | Malformed) -> tuple[grpc.StatusCode, str] | None:
         if isinstance(batch, Malformed):
@@ -183,7 +208,15 @@ class LearnerService(pb_grpc.LearnerServicer):
             actors=[pb.ActorStatus(**a) for a in s["actors"]],
             demo_episodes=s["demo_episodes"],
             demo_episodes_needed=s["demo_episodes_needed"],
+            store_problem=s["store_problem"],
         )
+
+
+def _store_failed(exc: OSError, problem: str) -> tuple[grpc.StatusCode, str]:
+    """The status for a failed store write: RESOURCE_EXHAUSTED when the disk is full, UNAVAILABLE otherwise;
+    both are retried by the actor (with backoff, keeping its outbox)."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE), f"learner {problem}"
 
 
 def weight_chunks(version: int, sha256: str, blob: bytes) -> Iterator[pb.LearnerEvent]:

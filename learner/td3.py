@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from hilrl.deploy.configtools import opt as option
+from hilrl.buffers.durable import atomic_path, atomic_write
+from hilrl.buffers.options import opt as option
 from hilrl.learner.encoders import load_trunk_weights, random_shift
 from hilrl.learner.networks import Policy, PolicyConfig, make_critic
 
@@ -271,7 +272,7 @@ class TD3:
             "policy_config": self.policy_cfg.to_dict(),
             "param_groups": param_groups,
         }
-        _atomic_write(d / "td3.json", json.dumps(meta, indent=2).encode())
+        atomic_write(d / "td3.json", json.dumps(meta, indent=2).encode())
 
     def load(self, directory: str | os.PathLike[str]) -> None:
         """Restore what `save` wrote (into networks built with the same `PolicyConfig`).
@@ -303,12 +304,5 @@ class TD3:
 
 
 def _save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -24,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from hilrl.buffers.durable import replace_dir
 from hilrl.buffers.sequences import sample_buffer_sequences, sample_sequences
 from hilrl.buffers.spec import Spec
-from hilrl.buffers.store import fsync_path
 from hilrl.buffers.torch_batch import state_tensor, to_torch
 from hilrl.learner.chunked import ChunkedTD3
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
@@ -107,7 +106,7 @@ class Trainer:
         self.rng = np.random.default_rng(self.cfg.seed)
         self.td3: TD3 | None = None
         self.writer = None
-        self.ckpt_root = Path(self.cfg.output_dir) / "checkpoints"
+        self.run_dir = core.run_dir
         self._last_report = 0.0
         self._policy_successes: list[float] = []
         self._policy_episodes = 0
@@ -120,7 +119,7 @@ class Trainer:
     def run(self, stop: threading.Event) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(Path(self.cfg.output_dir) / "tensorboard"))
+        self.writer = SummaryWriter(str(self.run_dir.tensorboard))
         run = self._start_wandb()
         if run is not None:
             self.writer = WandbMirror(self.writer, run)
@@ -141,7 +140,7 @@ class Trainer:
             return None
         import wandb
 
-        run = wandb.init(project=self.cfg.wandb_project, dir=str(self.cfg.output_dir), mode=self.cfg.wandb_mode,
+        run = wandb.init(project=self.cfg.wandb_project, dir=str(self.run_dir.root), mode=self.cfg.wandb_mode,
                          config=json.loads(json.dumps(asdict(self.cfg), default=str)),
                          resume="allow", id=f"hilrl-{self.core.run_id}")
         log.info("W&B run %s (%s)", run.id, self.cfg.wandb_mode)
@@ -174,7 +173,7 @@ class Trainer:
                     stop.wait(0.05)
                     continue
                 self._update(bc_weight=1.0, human_only=True)
-                core.offline_steps_done += 1
+                core.count_offline_update()
                 self._maybe_checkpoint()  # after counting the update, so a resumed run repeats none
             else:
                 if online_updates >= self.cfg.utd_ratio * core.online_transitions or not self._has_data():
@@ -206,7 +205,7 @@ class Trainer:
         self.td3 = algo(core.policy_config(), self.cfg.algo, self.device, seed=self.cfg.seed)
         low, high = np.array(core.spec.action.low), np.array(core.spec.action.high)
         self.td3.set_normalization(np.zeros(core.spec.state_dim), np.ones(core.spec.state_dim), low, high)
-        latest = self._latest_checkpoint()
+        latest = self.run_dir.latest_checkpoint()
         if self.cfg.resume and latest is not None:
             self.td3.load(latest)
             log.info("resumed training state from %s (step %d)", latest, core.learner_step)
@@ -216,8 +215,7 @@ class Trainer:
         assert states is not None and self.core.spec is not None
         mean, std = compute_state_stats(states)
         self.td3.set_normalization(mean, std, self.core.spec.action.low, self.core.spec.action.high)
-        with self.core.lock:
-            self.core.normalization = {"obs_mean": mean, "obs_std": std}
+        self.core.set_normalization(mean, std)
         log.info("normalisation from %d human transitions; offline TD3+BC for %d updates",
                  len(states), self.cfg.offline_steps)
         self.core.set_stage(OFFLINE)
@@ -272,8 +270,7 @@ class Trainer:
         assert self.td3 is not None
         batch = self._sample(human_only)
         metrics = self.td3.update(batch, bc_weight=bc_weight, update_actor=update_actor, return_tensors=True)
-        self.core.learner_step += 1
-        step = self.core.learner_step
+        step = self.core.count_update()
         if step % self.cfg.log_every == 0 and self.writer is not None:
             now = time.monotonic()
             values = torch.stack([*metrics.values(), batch["human"].mean()]).tolist()  # the one host sync
@@ -301,11 +298,11 @@ class Trainer:
         pcfg = self.td3.policy.cfg if self.td3 is not None else None
         if self.writer is None or pcfg is None or pcfg.cameras or pcfg.chunk > 1 or self.core.store is None:
             return
-        from hilrl.deploy.plot_q import log_q_figure
+        from hilrl.learner.q_figure import log_q_figure
 
         # the ingest lock keeps a compaction from deleting rows while they are read
         log_q_figure(self.writer, self.td3.policy, self.td3.critic, self.core.store.path, step,
-                     lock=self.core._ingest_lock)
+                     lock=self.core.store_read_guard())
 
     def _publish(self, checkpoint: bool = True) -> None:
         assert self.td3 is not None
@@ -326,9 +323,7 @@ class Trainer:
             return
         self._last_report = now
         core = self.core
-        with core.lock:
-            events, core.episode_events = core.episode_events, []
-        for e in events:
+        for e in core.take_episode_events():
             if e["interventions"] == 0:
                 self._policy_successes.append(float(e["success"]))
             if self.writer is not None and not e["all_human"]:  # policy episodes, with or without takeover
@@ -350,30 +345,18 @@ class Trainer:
                  s["buffers"]["policy"]["size"], s["demo_episodes"], s["demo_episodes_needed"], len(s["actors"]),
                  f" autonomous_success(last {len(recent)})={np.mean(recent):.2f}" if recent else "")
 
-    def _latest_checkpoint(self) -> Path | None:
-        """The newest checkpoint directory that has its DONE marker (incomplete ones are ignored)."""
-        done = sorted(p.parent for p in self.ckpt_root.glob("step-*/DONE"))
-        return done[-1] if done else None
-
     def checkpoint(self) -> Path:
         """Write a complete checkpoint: into a temporary directory, fsync, DONE marker, rename; keep the last K."""
         assert self.td3 is not None
-        path = self.ckpt_root / f"step-{self.core.learner_step:09d}"
-        if not (path / "DONE").exists():  # else this very step is saved already (e.g. publish, then shutdown)
-            tmp = self.ckpt_root / f".tmp-{path.name}"
+        path = self.run_dir.checkpoint(self.core.learner_step)
+        if not self.run_dir.is_complete(path):  # else this very step is saved already (e.g. publish, then shutdown)
+            tmp = self.run_dir.checkpoint_tmp(self.core.learner_step)
             shutil.rmtree(tmp, ignore_errors=True)
             self.td3.save(tmp)
-            (tmp / "DONE").write_text("complete\n")
-            for f in tmp.iterdir():
-                fsync_path(f)
-            fsync_path(tmp)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-            fsync_path(self.ckpt_root)
+            self.run_dir.mark_complete(tmp)
+            replace_dir(tmp, path)  # fsyncs every file (DONE included) and both directories
         self.core.save_state()
-        complete = sorted(p.parent for p in self.ckpt_root.glob("step-*/DONE"))
-        for old in complete[: -max(self.cfg.keep_checkpoints, 1)]:
+        for old in self.run_dir.complete_checkpoints()[: -max(self.cfg.keep_checkpoints, 1)]:
             shutil.rmtree(old, ignore_errors=True)
         return path
 

@@ -10,6 +10,7 @@ environment variable, and it travels as ``authorization: Bearer <token>`` metada
 from __future__ import annotations
 
 import collections
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from hilrl.deploy.configtools import opt
+from hilrl.buffers.options import opt
 
 DEFAULT_TOKEN_ENV = "HILRL_TOKEN"
 AUTH_HEADER = "authorization"
@@ -151,10 +152,20 @@ class ClientSecurity(TokenOptions):
     tls_key: Path | None = opt(None, "private key of the client --tls-cert (PEM)", group=_GROUP)
     tls_server_name: str | None = opt(None, "check this name in the learner's certificate instead of the host "
                                             "in the address (e.g. when connecting by IP)", group=_GROUP)
+    insecure: bool = opt(False, "send the bearer token to a learner that is not on loopback over plaintext "
+                                "(anyone on the network can read it; use TLS: --tls-ca)", group=_GROUP)
 
     @property
     def uses_tls(self) -> bool:
         return self.tls_ca is not None or self.tls_cert is not None
+
+    def check_target(self, target: str, token: str | None) -> None:
+        """Refuse to send a bearer token over plaintext to anything but loopback (unless --insecure)."""
+        if token is None or self.uses_tls or self.insecure or is_loopback(target_host(target)):
+            return
+        raise SecurityConfigError(f"refusing to send the bearer token in plaintext to {target}: only loopback may "
+                                  "go without TLS. Use TLS (--tls-ca with the CA of the learner's certificate, see "
+                                  "deploy/make-certs.sh), or pass --insecure if this network is trusted")
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
         """TLS credentials, or None for plaintext (no --tls-ca and no --tls-cert)."""
@@ -216,6 +227,7 @@ def client_channel(target: str, max_message_mb: int, security: ClientSecurity | 
     options += [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 1000)]
     credentials = security.channel_credentials()
     token = security.token()
+    security.check_target(target, token)
     if credentials is None:
         channel = grpc.insecure_channel(target, options=options)
     else:
@@ -223,6 +235,29 @@ def client_channel(target: str, max_message_mb: int, security: ClientSecurity | 
             options.append(("grpc.ssl_target_name_override", security.tls_server_name))
         channel = grpc.secure_channel(target, credentials, options=options)
     return grpc.intercept_channel(channel, BearerTokenInterceptor(token)) if token else channel
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def target_host(target: str) -> str:
+    """The host of a gRPC target: HOST:PORT, [IPV6]:PORT, dns:///HOST:PORT, ipv4:ADDR:PORT; unix sockets are
+    local ("localhost")."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return "localhost"
+    if "://" in target:
+        target = target.split("://", 1)[1].lstrip("/")
+    elif target.startswith(("dns:", "ipv4:", "ipv6:")):
+        target = target.split(":", 1)[1]
+    if target.startswith("["):
+        return target[1:target.find("]")]
+    return target.rsplit(":", 1)[0] if target.count(":") == 1 else target
 
 
 _HANDSHAKE_MARKERS = ("ssl handshake failed", "is not in peer certificate", "certificate_verify_failed",

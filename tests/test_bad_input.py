@@ -25,6 +25,7 @@ never stops, and the healthy actor never even reconnects. The table (input -> st
 | batch: reward inf                                             | INVALID_ARGUMENT    |
 | batch: episode end without final_observation                  | INVALID_ARGUMENT    |
 | batch: empty item (neither transition nor discard)            | INVALID_ARGUMENT    |
+| batch: episode 2**63 (uint64 on the wire, int64 in the store)  | INVALID_ARGUMENT    |
 | batch: pickle bytes as a tensor of dtype 'object'             | INVALID_ARGUMENT    |
 | batch: pickle bytes as agent_pos uint8[n]                     | INVALID_ARGUMENT    |
 | batch: pickle bytes padded to agent_pos' 72 bytes             | OK (18 floats)      |
@@ -86,11 +87,12 @@ def _no_ambient_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HILRL_TOKEN", raising=False)
 
 
-def step_item(spec: Spec, *, end: bool = False, reward: float = 0.0, step: int = 0, **obs_override) -> pb.Item:
+def step_item(spec: Spec, *, end: bool = False, reward: float = 0.0, step: int = 0, episode: int = 0,
+              **obs_override) -> pb.Item:
     obs = {f.name: codec.encode_tensor(np.zeros(f.shape, f.dtype)) for f in spec.observation}
     obs.update(obs_override)
     t = pb.Transition(observation=obs, action=codec.encode_tensor(np.zeros(spec.action.shape, np.float32)),
-                      reward=reward, terminated=end, episode=0, step=step)
+                      reward=reward, terminated=end, episode=episode, step=step)
     if end:
         for f in spec.observation:
             t.final_observation[f.name].CopyFrom(codec.encode_tensor(np.zeros(f.shape, f.dtype)))
@@ -205,6 +207,8 @@ def test_bad_input_battery_while_a_healthy_actor_streams(spawn, tmp_path: Path) 
         ("batch: episode end without final_observation", C.INVALID_ARGUMENT,
          lambda: stream(batch(_without_final(step_item(spec, end=True))))),
         ("batch: empty item", C.INVALID_ARGUMENT, lambda: stream(batch(pb.Item()))),
+        ("batch: episode 2**63 (int64 in the store)", C.INVALID_ARGUMENT,
+         lambda: stream(batch(step_item(spec), step_item(spec, episode=2**63)))),
         ("batch: pickle bytes as a tensor of dtype 'object'", C.INVALID_ARGUMENT,
          lambda: stream(batch(step_item(spec, **obs(dtype="object", shape=[len(payload)], data=payload))))),
         ("batch: pickle bytes as agent_pos uint8[n]", C.INVALID_ARGUMENT,

@@ -261,7 +261,7 @@ def test_learner_and_actor_train_and_run_a_chunked_policy_over_grpc(spawn, tmp_p
     train_online(learner, actor, f"127.0.0.1:{port}", "online with a chunked policy applied by the actor (v>=2)")
     ckpt = sorted((out / "checkpoints").glob("step-*/td3.json"))[-1]
     assert json.loads(ckpt.read_text())["policy_config"]["chunk"] == 5
-    from hilrl.actor.evaluate import load_policy_file
+    from hilrl.learner.networks import load_policy_file
 
     policy = load_policy_file(out / "policy.safetensors")
     assert policy.cfg.chunk == 5 and policy(torch.zeros(1, policy.cfg.state_dim)).shape == (1, 5, 4)

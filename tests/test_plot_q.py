@@ -115,7 +115,7 @@ def test_learner_hook_logs_the_figure_to_tensorboard(learner_run: Path, tmp_path
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
-    from hilrl.deploy.plot_q import log_q_figure
+    from hilrl.learner.q_figure import log_q_figure
 
     policy, critic, step = load_checkpoint(learner_run)
     critic.train()

@@ -18,11 +18,12 @@ from hilrl.hardware.sim import SimPickCube
 from hilrl.learner.networks import (
     Policy,
     PolicyConfig,
+    ResidualActor,
     policy_config_for,
     policy_from_safetensors_bytes,
     policy_to_safetensors_bytes,
 )
-from hilrl.learner.residual import BASE_ACTION, ResidualActor, residual_mismatch
+from hilrl.learner.residual import BASE_ACTION, residual_mismatch
 from hilrl.learner.td3 import TD3, TD3Config
 
 LOW, HIGH = np.array([-1, -1, -1, 0], np.float32), np.array([1, 1, 1, 2], np.float32)
@@ -181,7 +182,7 @@ def test_learner_and_actor_train_a_residual_over_grpc(spawn, tmp_path: Path) -> 
     train_online(learner, actor, f"127.0.0.1:{port}", "online in residual mode with weights v>=2 applied by the actor")
     spec = Spec.from_dict(json.loads((out / "spec.json").read_text()))
     assert spec.feature(BASE_ACTION).shape == (4,)
-    from hilrl.actor.evaluate import load_policy_file
+    from hilrl.learner.networks import load_policy_file
 
     policy = load_policy_file(out / "policy.safetensors")
     assert policy.cfg.residual_scale == 0.2 and isinstance(policy.actor, ResidualActor)

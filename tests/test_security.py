@@ -23,7 +23,7 @@ from hilrl.deploy.status import StatusConfig
 from hilrl.learner.auth import MALFORMED, MISSING, WRONG, BearerTokenServerInterceptor
 from hilrl.learner.config import LearnerConfig
 from hilrl.protos import codec
-from hilrl.protos.transport import SecurityConfigError, client_channel, is_tls_handshake_failure
+from hilrl.protos.transport import SecurityConfigError, client_channel, is_tls_handshake_failure, target_host
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
 
@@ -410,3 +410,32 @@ def test_make_certs_script(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
     usage = subprocess.run(["bash", str(ROOT / "deploy" / "make-certs.sh"), "-h"], capture_output=True, text=True)
     assert usage.returncode == 0 and "usage:" in usage.stdout
+
+
+def test_clients_refuse_to_send_the_token_in_plaintext_off_loopback(spawn, token_file: Path, tmp_path: Path) -> None:
+    remote = "192.0.2.1:50051"  # TEST-NET-1: not loopback, and nothing answers there
+    token = ["--token-file", str(token_file)]
+    actor = run_hilrl("actor", "--learner", remote, "--env", "sim", "--state-dir", str(tmp_path / "s"), *token,
+                      timeout=120)
+    assert actor.returncode == 2, actor.stderr[-2000:]
+    assert "refusing to send the bearer token in plaintext to 192.0.2.1:50051" in actor.stderr
+    assert "TLS (--tls-ca" in actor.stderr and "unreachable" not in actor.stderr
+    r = run_hilrl("status", "--learner", remote, *token, "--timeout-s", "1")
+    assert r.returncode == 2 and "in plaintext" in r.stderr and "TLS" in r.stderr, r.stderr
+    # --insecure: the operator says the network is trusted; then it is only unreachable
+    r = run_hilrl("status", "--learner", remote, *token, "--timeout-s", "1", "--insecure")
+    assert r.returncode == 1 and "cannot reach the learner" in r.stderr, r.stderr
+    # no token, or loopback, or TLS: nothing to refuse
+    assert run_hilrl("status", "--learner", remote, "--timeout-s", "1").returncode == 1
+    assert run_hilrl("status", "--learner", f"127.0.0.1:{free_port()}", *token, "--timeout-s", "1").returncode == 1
+    insecure = spawn("actor", "--learner", remote, "--env", "sim", "--state-dir", str(tmp_path / "i"), *token,
+                     "--insecure", "--flush-timeout-s", "1", name="insecure")
+    wait_until(lambda: "unreachable" in insecure.stderr, 60, "the --insecure actor to try the learner",
+               interval=0.5, diagnose=lambda: insecure.stderr[-2000:])
+    assert insecure.stop() == 0, insecure.stderr[-2000:]
+
+
+@pytest.mark.parametrize("target, host", [("h.lab:1", "h.lab"), ("[::1]:1", "::1"), ("dns:///localhost:1", "localhost"),
+                                          ("ipv4:10.0.0.7:1", "10.0.0.7"), ("unix:/run/x.sock", "localhost")])
+def test_target_host(target: str, host: str) -> None:
+    assert target_host(target) == host

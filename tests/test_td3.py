@@ -271,4 +271,4 @@ def test_checkpoints_are_complete_or_ignored_and_only_the_last_k_are_kept(tmp_pa
     root = tmp_path / "out" / "checkpoints"
     assert sorted(p.name for p in root.glob("step-*")) == ["step-000000020", "step-000000030"]
     (root / "step-000000040").mkdir()  # a crash mid-write leaves a directory without DONE
-    assert trainer._latest_checkpoint() == root / "step-000000030"
+    assert trainer.run_dir.latest_checkpoint() == root / "step-000000030"

@@ -51,17 +51,23 @@ class Spec(_message.Message):
     def __init__(self, observation: _Optional[_Iterable[_Union[Feature, _Mapping]]] = ..., action: _Optional[_Union[Feature, _Mapping]] = ...) -> None: ...
 
 class HelloRequest(_message.Message):
-    __slots__ = ("protocol_version", "actor_id", "spec")
+    __slots__ = ("protocol_version", "actor_id", "spec", "max_message_bytes", "instance_id", "session_id")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     actor_id: str
     spec: Spec
-    def __init__(self, protocol_version: _Optional[int] = ..., actor_id: _Optional[str] = ..., spec: _Optional[_Union[Spec, _Mapping]] = ...) -> None: ...
+    max_message_bytes: int
+    instance_id: str
+    session_id: str
+    def __init__(self, protocol_version: _Optional[int] = ..., actor_id: _Optional[str] = ..., spec: _Optional[_Union[Spec, _Mapping]] = ..., max_message_bytes: _Optional[int] = ..., instance_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("protocol_version", "run_id", "policy_config_json", "weight_version", "last_acked_seq", "stage", "normalization")
+    __slots__ = ("protocol_version", "run_id", "policy_config_json", "weight_version", "last_acked_seq", "stage", "normalization", "max_message_bytes")
     class NormalizationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +82,7 @@ class HelloReply(_message.Message):
     LAST_ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     run_id: str
     policy_config_json: str
@@ -83,7 +90,8 @@ class HelloReply(_message.Message):
     last_acked_seq: int
     stage: Stage
     normalization: _containers.MessageMap[str, Tensor]
-    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., policy_config_json: _Optional[str] = ..., weight_version: _Optional[int] = ..., last_acked_seq: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., normalization: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., policy_config_json: _Optional[str] = ..., weight_version: _Optional[int] = ..., last_acked_seq: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., normalization: _Optional[_Mapping[str, Tensor]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class Transition(_message.Message):
     __slots__ = ("observation", "action", "reward", "terminated", "truncated", "is_intervention", "episode", "step", "final_observation")
@@ -248,7 +256,7 @@ class ActorStatus(_message.Message):
     def __init__(self, id: _Optional[str] = ..., transitions_received: _Optional[int] = ..., last_acked_seq: _Optional[int] = ..., weight_version_applied: _Optional[int] = ..., policy_lag: _Optional[int] = ..., connected: bool = ..., episodes: _Optional[int] = ..., interventions: _Optional[int] = ..., loop_period_p50_ms: _Optional[float] = ..., loop_period_p99_ms: _Optional[float] = ..., overruns: _Optional[int] = ..., watchdog_holds: _Optional[int] = ..., safety_clamps: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("protocol_version", "run_id", "stage", "learner_step", "offline_steps", "weight_version", "human", "policy", "actors", "demo_episodes", "demo_episodes_needed")
+    __slots__ = ("protocol_version", "run_id", "stage", "learner_step", "offline_steps", "weight_version", "human", "policy", "actors", "demo_episodes", "demo_episodes_needed", "store_problem")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +268,7 @@ class StatusReply(_message.Message):
     ACTORS_FIELD_NUMBER: _ClassVar[int]
     DEMO_EPISODES_FIELD_NUMBER: _ClassVar[int]
     DEMO_EPISODES_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    STORE_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     run_id: str
     stage: Stage
@@ -271,4 +280,5 @@ class StatusReply(_message.Message):
     actors: _containers.RepeatedCompositeFieldContainer[ActorStatus]
     demo_episodes: int
     demo_episodes_needed: int
-    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., stage: _Optional[_Union[Stage, str]] = ..., learner_step: _Optional[int] = ..., offline_steps: _Optional[int] = ..., weight_version: _Optional[int] = ..., human: _Optional[_Union[BufferStatus, _Mapping]] = ..., policy: _Optional[_Union[BufferStatus, _Mapping]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., demo_episodes: _Optional[int] = ..., demo_episodes_needed: _Optional[int] = ...) -> None: ...
+    store_problem: str
+    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., stage: _Optional[_Union[Stage, str]] = ..., learner_step: _Optional[int] = ..., offline_steps: _Optional[int] = ..., weight_version: _Optional[int] = ..., human: _Optional[_Union[BufferStatus, _Mapping]] = ..., policy: _Optional[_Union[BufferStatus, _Mapping]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., demo_episodes: _Optional[int] = ..., demo_episodes_needed: _Optional[int] = ..., store_problem: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,118 @@
+"""The learner's output folder (`--output-dir`): the one place that knows where each of its files lives.
+
+    run.json                   the run id; its presence means a run lives here (--resume continues it)
+    spec.json                  the observation/action spec the learner adopted
+    store/                     the durable buffer store (buffers/store.py)
+    learner.json               address and pid of the serving learner (written once it listens)
+    learner_state.json         stage, update counters, normalisation, actor records
+    policy.safetensors         the newest published weights (its metadata carries the policy config)
+    weights_version.json       the newest published weight version
+    weights/vNNNNNN.safetensors  the last --keep-weight-versions published weights
+    checkpoints/step-NNNNNNNNN/  full training state (TD3's files) once it holds a DONE marker
+    tensorboard/               TensorBoard event files (W&B, when enabled, writes under wandb/)
+
+The learner (`learner/core.py`, `learner/training.py`, `learner/server.py`) and every reader
+(`hilrl eval`, `hilrl plot-q`, `hilrl dataset`, `hilrl demo`, the actor's `--checkpoint`) go through
+`RunDir`; nothing else spells these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+POLICY_FILE = "policy.safetensors"
+DONE = "DONE"  # a checkpoint directory is complete once it holds this marker
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Every path of one learner output folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def run_marker(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.json"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def address(self) -> Path:
+        return self.root / "learner.json"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "learner_state.json"
+
+    @property
+    def policy(self) -> Path:
+        return self.root / POLICY_FILE
+
+    @property
+    def weights_version(self) -> Path:
+        return self.root / "weights_version.json"
+
+    @property
+    def weight_history(self) -> Path:
+        return self.root / "weights"
+
+    def weight_file(self, version: int) -> Path:
+        """The kept copy of published weight version `version`."""
+        return self.weight_history / f"v{version:06d}.safetensors"
+
+    def weight_files(self) -> list[Path]:
+        """The kept published weights, oldest first."""
+        return sorted(self.weight_history.glob("v*.safetensors"))
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        """The checkpoint directory of learner step `step`."""
+        return self.checkpoints / f"step-{step:09d}"
+
+    def checkpoint_tmp(self, step: int) -> Path:
+        """Where the checkpoint of `step` is written before it is renamed into place."""
+        return self.checkpoints / f".tmp-{self.checkpoint(step).name}"
+
+    def complete_checkpoints(self) -> list[Path]:
+        """The checkpoint directories that hold their DONE marker, oldest first (incomplete ones are ignored)."""
+        return sorted(p.parent for p in self.checkpoints.glob(f"step-*/{DONE}"))
+
+    def latest_checkpoint(self) -> Path | None:
+        done = self.complete_checkpoints()
+        return done[-1] if done else None
+
+    @staticmethod
+    def is_complete(checkpoint: Path) -> bool:
+        return (checkpoint / DONE).exists()
+
+    @staticmethod
+    def mark_complete(checkpoint: Path) -> None:
+        """Write the DONE marker into a finished (not yet renamed) checkpoint directory."""
+        (checkpoint / DONE).write_text("complete\n")
+
+
+def resolve_policy_file(path: Path) -> Path:
+    """`path` itself if it is a policy file, else the published policy of the learner output folder `path`;
+    exits with a message naming both choices when there is none."""
+    candidate = RunDir(path).policy if path.is_dir() else path
+    if not candidate.exists():
+        raise SystemExit(f"no policy at {candidate}: give a learner --output-dir that has published weights, "
+                         "or a policy .safetensors file")
+    return candidate
