@@ -37,6 +37,8 @@ class ActorConfig(ClientSecurity):
     actor_id: str | None = opt(None, "stable name of this actor; none = the one stored in --state-dir, or a new one")
     state_dir: Path | None = opt(None, "where id, sequence numbers and the outbox live; "
                                        "none = ~/.local/state/hilrl/actors/<actor-id or 'default'>")
+    new_run: bool = opt(False, "send unacknowledged batches recorded for another learner run to the learner's "
+                               "current run (without it the actor stops and says so)")
     fps: int = opt(10, "control rate in Hz (0 = as fast as the sim steps; sim and replay only)")
     max_episodes: int = opt(0, "stop after this many episodes (0 = run until SIGINT/SIGTERM)")
     seed: int | None = opt(None, "seed of the sim, the exploration noise and the scripted human; none = random")
@@ -65,7 +67,6 @@ class ActorConfig(ClientSecurity):
     outbox_max_mb: float = opt(1024.0, "unacknowledged data kept on disk before the actor stops starting episodes "
                                        "(the current one finishes; nothing is dropped)")
     max_message_mb: int = opt(16, "largest gRPC message sent or accepted, in MiB")
-    wait_for_weights_s: float = opt(0.0, "give up waiting for the first weights after this long (0 = forever)")
     checkpoint: Path | None = opt(None, "run this policy (a learner --output-dir or a policy .safetensors file) "
                                         "with no learner: nothing is streamed, no exploration noise, the sim's "
                                         "scripted takeover is off unless --schedule asks for human episodes; "

@@ -16,10 +16,9 @@ from typing import Literal
 
 import numpy as np
 
-from hilrl.hardware.human import EpisodeEnd, HumanEvents, HumanInput, OperatorGo
+from hilrl.hardware.human import EpisodeEnd, HumanEvents, HumanInput
 
-__all__ = ["EpisodeEnd", "HumanEvents", "HumanInput", "NoTakeover", "OperatorGo", "Schedule", "ScriptedTeleop",
-           "parse_schedule"]
+__all__ = ["EpisodeEnd", "HumanEvents", "HumanInput", "NoTakeover", "Schedule", "ScriptedTeleop", "parse_schedule"]
 
 
 class ScriptedTeleop:

@@ -18,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 
-from hilrl.actor.outbox import Outbox
+from hilrl.actor.outbox import SEND_MARGIN, Outbox, StateDir
 from hilrl.buffers.spec import Spec
 from hilrl.learner.networks import Policy, PolicyConfig, policy_from_safetensors_bytes
 from hilrl.protos import codec
@@ -36,7 +39,20 @@ log = logging.getLogger(__name__)
 FATAL_CODES = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
                grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                grpc.StatusCode.UNIMPLEMENTED}
+# ALREADY_EXISTS: another actor process streams under this actor id. It may be this actor's own stream from
+# before a restart or a partition, which the learner drops within ~1.5 keepalive intervals: retried this long.
+IN_USE_GRACE_KEEPALIVES = 3
 HANDSHAKE_ATTEMPTS = 3  # consecutive TLS handshake failures before giving up (rides out a certificate swap)
+
+
+class NeverFits(Exception):
+    """Data that no message within the agreed limit can carry; retrying cannot help."""
+
+
+def _step_bytes(spec: Spec) -> int:
+    """Bytes of the largest step of `spec` on the wire (an episode's last step carries two observations)."""
+    obs = sum(f.size * np.dtype(f.dtype).itemsize + 64 for f in spec.observation)
+    return 2 * obs + spec.action_dim * 4 + 256
 
 
 class Backoff:
@@ -56,14 +72,20 @@ class Backoff:
 
 class LearnerLink:
     def __init__(self, target: str, actor_id: str, spec: Spec, outbox: Outbox, max_message_mb: int = 16,
-                 security: ClientSecurity | None = None) -> None:
+                 security: ClientSecurity | None = None, state: StateDir | None = None, new_run: bool = False) -> None:
         """``security``: TLS and token options (None = plaintext, token from HILRL_TOKEN if set);
-        raises ``SecurityConfigError`` when they cannot be used."""
+        raises ``SecurityConfigError`` when they cannot be used. ``state``: the actor's state directory, whose
+        identity travels in Hello and which remembers the learner's run (``new_run``: accept another run even
+        with unacknowledged batches)."""
         self.target = target
         self.actor_id = actor_id
         self.spec = spec
         self.outbox = outbox
         self.security = security if security is not None else ClientSecurity()
+        self.max_message_bytes = max_message_mb << 20
+        self.state = state
+        self.new_run = new_run
+        self.session_id = secrets.token_hex(8)
         self.channel = client_channel(target, max_message_mb, self.security)
         self.stub = pb_grpc.LearnerStub(self.channel)
         self.stop = threading.Event()
@@ -101,8 +123,11 @@ class LearnerLink:
 
     def _hello(self) -> pb.HelloReply:
         request = pb.HelloRequest(protocol_version=codec.PROTOCOL_VERSION, actor_id=self.actor_id,
-                                  spec=codec.encode_spec(self.spec))
+                                  spec=codec.encode_spec(self.spec), max_message_bytes=self.max_message_bytes,
+                                  instance_id=self.state.instance_id if self.state else "", session_id=self.session_id)
         reply = self.stub.Hello(request, timeout=10.0)
+        if self.state is not None:
+            self._check_run(reply.run_id)
         if self.run_id and reply.run_id != self.run_id:
             log.warning("the learner now serves run %s (was %s); accepting its weight versions from v1",
                         reply.run_id, self.run_id)
@@ -111,12 +136,42 @@ class LearnerLink:
         self.policy_config = PolicyConfig.from_dict(json.loads(reply.policy_config_json))
         self.stage = codec.STAGE_NAMES.get(reply.stage, self.stage)
         self.outbox.ack(reply.last_acked_seq)
+        self._agree_on_message_limit(reply.max_message_bytes or self.max_message_bytes)  # 0: an older learner
         return reply
+
+    def _check_run(self, run_id: str) -> None:
+        """Unacknowledged batches belong to the run they were recorded for: never acknowledge (delete) or send them
+        to another run's learner unless the operator said so (--new-run)."""
+        assert self.state is not None
+        before = self.state.run_id
+        if before and run_id != before and len(self.outbox) and not self.new_run:
+            raise NeverFits(f"the learner at {self.target} serves run {run_id}, but this actor's outbox holds "
+                            f"{len(self.outbox)} unacknowledged batches of run {before}: point the actor at that "
+                            "run's learner, or pass --new-run to send them to this one")
+        self.state.remember_run(run_id)
+
+    def _agree_on_message_limit(self, learner_limit: int) -> None:
+        """Batches put from now on fit the smaller of the two sides' limits; a step that cannot fit, or a batch
+        already in the outbox that does not, can never be stored: stop and say what to do."""
+        limit = min(self.max_message_bytes, learner_limit)
+        self.outbox.set_message_limit(limit)
+        step = _step_bytes(self.spec)
+        if step + SEND_MARGIN > limit:
+            raise NeverFits(f"one step of this spec is {step / 2**20:.1f} MiB on the wire, more than the message "
+                            f"limit agreed with the learner ({limit / 2**20:.1f} MiB); raise --max-message-mb on "
+                            "the learner and on this actor")
+        for seq, size in self.outbox.oversized():
+            state = self.outbox.dir.parent
+            raise NeverFits(f"batch seq {seq} in the outbox is {size / 2**20:.1f} MiB, more than the message limit "
+                            f"agreed with the learner ({limit / 2**20:.1f} MiB; it was written under a larger one): "
+                            f"raise the learner's --max-message-mb, or set the batch aside: hilrl outbox set-aside "
+                            f"--state-dir {state} --seq {seq} (see docs/troubleshooting.md)")
 
     def _sender(self) -> None:
         backoff = Backoff()
         handshake_failures = 0
         not_storing = False  # the learner answers but cannot store: back off further, not after every Hello
+        in_use_since: float | None = None  # when the learner first said another process streams under our id
         while not self.stop.is_set():
             in_setup = True  # a hint about TLS setup only fits a failure before the learner answered
             try:
@@ -145,8 +200,21 @@ class LearnerLink:
                 code = exc.code()
                 details = exc.details() or ""
                 hint = connection_hint(code, details, self.security.uses_tls) if in_setup else ""
+                if code == grpc.StatusCode.ALREADY_EXISTS:
+                    in_use_since = in_use_since or time.monotonic()
+                    if time.monotonic() - in_use_since > IN_USE_GRACE_KEEPALIVES * self.security.keepalive_s:
+                        self._fail(f"learner refused this actor ({code.name}): {details}")
+                        return
+                else:
+                    in_use_since = None
                 if code in FATAL_CODES:
-                    self._fail(f"learner refused this actor ({code.name}): {details}")
+                    seq = self.outbox.first_pending()
+                    poison = code == grpc.StatusCode.INVALID_ARGUMENT and not in_setup and seq is not None
+                    state = self.outbox.dir.parent
+                    self._fail(f"learner refused this actor ({code.name}): {details}" + (
+                        f"; it refuses batch seq {seq} every time: inspect it with `hilrl outbox list --state-dir "
+                        f"{state}` and set it aside (kept, not sent) with `hilrl outbox set-aside --state-dir "
+                        f"{state} --seq {seq}` (see docs/troubleshooting.md)" if poison else ""))
                     return
                 tls_failure = code == grpc.StatusCode.UNAVAILABLE and is_tls_handshake_failure(details)
                 handshake_failures = handshake_failures + 1 if tls_failure else 0
@@ -156,6 +224,15 @@ class LearnerLink:
                     return
                 not_storing = "not storing" in details
                 self._retry(backoff, f"{code.name}: {details}{hint}", reachable=not_storing)
+            except NeverFits as exc:
+                self._fail(str(exc))
+                return
+            except OSError as exc:  # recording an acknowledgement in the state directory failed (disk full, ...)
+                self.connected.clear()
+                delay = backoff.next()
+                log.error("cannot record the learner's acknowledgements in %s (%s): the batches stay in the outbox "
+                          "(resent, stored once); reconnecting in %.1fs", self.outbox.dir, exc, delay)
+                self.stop.wait(delay)
             except RuntimeError as exc:
                 self._retry(backoff, str(exc))
 

@@ -190,6 +190,8 @@ class ActorLoop:
         try:
             return self._replay() if isinstance(self.env, ReplaySource) else self._run()
         finally:
+            if self._writer.failing:
+                self._writer.abandon()
             self._writer.drain()
 
     def _run(self) -> dict:
@@ -198,6 +200,14 @@ class ActorLoop:
             if self.cfg.max_episodes and self.stats.episodes >= self.cfg.max_episodes:
                 break
             self._swap_weights()
+            if self._writer.failing:  # the outbox's disk refuses writes: nothing new until it takes them again
+                if "disk" not in said:
+                    said.add("disk")
+                    log.warning("the outbox cannot be written (%s): holding the arm and starting no new episode",
+                                self._writer.failing)
+                self.stop.wait(0.1)
+                continue
+            said.discard("disk")
             if self.outbox.full:  # finish nothing new until the learner has caught up; drop nothing
                 if "full" not in said:
                     said.add("full")

@@ -163,6 +163,8 @@ def run(cfg: ActorConfig) -> int:
         print(f"hilrl actor: {exc}", file=sys.stderr)
         return 2
     outbox = Outbox(state.path / "outbox", max_bytes=int(cfg.outbox_max_mb * 2**20))
+    own = cfg.max_message_mb << 20  # batches fit this and the learner's limit (the one remembered, until Hello)
+    outbox.set_message_limit(min(own, outbox.message_limit or own))
     recovered = outbox.recover_journal(state.actor_id)
     if recovered:
         log.info("outbox: %d steps of a batch the earlier run never closed (it was killed) were recovered from "
@@ -173,7 +175,8 @@ def run(cfg: ActorConfig) -> int:
         print(f"hilrl actor: --record {cfg.record} already exists; choose a new path", file=sys.stderr)
         return 2
     env, human = make_arm(cfg, cfg.takeover_after)
-    link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb, security=cfg)
+    link = LearnerLink(cfg.learner, state.actor_id, env.spec, outbox, cfg.max_message_mb, security=cfg, state=state,
+                       new_run=cfg.new_run)
     log.info("actor %s (state %s) -> learner %s", state.actor_id, state.path, cfg.learner)
     link.start()
 

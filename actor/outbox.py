@@ -22,13 +22,18 @@ import queue
 import secrets
 import struct
 import threading
+import time
 from pathlib import Path
 
-from hilrl.buffers.durable import atomic_write
+from hilrl.buffers.durable import atomic_write, temp_path
 from hilrl.protos.v1 import learner_pb2 as pb
 
 log = logging.getLogger(__name__)
 JOURNAL = "open.items"
+SEND_MARGIN = 4096  # bytes the sender adds to a stored batch (weight version, loop statistics), with room to spare
+ITEM_OVERHEAD = 6  # an item's field tag and length prefix inside a batch
+SAVE_ATTEMPTS = 120  # seconds an episode start waits for actor.json to be writable before the actor gives up
+SET_ASIDE = "set-aside"  # batches the operator set aside (`hilrl outbox set-aside`); never sent, never deleted
 _LENGTH = struct.Struct("<I")
 
 
@@ -60,6 +65,7 @@ class StateDir:
         self._lock_file.write(f"pid {os.getpid()}\n")
         self._lock_file.flush()
         self._meta_path = self.path / "actor.json"
+        self._save_lock = threading.Lock()
         meta = json.loads(self._meta_path.read_text()) if self._meta_path.exists() else {}
         stored = meta.get("actor_id")
         if stored and actor_id and stored != actor_id:
@@ -67,17 +73,40 @@ class StateDir:
                                 "use another --state-dir")
         self.actor_id: str = stored or actor_id or f"actor-{secrets.token_hex(3)}"
         self.next_episode: int = int(meta.get("next_episode", 0))
+        # Who this directory's seq counter is, for the learner (a new or wiped directory is someone new), and
+        # the learner run its outbox belongs to.
+        self.instance_id: str = meta.get("instance_id") or secrets.token_hex(8)
+        self.run_id: str = meta.get("run_id", "")
         self._save()
 
+    def remember_run(self, run_id: str) -> None:
+        if run_id != self.run_id:
+            self.run_id = run_id
+            self._save()
+
     def take_episode_index(self) -> int:
+        """The next episode index, persisted before it is used (an index is never used twice); while the disk
+        refuses the write the arm waits here, between episodes, and the log says so."""
         index = self.next_episode
         self.next_episode += 1
-        self._save()
+        for attempt in range(SAVE_ATTEMPTS):
+            try:
+                self._save()
+                return index
+            except OSError as exc:
+                if attempt == SAVE_ATTEMPTS - 1:
+                    raise
+                if attempt == 0:
+                    log.error("cannot write %s (%s): holding the arm before episode %d, retrying every second",
+                              self._meta_path, exc, index)
+                time.sleep(1.0)
         return index
 
     def _save(self) -> None:
-        meta = {"actor_id": self.actor_id, "next_episode": self.next_episode}
-        atomic_write(self._meta_path, json.dumps(meta).encode())
+        with self._save_lock:  # the control loop (episodes) and the sender (run id) both save
+            meta = {"actor_id": self.actor_id, "next_episode": self.next_episode, "instance_id": self.instance_id,
+                    "run_id": self.run_id}
+            atomic_write(self._meta_path, json.dumps(meta).encode())
 
     def close(self) -> None:
         self._lock_file.close()
@@ -107,6 +136,8 @@ class Outbox:
         self._next_seq = max([self.last_acked, *self._pending]) + 1
         self._journal_path = self.dir / JOURNAL
         self._journal = None  # opened by the first stage()
+        limit_path = self.dir / "limit.json"
+        self.message_limit = int(json.loads(limit_path.read_text())["message_bytes"]) if limit_path.exists() else 0
 
     @property
     def full(self) -> bool:
@@ -117,17 +148,48 @@ class Outbox:
             return len(self._pending)
 
     def put(self, batch: pb.TransitionBatch) -> int:
-        """Assign the next seq, write the batch durably, and make it available to the sender."""
+        """Assign the next seq, write the batch durably, and make it available to the sender; a batch larger
+        than `max_batch_bytes` is split into consecutive batches that fit (returns the last seq)."""
         with self._cond:
-            seq = self._next_seq
-            self._next_seq += 1
-            batch.seq = seq
-            atomic_write(self.dir / f"{seq:012d}.batch", batch.SerializeToString())
-            self._clear_journal()  # its items are in this batch now
-            self._pending[seq] = batch
-            self.nbytes += batch.ByteSize()
+            parts = split_batch(batch, self.max_batch_bytes)
+            written: list[Path] = []
+            try:  # all parts durable before any seq is used: a failed write (disk full) costs no seq and keeps
+                for i, part in enumerate(parts):  # the journal, so the caller can retry the same batch
+                    part.seq = self._next_seq + i
+                    path = self.dir / f"{part.seq:012d}.batch"
+                    written.append(path)
+                    atomic_write(path, part.SerializeToString())
+            except BaseException:
+                for path in written:  # not registered, never sent: as if nothing was put
+                    path.unlink(missing_ok=True)
+                    temp_path(path).unlink(missing_ok=True)
+                raise
+            for part in parts:
+                self._pending[part.seq] = part
+                self.nbytes += part.ByteSize()
+            self._next_seq += len(parts)
+            self._clear_journal()  # its items are in these batches now
             self._cond.notify_all()
-            return seq
+            return parts[-1].seq
+
+    @property
+    def max_batch_bytes(self) -> int:
+        """The largest batch `put` writes (0 = any): the message limit, less room for what the sender adds."""
+        return max(1, self.message_limit - SEND_MARGIN) if self.message_limit else 0
+
+    def set_message_limit(self, limit: int) -> None:
+        """The message limit agreed with the learner (bytes; 0 = none); batches put from now on fit into it.
+        Remembered in the state directory, so a restarted actor splits from its first batch."""
+        with self._cond:
+            if limit != self.message_limit:
+                self.message_limit = limit
+                atomic_write(self.dir / "limit.json", json.dumps({"message_bytes": limit}).encode())
+
+    def oversized(self) -> list[tuple[int, int]]:
+        """(seq, bytes) of pending batches larger than `max_batch_bytes` (written before the limit was known)."""
+        with self._cond:
+            limit = self.max_batch_bytes
+            return [(s, b.ByteSize()) for s, b in sorted(self._pending.items()) if limit and b.ByteSize() > limit]
 
     def pending_after(self, seq: int, timeout: float) -> list[pb.TransitionBatch]:
         """Batches with a seq above `seq`, in order; waits up to `timeout` for one to appear."""
@@ -185,6 +247,27 @@ class Outbox:
         return len(items)
 
 
+def split_batch(batch: pb.TransitionBatch, max_bytes: int) -> list[pb.TransitionBatch]:
+    """`batch` as consecutive batches of at most `max_bytes` each (0 = no limit), its items in order. An item
+    larger than `max_bytes` on its own travels alone (the learner refuses it; see LearnerLink)."""
+    if not max_bytes or batch.ByteSize() <= max_bytes:
+        return [batch]
+    header = pb.TransitionBatch()
+    header.CopyFrom(batch)
+    del header.items[:]
+    parts: list[pb.TransitionBatch] = []
+    size = max_bytes
+    for item in batch.items:
+        n = item.ByteSize() + ITEM_OVERHEAD
+        if size + n > max_bytes:
+            parts.append(pb.TransitionBatch())
+            parts[-1].CopyFrom(header)
+            size = header.ByteSize()
+        parts[-1].items.append(item)
+        size += n
+    return parts
+
+
 def read_journal(path: Path) -> list[pb.Item]:
     """The complete items of a journal; a record cut short by the kill (the last one) is left out."""
     try:
@@ -214,8 +297,12 @@ class OutboxWriter:
     delay a tick. One thread keeps the order of staged items and batches; :meth:`drain` waits until all
     are written."""
 
+    RETRY_S = 1.0
+
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
+        self.failing = ""  # why the outbox cannot be written right now (the loop holds the arm meanwhile)
+        self._abandon = threading.Event()
         self._queue: queue.Queue[pb.Item | pb.TransitionBatch] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._thread.start()
@@ -229,15 +316,39 @@ class OutboxWriter:
     def drain(self) -> None:
         self._queue.join()
 
+    def abandon(self) -> None:
+        """Stop retrying a failing write (at exit); what is not written is reported as lost."""
+        self._abandon.set()
+
     def _run(self) -> None:
         while True:
             entry = self._queue.get()
+            try:
+                self._write(entry)
+            finally:
+                self._queue.task_done()
+
+    def _write(self, entry: pb.Item | pb.TransitionBatch) -> None:
+        """Write one entry, retrying while the disk refuses (in order: nothing behind it is written first)."""
+        while True:
             try:
                 if isinstance(entry, pb.Item):
                     self.outbox.stage(entry)
                 else:
                     self.outbox.put(entry)
-            except Exception:  # noqa: BLE001 - a write error must be loud, and must not kill the writer
-                log.exception("could not write to the outbox (%s)", type(entry).__name__)
-            finally:
-                self._queue.task_done()
+            except Exception as exc:  # noqa: BLE001 - a write error must be loud, and must not kill the writer
+                if self._abandon.is_set():
+                    log.error("giving up writing to the outbox at exit (%s): %d queued steps and batches are lost",
+                              exc, self._queue.qsize() + 1)
+                    return
+                if not self.failing:
+                    log.error("cannot write to the outbox in %s (%s): holding the arm (no new episode) and "
+                              "retrying every %.0f s; executed steps wait in memory", self.outbox.dir, exc,
+                              self.RETRY_S)
+                self.failing = f"{type(exc).__name__}: {exc}"
+                self._abandon.wait(self.RETRY_S)
+                continue
+            if self.failing:
+                log.info("the outbox is writable again (was: %s)", self.failing)
+                self.failing = ""
+            return

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hilrl.actor.success import DetectorSpec, precision_recall, render_labelled_episodes, train_detector
+from hilrl.hardware.success_frames import render_labelled_episodes
+from hilrl.learner.success_net import DetectorSpec, precision_recall, train_detector
 
 
 def frames(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:

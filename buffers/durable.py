@@ -25,15 +25,10 @@ def temp_path(path: Path) -> Path:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path`: temporary file, flush + fsync, rename, fsync the directory."""
-    path = Path(path)
-    tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    """Write `data` to `path`: temporary file, flush + fsync, rename, fsync the directory. When writing
+    fails (e.g. a full disk) the temporary file is removed and `path` is untouched."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)  # closed here; atomic_path fsyncs it before the rename
 
 
 @contextmanager

@@ -44,7 +44,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from hilrl.buffers.assembler import Discard, Step
-from hilrl.buffers.durable import atomic_write, fsync_path
+from hilrl.buffers.durable import atomic_write, fsync_path, temp_path
 from hilrl.buffers.spec import Spec, check_array
 
 log = logging.getLogger(__name__)
@@ -172,8 +172,13 @@ class BufferStore:
         """The highest committed batch seq of every source."""
         return {k: int(v["last_seq"]) for k, v in self.commit["actors"].items()}
 
-    def append(self, source: str, seq: int, items: list[Step | Discard]) -> None:
-        """Durably store one batch and its `(source, seq)` record; returns once it is committed.
+    def instances(self) -> dict[str, str]:
+        """The state-directory identity each actor source's batches came from (where the actor said it)."""
+        return {k: v["instance"] for k, v in self.commit["actors"].items() if v.get("instance")}
+
+    def append(self, source: str, seq: int, items: list[Step | Discard], instance: str = "") -> None:
+        """Durably store one batch and its `(source, seq)` record (with the sending actor's `instance`, if given);
+        returns once it is committed.
 
         All or nothing: the items are checked against the spec first (`StoreInputError`, nothing touched),
         the rows are written at the committed length of every array and fsynced, and only then is the
@@ -193,7 +198,8 @@ class BufferStore:
         new = {**self.commit, "sources": sources, "steps": n + len(rows.get("step", ())),
                "finals": e + len(finals.get("final_index", ())),
                "discards": [*self.commit["discards"], *([source, d] for d in discards)],
-               "actors": {**self.commit["actors"], source: {"last_seq": seq}}}
+               "actors": {**self.commit["actors"], source: {"last_seq": seq, **({"instance": instance} if instance
+                                                                                   else {})}}}
         try:
             if rows:
                 for name, values in rows.items():
@@ -225,7 +231,7 @@ class BufferStore:
         if on_disk == attempted:
             self.commit = attempted
             return
-        (self.path / "commit.json.tmp").unlink(missing_ok=True)
+        temp_path(self.path / "commit.json").unlink(missing_ok=True)
         try:
             self._truncate_uncommitted()
         except Exception as exc:  # noqa: BLE001 - the next append writes at the committed rows all the same

@@ -62,6 +62,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "hilrl dataset export --store DIR|--recording PATH --output DIR [--source human|policy|all], or "
         "hilrl dataset import --dataset DIR --output demos.zarr (see docs/datasets.md).",
         "hilrl.deploy.dataset:DatasetConfig", "hilrl.deploy.dataset:run_dataset", verb="action"),
+    "outbox": Subcommand(
+        "a stopped actor's unacknowledged batches: list them, set aside one the learner refuses",
+        "hilrl outbox list --state-dir DIR, or hilrl outbox set-aside --state-dir DIR --seq N: moves batch N "
+        "to DIR/outbox/set-aside/ (kept, never sent) so the actor sends the rest (see docs/troubleshooting.md).",
+        "hilrl.deploy.outbox:OutboxConfig", "hilrl.deploy.outbox:run_outbox", verb="action"),
     "record": Subcommand(
         "record human demonstrations to a file (seed a learner with: hilrl learner --demos FILE)",
         "Record human demonstrations to a file; seed a learner with it: hilrl learner --demos FILE.",

@@ -27,14 +27,9 @@ class DemoConfig:
                                         "none = hilrl-runs/demo-<timestamp>")
     train_minutes: float = opt(6.0, "wall-clock budget for demos + training before both processes are stopped")
     demo_episodes: int = opt(20, "scripted human demonstrations before offline training")
-    offline_steps: int = opt(4000, "offline TD3+BC updates")
+    offline_steps: int = opt(5000, "offline TD3+BC updates (the learner's default)")
     online_steps: int = opt(8000, "online TD3 updates; the demo stops early once they are done")
     publish_every: int = opt(250, "publish weights every N online updates")
-    utd_ratio: float = opt(1.0, "online updates per received transition")
-    alpha: float = opt(0.5, "TD3+BC alpha for this demo (the learner's default is the paper's 2.5; on 20 "
-                            "deterministic expert demos with a sparse reward 0.5 imitates far better)")
-    online_bc_weight: float = opt(1.0, "BC weight on human rows in the online stage (the learner default, 0, "
-                                       "is pure TD3: it needs more online data than this CPU demo collects)")
     takeover_after: int = opt(50, "the scripted human takes over a policy episode after this many steps")
     eval_episodes: int = opt(50, "evaluation episodes (random block positions, no takeover, no noise)")
     seed: int = opt(0, "seed for learner, sim and evaluation")
@@ -88,8 +83,7 @@ def run_demo(cfg: DemoConfig) -> int:
     learner = _spawn(["learner", "--port", "0", "--output-dir", str(learner_dir), "--seed", str(cfg.seed),
                       "--torch-threads", "1", "--demo-episodes", str(cfg.demo_episodes),
                       "--offline-steps", str(cfg.offline_steps), "--publish-every", str(cfg.publish_every),
-                      "--utd-ratio", str(cfg.utd_ratio), "--algo.alpha", str(cfg.alpha),
-                      "--online-bc-weight", str(cfg.online_bc_weight), "--keep-weight-versions", "100000"],
+                      "--keep-weight-versions", "100000"],
                      learner_log)
     actor = None
     try:

@@ -38,9 +38,3 @@ class HumanInput(Protocol):
     def close(self) -> None:
         """Release the device."""
 
-
-class OperatorGo(Protocol):
-    """A device the operator can say "go" with (gamepad LB, key g): the real arm waits for it at its rest pose."""
-
-    def go(self) -> bool:
-        """True once per press of the go button since the last call (never blocks)."""

@@ -39,8 +39,8 @@ class LearnerConfig(ServerSecurity):
 
     demo_episodes: int = opt(20, "complete human demonstration episodes to wait for before the offline stage")
     offline_steps: int = opt(5000, "TD3+BC updates on the human buffer before going online (0 skips)")
-    online_bc_weight: float = opt(0.0, "BC weight (on human rows only) during online TD3; "
-                                       "0 = pure TD3, the seed recipe")
+    online_bc_weight: float = opt(1.0, "BC weight (on human rows only) during online TD3; 0 = pure TD3 (the "
+                                       "seed recipe; collapsed on few demos, see README 'Defaults')")
     online_bc_decay_steps: int = opt(0, "decay the online BC weight linearly to 0 over this many online updates "
                                         "(0 = keep it constant)")
     critic_warmup_steps: int = opt(0, "first online updates that train only the critic (the actor holds still)")

@@ -39,6 +39,14 @@ class SpecMismatch(Exception):
     """An actor's spec differs from the learner's; the text names every difference."""
 
 
+class ActorInUse(Exception):
+    """Another actor process streams under the same actor id right now; the text says what to do."""
+
+
+class ActorIdTaken(Exception):
+    """The actor id's stored batches came from another state directory; the text says what to do."""
+
+
 class BuffersTooLarge(Exception):
     """The replay buffers for a spec would not fit in this machine's memory; the text says what to set."""
 
@@ -68,6 +76,9 @@ class ActorRecord:
     overruns: int = 0
     watchdog_holds: int = 0
     safety_clamps: int = 0
+    instance_id: str = ""  # the actor's state directory (its seq counter) whose batches are stored under this id
+    session_id: str = ""  # the actor process of the newest Hello
+    streams: int = 0  # live transition streams
 
 
 @dataclass
@@ -104,6 +115,7 @@ class LearnerCore:
         self.run_id = ""
         self.episode_events: list[dict] = []  # drained by the training loop for logging
         self.store_problem = ""  # why the newest append failed (disk full, ...); "" while storing works
+        self._peer_session: dict[str, str] = {}  # connection -> actor process of its newest Hello
         self.stopping = False
 
     # ------------------------------------------------------------------ start-up
@@ -211,9 +223,12 @@ class LearnerCore:
 
     # ------------------------------------------------------------------ actors
 
-    def hello(self, actor_id: str, spec: Spec) -> dict:
-        """Register an actor; raises SpecMismatch when its spec differs from the learner's."""
+    def hello(self, actor_id: str, spec: Spec, instance_id: str = "", session_id: str = "", peer: str = "") -> dict:
+        """Register an actor; raises SpecMismatch when its spec differs from the learner's, ActorInUse when another
+        actor process streams under `actor_id` now, ActorIdTaken when another state directory's batches are
+        stored under it (`instance_id`/`session_id` empty: an actor that does not say; not checked)."""
         with self.lock:
+            self._check_identity(actor_id, instance_id, session_id)
             if problem := residual_mismatch(spec, self.cfg.residual):
                 raise SpecMismatch(f"actor {actor_id!r}: {problem}")
             if self.spec is None:
@@ -226,14 +241,47 @@ class LearnerCore:
                                        f"({self.run_dir.spec}): {problem}")
             record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
             record.connected = True
+            record.instance_id = instance_id or record.instance_id
+            record.session_id = session_id
+            self._peer_session[peer] = session_id
             return {"run_id": self.run_id, "policy_config": self.policy_config(), "stage": self.stage,
                     "weight_version": self.weights.version, "last_acked_seq": record.last_seq,
                     "normalization": dict(self.normalization)}
 
-    def disconnected(self, actor_id: str) -> None:
+    def _check_identity(self, actor_id: str, instance_id: str, session_id: str) -> None:
+        record = self.actors.get(actor_id)
+        if record is None:
+            return
+        if session_id and record.streams > 0 and record.session_id and record.session_id != session_id:
+            raise ActorInUse(f"actor id {actor_id!r} is streaming to this learner right now from another actor "
+                             f"process; two actors must not share an id: give this one its own --actor-id, or stop "
+                             "the other one")
+        if instance_id and record.instance_id and record.instance_id != instance_id and record.last_seq > 0:
+            raise ActorIdTaken(f"actor id {actor_id!r} already has batches up to seq {record.last_seq} stored from "
+                               f"another actor state directory (instance {record.instance_id}; this one is "
+                               f"{instance_id}: a new, wiped or copied --state-dir); its sequence numbers would be "
+                               "taken for those: give this actor its own --actor-id")
+
+    def stream_started(self, actor_id: str, peer: str) -> None:
+        """A transition stream of `actor_id` began on the connection `peer`; raises ActorInUse when another actor
+        process said Hello under this id since this connection did."""
         with self.lock:
+            record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
+            session = self._peer_session.get(peer)
+            if session is not None and record.session_id and session != record.session_id:
+                raise ActorInUse(f"actor id {actor_id!r} was taken over by another actor process (its Hello came "
+                                 "after this one's); two actors must not share an id: give this one its own "
+                                 "--actor-id, or stop the other one")
+            record.streams += 1
+            record.connected = True
+
+    def disconnected(self, actor_id: str, peer: str = "") -> None:
+        with self.lock:
+            self._peer_session.pop(peer, None)
             if actor_id in self.actors:
-                self.actors[actor_id].connected = False
+                record = self.actors[actor_id]
+                record.streams = max(0, record.streams - 1)
+                record.connected = record.streams > 0
 
     def ingest(self, actor_id: str, seq: int, items: list[Step | Discard], weight_version_applied: int) -> bool:
         """Store one batch from an actor; returns True when it had been stored before (duplicate)."""
@@ -264,7 +312,7 @@ class LearnerCore:
                 return duplicates
             assert self.store is not None
             try:
-                self.store.append(actor_id, last, items)  # durable (fsynced), outside the core lock
+                self.store.append(actor_id, last, items, instance=record.instance_id)  # durable, outside the lock
             except OSError as exc:
                 self.store_problem = store_failure(exc, self.store.path)
                 if self.store.last_seqs().get(actor_id) == last:  # committed after all (BufferStore._roll_back)
@@ -316,9 +364,11 @@ class LearnerCore:
         for source, item in self.store.replay():
             record = None if source.startswith(DATASET) else self.actors.setdefault(source, ActorRecord(source))
             self._apply(source, [item], record)
+        instances = self.store.instances()
         for source, last_seq in self.store.last_seqs().items():
             if not source.startswith(DATASET):
-                self.actors.setdefault(source, ActorRecord(source)).last_seq = last_seq
+                record = self.actors.setdefault(source, ActorRecord(source))
+                record.last_seq, record.instance_id = last_seq, instances.get(source, "")
         self.episode_events.clear()
         log.info("replayed %d stored steps: human %d, policy %d transitions, %d demo episodes", len(self.store),
                  len(self.buffers.human), len(self.buffers.policy), self.demo_episodes)
@@ -448,17 +498,16 @@ class LearnerCore:
                      "normalization": {k: v.tolist() for k, v in self.normalization.items()}}
         atomic_write(self.run_dir.state, json.dumps(state, indent=2).encode())
 
-    def load_state(self) -> bool:
-        """Stage, step counters and normalisation of a previous run (see `save_state`)."""
+    def load_state(self) -> None:
+        """Stage, step counters and normalisation of a previous run (see `save_state`), if it saved any."""
         path = self.run_dir.state
         if not path.exists():
-            return False
+            return
         state = json.loads(path.read_text())
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]
         self.normalization = {k: np.asarray(v, dtype=np.float32) for k, v in state["normalization"].items()}
-        return True
 
 
 def store_failure(exc: OSError, store: Path) -> str:

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from hilrl.buffers.store import StoreError
-from hilrl.learner.core import BuffersTooLarge, LearnerCore, SpecMismatch
+from hilrl.learner.core import ActorIdTaken, ActorInUse, BuffersTooLarge, LearnerCore, SpecMismatch
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
@@ -88,11 +88,14 @@ class LearnerService(pb_grpc.LearnerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "actor_id is empty")
         try:
             spec = codec.decode_spec(request.spec)
-            info = self.core.hello(request.actor_id, spec)
+            info = self.core.hello(request.actor_id, spec, request.instance_id, request.session_id, context.peer())
         except codec.DecodeError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except SpecMismatch as exc:
+        except (SpecMismatch, ActorIdTaken) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ActorInUse as exc:
+            log.warning("actor %s refused: %s", request.actor_id, exc)
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except BuffersTooLarge as exc:
             log.error("actor %s refused: %s", request.actor_id, exc)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"learner cannot hold this spec's buffers: {exc}")
@@ -112,6 +115,7 @@ class LearnerService(pb_grpc.LearnerServicer):
             last_acked_seq=info["last_acked_seq"],
             stage=codec.STAGE_VALUES[info["stage"]],
             normalization=codec.encode_tensor_map(info["normalization"]),
+            max_message_bytes=min(filter(None, (request.max_message_bytes, self.core.cfg.max_message_mb << 20))),
         )
 
     def StreamTransitions(self, request_iterator: Iterator[pb.TransitionBatch],
@@ -133,8 +137,14 @@ class LearnerService(pb_grpc.LearnerServicer):
                     except codec.DecodeError as exc:
                         error = (grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.seq} rejected: {exc}")
                         break
-                if stored:  # the valid batches before a bad one are stored and acknowledged first
+                if stored and actor_id is None:  # the stream's first batch names its actor
+                    try:
+                        self.core.stream_started(group[0].actor_id, context.peer())
+                    except ActorInUse as exc:
+                        log.warning("actor %s: %s", group[0].actor_id, exc)
+                        context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
                     actor_id = group[0].actor_id
+                if stored:  # the valid batches before a bad one are stored and acknowledged first
                     try:
                         applied = group[len(stored) - 1].weight_version_applied
                         duplicates = self.core.ingest_batches(actor_id, stored, applied)
@@ -157,7 +167,7 @@ class LearnerService(pb_grpc.LearnerServicer):
                     context.abort(*error)
         finally:
             if actor_id is not None:
-                self.core.disconnected(actor_id)
+                self.core.disconnected(actor_id, context.peer())
 
     def _check(self, batch: pb.TransitionBatch | Malformed) -> tuple[grpc.StatusCode, str] | None:
         if isinstance(batch, Malformed):

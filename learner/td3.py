@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TD3Config:
-    """Hyper-parameters of TD3 / TD3+BC (defaults are the papers')."""
+    """Hyper-parameters of TD3 / TD3+BC (the papers' defaults, except alpha: see README 'Defaults')."""
 
     gamma: float = option(0.99, "discount factor")
     tau: float = option(0.005, "Polyak rate of the target networks")
@@ -62,7 +62,8 @@ class TD3Config:
     policy_noise: float = option(0.2, "std of the target-policy smoothing noise (normalised action units)")
     noise_clip: float = option(0.5, "the smoothing noise is clipped to [-noise_clip, noise_clip]")
     policy_delay: int = option(2, "actor and targets are updated once every `policy_delay` critic steps")
-    alpha: float = option(2.5, "TD3+BC: lambda = alpha / mean|Q|, balances the Q term against the BC term")
+    alpha: float = option(0.5, "TD3+BC: lambda = alpha / mean|Q|, balances the Q term against the BC term "
+                               "(the paper's 2.5 imitates few demos with a sparse reward far worse)")
     freeze_encoder: bool = option(False, "camera policies: keep the image encoder fixed (features computed once "
                                          "per batch without gradient, shared by actor, critics and targets)")
     encoder_weights: str | None = option(None, "camera policies: pretrained encoder weights, a local safetensors "

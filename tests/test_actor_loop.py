@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import Link, free_port, run_hilrl, wait_until
+from fakes import FakeFollower, StubKinematics, fake_gamepad
 
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.human import HumanEvents, ScriptedTeleop
@@ -25,7 +26,6 @@ from hilrl.actor.outbox import Outbox, StateDir
 from hilrl.actor.replay import ReplaySource
 from hilrl.buffers.assembler import Discard, Step
 from hilrl.hardware.expert import ScriptedExpert
-from hilrl.hardware.fakes import FakeFollower, StubKinematics, fake_gamepad
 from hilrl.hardware.gamepad import GO_BUTTON, GamepadInput
 from hilrl.hardware.sim import SimPickCube
 from hilrl.hardware.so_arm import ArmConfig, SOArm
@@ -348,7 +348,7 @@ def test_loop_keeps_its_rate_while_the_learner_is_frozen(tmp_path: Path, spawn) 
 def detector_file(tmp_path: Path, says_success: bool) -> Path:
     """A real SuccessDetector file whose verdict is fixed by its output bias (what it judges is tested in
     test_success.py; here: what the loop does with the verdict)."""
-    from hilrl.actor.success import DetectorSpec, SuccessDetector, SuccessNet
+    from hilrl.learner.success_net import DetectorSpec, SuccessDetector, SuccessNet
 
     net = SuccessNet(DetectorSpec(camera="front"))
     with torch.no_grad():

@@ -8,11 +8,11 @@ import threading
 
 import numpy as np
 import pytest
+from fakes import FakeFollower
 
 from hilrl.actor.human import Schedule, parse_schedule
 from hilrl.actor.safety import LearnerWatch, Safety, SafetyLimits, limits_for, parse_workspace
 from hilrl.buffers.spec import Feature, Spec
-from hilrl.hardware.fakes import FakeFollower
 from hilrl.hardware.sim import TCP, SimPickCube
 from hilrl.hardware.so_arm import ArmConfig, SOArm
 

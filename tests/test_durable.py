@@ -62,3 +62,16 @@ def test_replace_dir_fsyncs_every_file_and_replaces_an_old_directory(tmp_path: P
     assert sorted(p.name for p in old.iterdir()) == ["DONE", "td3.json"] and not new.exists()
     assert sorted(p.name for p in fsynced[:2]) == ["DONE", "td3.json"]
     assert fsynced[2:] == [new, tmp_path]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "acked.json"
+    target.write_text("old")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(durable.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, b"new")
+    assert target.read_text() == "old" and sorted(tmp_path.iterdir()) == [target]

@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from fakes import FakeFollower, FakeGamepad, FakeKeys, StubKinematics, fake_gamepad
 
 from hilrl.hardware import ports
 from hilrl.hardware.cameras import Camera, CameraNotFoundError, CameraSpec, crop_resize
-from hilrl.hardware.fakes import FakeFollower, FakeGamepad, FakeKeys, StubKinematics, fake_gamepad
 from hilrl.hardware.gamepad import ESTOP_BUTTON, GO_BUTTON, TAKEOVER_BUTTON, GamepadInput, GamepadNotFoundError
 from hilrl.hardware.human import HumanEvents
 from hilrl.hardware.keyboard import KeyboardInput

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import free_port, hilrl_status, wait_until
+from fakes import FakeFollower
 
 from hilrl.buffers.joint_to_ee import (
     EEReport,
@@ -27,7 +28,6 @@ from hilrl.buffers.joint_to_ee import (
 from hilrl.buffers.lerobot_io import LeRobotImportError, LeRobotMapping, read_demos
 from hilrl.buffers.recording import read_steps
 from hilrl.hardware.cameras import CameraSpec
-from hilrl.hardware.fakes import FakeFollower
 from hilrl.hardware.so_arm import ArmConfig, SOArm, spec_from_features
 
 os.environ["HF_HUB_OFFLINE"] = "1"

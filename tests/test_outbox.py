@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hilrl.actor.outbox import Outbox, StateDir, StateDirInUse
+from hilrl.actor.outbox import SEND_MARGIN, Outbox, StateDir, StateDirInUse
 from hilrl.protos.v1 import learner_pb2 as pb
 
 
@@ -124,3 +124,19 @@ def test_a_written_batch_empties_the_journal(tmp_path: Path) -> None:
     box.put(pb.TransitionBatch(actor_id="a", items=items))
     box.stage(step_item(99))  # the next batch's first step
     assert Outbox(tmp_path).recover_journal("a") == 1
+
+
+def test_a_batch_over_the_message_limit_is_put_as_consecutive_batches_that_fit(tmp_path: Path) -> None:
+    box = Outbox(tmp_path)
+    box.set_message_limit(SEND_MARGIN + 10_000)  # as agreed with the learner in Hello
+    frame = pb.Tensor(dtype="uint8", shape=[3000], data=bytes(3000))
+    items = [pb.Item(transition=pb.Transition(episode=1, step=t, observation={"cam": frame})) for t in range(10)]
+    assert box.put(pb.TransitionBatch(actor_id="a", items=items)) == 4  # 3 steps per batch
+    parts = box.pending_after(0, timeout=0)
+    assert [b.seq for b in parts] == [1, 2, 3, 4] and all(b.actor_id == "a" for b in parts)
+    assert all(b.ByteSize() <= box.max_batch_bytes for b in parts)
+    assert [i.transition.step for b in parts for i in b.items] == list(range(10))  # in order, each once
+    reopened = Outbox(tmp_path)  # the limit is remembered: a restarted actor splits from its first batch
+    assert reopened.max_batch_bytes == box.max_batch_bytes and len(reopened) == 4 and not reopened.oversized()
+    reopened.set_message_limit(SEND_MARGIN + 5_000)  # the learner came back with a smaller limit
+    assert [seq for seq, _ in reopened.oversized()] == [1, 2, 3]  # 3 steps each; the last has one

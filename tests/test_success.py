@@ -11,16 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hilrl.actor.success import (
-    DetectorSpec,
-    SuccessDetector,
-    SuccessDetectorConfig,
-    SuccessGate,
-    SuccessNet,
-    precision_recall,
-    render_labelled_episodes,
-    train_detector,
-)
+from hilrl.actor.success import SuccessDetectorConfig, SuccessGate
+from hilrl.hardware.success_frames import render_labelled_episodes
+from hilrl.learner.success_net import DetectorSpec, SuccessDetector, SuccessNet, precision_recall, train_detector
 
 
 @pytest.fixture(scope="module")

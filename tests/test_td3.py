@@ -132,7 +132,7 @@ def test_lambda_formula_and_delay():
     with torch.no_grad():  # the critic is not changed by the actor step, so it is the one lambda saw
         s = td3.policy.normalize_state(batch["state"])
         pi = actor_before(s)
-        lmbda = 2.5 / td3.critic.q1(s, pi).abs().mean()
+        lmbda = td3.cfg.alpha / td3.critic.q1(s, pi).abs().mean()
         bc = ((pi - td3.policy.normalize_action(batch["action"])) ** 2).mean()
         loss = -lmbda * td3.critic.q1(s, pi).mean() + bc
     assert m2["lambda"] == pytest.approx(lmbda.item(), rel=1e-5)

@@ -51,16 +51,20 @@ class Spec(_message.Message):
     def __init__(self, observation: _Optional[_Iterable[_Union[Feature, _Mapping]]] = ..., action: _Optional[_Union[Feature, _Mapping]] = ...) -> None: ...
 
 class HelloRequest(_message.Message):
-    __slots__ = ("protocol_version", "actor_id", "spec", "max_message_bytes")
+    __slots__ = ("protocol_version", "actor_id", "spec", "max_message_bytes", "instance_id", "session_id")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     actor_id: str
     spec: Spec
     max_message_bytes: int
-    def __init__(self, protocol_version: _Optional[int] = ..., actor_id: _Optional[str] = ..., spec: _Optional[_Union[Spec, _Mapping]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    instance_id: str
+    session_id: str
+    def __init__(self, protocol_version: _Optional[int] = ..., actor_id: _Optional[str] = ..., spec: _Optional[_Union[Spec, _Mapping]] = ..., max_message_bytes: _Optional[int] = ..., instance_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class HelloReply(_message.Message):
     __slots__ = ("protocol_version", "run_id", "policy_config_json", "weight_version", "last_acked_seq", "stage", "normalization", "max_message_bytes")

@@ -8,8 +8,6 @@
   through the same ``on_press``/``on_release`` callbacks pynput's listener calls.
 * :class:`FakeFollower` is a duck-typed lerobot SO-10x follower (what :class:`hilrl.hardware.so_arm.SOArm`
   calls on it): joints move to the targets sent, calibration entries are lerobot's ``MotorCalibration``.
-
-The serial-level fake of the Feetech motor bus lives in :mod:`hilrl.hardware.fake_feetech`.
 """
 
 from __future__ import annotations
