@@ -46,7 +46,7 @@ HANDSHAKE_ATTEMPTS = 3  # consecutive TLS handshake failures before giving up (r
 
 
 class NeverFits(Exception):
-    """Data that no message within the agreed limit can carry; retrying cannot help."""
+    """Batches retrying cannot deliver: larger than the agreed message limit, or recorded for another run."""
 
 
 def _step_bytes(spec: Spec) -> int:

@@ -337,6 +337,9 @@ class OutboxWriter:
                 else:
                     self.outbox.put(entry)
             except Exception as exc:  # noqa: BLE001 - a write error must be loud, and must not kill the writer
+                if not isinstance(exc, OSError):  # a bug, not the disk: retrying cannot help
+                    log.exception("could not write to the outbox (%s)", type(entry).__name__)
+                    return
                 if self._abandon.is_set():
                     log.error("giving up writing to the outbox at exit (%s): %d queued steps and batches are lost",
                               exc, self._queue.qsize() + 1)
