@@ -1,11 +1,11 @@
 """Learning works through the real commands: `hilrl record` -> `hilrl learner --demos` -> `hilrl eval`.
 
-Offline TD3+BC (the demo's recipe, alpha 0.5) on scripted-expert demonstrations of the sim pick-cube
+Offline TD3+BC (the learner's defaults) on scripted-expert demonstrations of the sim pick-cube
 (state observations, random block) reaches >= 60 % success over 50 evaluation episodes, where the
 untrained policy (the same learner with no offline updates) scores 0 %. The learner is SIGKILLed twice:
 once mid-offline after a checkpoint (the resumed run continues from that checkpoint's step and finishes
 the offline stage) and once after publishing (the policy the resumed learner publishes from its restored
-state, weights v2, evaluates within 10 points of the pre-kill figure).
+state, weights v2, is bit for bit the policy published before the kill, weights v1).
 
 HILRL_LEARNING_SEED picks the seed of the recording and the learner (default 0), to measure the margin.
 """
@@ -18,7 +18,9 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import free_port, hilrl_status, run_hilrl, wait_until
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +34,7 @@ UNTRAINED_EVAL_EPISODES = 10  # an untrained policy never succeeds and runs ever
 
 def learner_args(port: int, out: Path, demos: Path, offline_steps: int, *extra: str) -> list[str]:
     return ["learner", "--port", str(port), "--output-dir", str(out), "--demos", str(demos),
-            "--demo-episodes", str(DEMOS), "--offline-steps", str(offline_steps), "--algo.alpha", "0.5",
+            "--demo-episodes", str(DEMOS), "--offline-steps", str(offline_steps),
             "--checkpoint-every", str(CHECKPOINT_EVERY), "--torch-threads", "1", "--seed", str(SEED), *extra]
 
 
@@ -117,9 +119,10 @@ def test_offline_td3bc_learns_the_pick_and_survives_sigkill_and_resume(spawn, tm
     assert status["weight_version"] == 1, status
     assert learner.stop() == 0
     assert json.loads((out / "weights_version.json").read_text())["version"] == 2, "no v2 from the resumed state"
-    after = evaluate(out, EVAL_EPISODES)
-    print(f"seed {SEED}: success {after['success_rate']:.2f} after the second kill and --resume")
-    assert abs(after["success_rate"] - before["success_rate"]) <= 0.10, (before, after)
+    v1, v2 = (load_file(out / "weights" / f"v{v:06d}.safetensors") for v in (1, 2))
+    assert v1.keys() == v2.keys()
+    changed = [k for k in v1 if not torch.equal(v1[k], v2[k])]
+    assert not changed, f"the resumed learner's policy differs from the one published before the kill: {changed}"
 
 
 def test_a_mid_offline_checkpoint_counts_the_update_it_follows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
