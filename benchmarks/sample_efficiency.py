@@ -283,31 +283,39 @@ def report(data: dict, plot: Path | None) -> str:
             + "success at online env step 0 (after the offline stage for (a)):\n\n" + "\n".join(start))
 
 
-def _plot(data: dict, path: Path) -> None:
+def draw_curves(groups: list[tuple[str, str, list[dict]]], target: float, ylabel: str, title: str,
+                path: Path) -> None:
+    """One line per run (its "curve" of [online step, success]), one colour and legend entry per group of
+    (label, colour, runs); also used by benchmarks/learning_study.py."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {"a": "tab:blue", "b": "tab:orange", "c": "tab:green"}
-    for c, name in CONDITIONS.items():
-        runs = [r for r in data["runs"] if r.get("condition") == c]
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    for label, color, runs in groups:
         for i, r in enumerate(runs):
             xs, ys = zip(*r["curve"], strict=True)
-            ax.plot(xs, [100 * y for y in ys], color=colors[c], alpha=0.8, marker="o", ms=3,
-                    label=f"({c}) {name}" if i == 0 else None)
-    s = data["settings"]
-    ax.axhline(100 * s["target"], color="grey", ls="--", lw=1)
+            ax.plot(xs, [100 * y for y in ys], color=color, alpha=0.75, marker="o", ms=3,
+                    label=label if i == 0 else None)
+    ax.axhline(100 * target, color="grey", ls="--", lw=1)
     ax.set_xlabel("online environment steps")
-    ax.set_ylabel(f"eval success, % ({s['eval_episodes']} episodes)")
-    arm = f"arm offset {tuple(s['action_offset'])}" if any(s["action_offset"]) else "plain arm"
-    ax.set_title(f"pick-cube, {arm}, {s['demos']} demos, (a) {s['offline_steps']} offline updates; one line per seed",
-                 fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.set_ylim(-3, 103)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _plot(data: dict, path: Path) -> None:
+    colors = {"a": "tab:blue", "b": "tab:orange", "c": "tab:green"}
+    s = data["settings"]
+    arm = f"arm offset {tuple(s['action_offset'])}" if any(s["action_offset"]) else "plain arm"
+    draw_curves([(f"({c}) {name}", colors[c], [r for r in data["runs"] if r.get("condition") == c])
+                 for c, name in CONDITIONS.items()], s["target"], f"eval success, % ({s['eval_episodes']} episodes)",
+                f"pick-cube, {arm}, {s['demos']} demos, (a) {s['offline_steps']} offline updates; one line per seed",
+                path)
 
 
 def main() -> None:
