@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sample_efficiency import Curve, online_loop_parts, record_demos, td3_batch
+from sample_efficiency import Curve, online_loop_parts, online_step, record_demos, td3_batch
 from sample_efficiency import Settings as SampleEfficiencySettings
 
-from hilrl.buffers.replay import DualBuffer, Transition
+from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.sequences import sample_buffer_sequences, sample_sequences
 from hilrl.buffers.spec import state_vector
 from hilrl.learner.chunked import ChunkedTD3
@@ -89,14 +89,8 @@ def run(chunk: int, seed: int, settings: Settings, result: dict, save=lambda: No
         runner.drop_plan()
         episodes += 1
         while not done:
-            takeover = human.poll(obs).takeover
-            if takeover:
-                runner.drop_plan()
-            action = runner.clamp(human.action(obs)) if takeover else runner.act(obs, explore=True)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            done = terminated or truncated
-            buffers.add(Transition(obs, action, reward, next_obs, terminated, truncated, episodes, takeover))
-            obs, steps = next_obs, steps + 1
+            obs, done, takeover = online_step(env, human, runner, buffers, obs, episodes)
+            steps += 1
             interventions += int(takeover)
             td3.update(td3_batch(sample(offline=False), spec), bc_weight=settings.online_bc_weight)
             if steps % settings.eval_every == 0 and curve.evaluate(steps, episodes, interventions):

@@ -11,7 +11,7 @@ copy of the same offline weights, so recipes differ only in what they change.
 The online part is `benchmarks/sample_efficiency.py`'s synchronous, in-process loop (the project's own
 `SimPickCube`, `ScriptedTeleop`, `PolicyRunner`, `DualBuffer`, `TD3`: one env step -> `DualBuffer.add`
 -> ``utd`` updates), extended by what the learner's `Trainer` does at and after the switch: the online
-BC weight on human rows with its linear decay (`Trainer.online_bc_weight`), a critic warm-up (actor
+BC weight on human rows with its linear decay (`bc_weight_schedule`, as the Trainer), a critic warm-up (actor
 held still), and optionally the policy buffer seeded with the demo episodes. Every run goes to the full
 ``--online-steps`` budget, except that a run stops once it has *collapsed*: two consecutive online
 evaluations more than 15 points below its offline start.
@@ -33,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sample_efficiency import Settings, _eval, online_loop_parts, record_demos, td3_batch
+from sample_efficiency import Settings, _eval, online_loop_parts, online_step, record_demos, td3_batch
 
 from hilrl.buffers.replay import DualBuffer, Transition
 from hilrl.buffers.spec import state_vector
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.networks import PolicyConfig, compute_state_stats
 from hilrl.learner.td3 import TD3, TD3Config
+from hilrl.learner.training import bc_weight_schedule
 
 COLLAPSE_DROP = 0.15
 
@@ -127,16 +128,10 @@ def online_stage(recipe: Recipe, settings: Settings, seed: int, spec, demos: lis
         human.reset()
         episodes += 1
         while not done and steps < online_steps:
-            takeover = human.poll(obs).takeover
-            action = runner.clamp(human.action(obs)) if takeover else runner.act(obs, explore=True)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            done = terminated or truncated
-            buffers.add(Transition(obs, action, reward, next_obs, terminated, truncated, episodes, takeover))
-            obs, steps, interventions = next_obs, steps + 1, interventions + int(takeover)
+            obs, done, takeover = online_step(env, human, runner, buffers, obs, episodes)
+            steps, interventions = steps + 1, interventions + int(takeover)
             for _ in range(recipe.utd_ratio):
-                w = recipe.online_bc_weight
-                if recipe.online_bc_decay_steps > 0:  # as Trainer.online_bc_weight
-                    w *= max(0.0, 1.0 - updates / recipe.online_bc_decay_steps)
+                w = bc_weight_schedule(recipe.online_bc_weight, recipe.online_bc_decay_steps, updates)
                 sampled = buffers.sample(settings.batch_size, settings.human_ratio, rng)
                 td3.update(td3_batch(sampled, spec), bc_weight=w,
                            update_actor=updates >= recipe.critic_warmup_steps)

@@ -19,7 +19,7 @@ takeover rule, demo noise) are `ActorConfig()`'s. The loop is the synchronous in
 benchmarks/sample_efficiency.py (its `record_demos`, `online_loop_parts`, `td3_batch`: the project's
 `SimPickCube`, `ScriptedExpert` in `ScriptedTeleop`, `PolicyRunner`, `DualBuffer`, `TD3`), with the
 trainer's update schedule: offline updates on human rows with BC weight 1, then ``utd_ratio`` updates per
-online transition, the online BC weight and its decay (`Trainer.online_bc_weight`), critic warm-up.
+online transition, the online BC weight and its decay (`bc_weight_schedule`, as the Trainer), critic warm-up.
 
 Evaluation: the deterministic policy on a fixed held-out set of block positions (a seed stream no training
 episode uses, the same for every run): ``START_EPISODES`` episodes at online step 0, then ``EVAL_EPISODES``
@@ -40,22 +40,21 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from sample_efficiency import Settings as LoopSettings
-from sample_efficiency import draw_curves, online_loop_parts, record_demos, td3_batch
+from sample_efficiency import draw_curves, online_loop_parts, online_step, record_demos, td3_batch
 
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.evaluate import evaluate
-from hilrl.buffers.replay import DualBuffer, Transition
+from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.spec import state_vector
 from hilrl.hardware.perturb import make_sim
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.networks import PolicyConfig, compute_state_stats
 from hilrl.learner.td3 import TD3, TD3Config
-from hilrl.learner.training import Trainer
+from hilrl.learner.training import bc_weight_schedule
 
 CONDITIONS = {"a": "defaults: offline, then online 50/50", "b": "same demos, online from scratch (RLPD-style)",
               "c": "offline only ((a) at online step 0)", "d": "no demos"}
@@ -153,8 +152,6 @@ def run(condition: str, seed: int, regime: Regime, path: Path, log=print) -> dic
 
     evaluate_at(0, regime.start_episodes if condition == "a" else regime.eval_episodes)
     env, human, runner = online_loop_parts(td3, spec, loop, seed)
-    schedule = SimpleNamespace(cfg=SimpleNamespace(online_bc_weight=algo["online_bc_weight"],
-                                                   online_bc_decay_steps=algo["online_bc_decay_steps"]))
     normalized = condition != "d"
     steps = episodes = interventions = updates = 0
     while steps < regime.budget:
@@ -162,12 +159,8 @@ def run(condition: str, seed: int, regime: Regime, path: Path, log=print) -> dic
         human.reset()
         episodes += 1
         while not done and steps < regime.budget:
-            takeover = human.poll(obs).takeover
-            action = runner.clamp(human.action(obs)) if takeover else runner.act(obs, explore=True)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            done = terminated or truncated
-            buffers.add(Transition(obs, action, reward, next_obs, terminated, truncated, episodes, takeover))
-            obs, steps, interventions = next_obs, steps + 1, interventions + int(takeover)
+            obs, done, takeover = online_step(env, human, runner, buffers, obs, episodes)
+            steps, interventions = steps + 1, interventions + int(takeover)
             if not normalized and done:  # (d): statistics of the first episode, as the learner takes them
                 parts = [buffers.human.valid_slice(), buffers.policy.valid_slice()]
                 stacked = np.concatenate([state_vector(s, spec) for s in parts if len(s["agent_pos"])])
@@ -175,7 +168,8 @@ def run(condition: str, seed: int, regime: Regime, path: Path, log=print) -> dic
                 normalized = True
             while normalized and updates < algo["utd_ratio"] * steps:
                 sampled = buffers.sample(algo["batch_size"], algo["human_ratio"], rng)
-                td3.update(td3_batch(sampled, spec), bc_weight=Trainer.online_bc_weight(schedule, updates),
+                td3.update(td3_batch(sampled, spec), bc_weight=bc_weight_schedule(
+                    algo["online_bc_weight"], algo["online_bc_decay_steps"], updates),
                            update_actor=updates >= algo["critic_warmup_steps"])
                 updates += 1
             if steps % regime.eval_every == 0:

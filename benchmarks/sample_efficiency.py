@@ -116,6 +116,19 @@ def online_loop_parts(td3: TD3, spec: Spec, settings: Settings, seed: int) -> tu
     return env, human, runner
 
 
+def online_step(env, human, runner, buffers: DualBuffer, obs: dict, episode: int) -> tuple[dict, bool, bool]:
+    """One online env step as the actor takes it: the scripted human once it has taken over (a chunked
+    policy then drops its plan), else the policy with exploration noise; the transition goes into the dual
+    buffer. Returns (next observation, episode done, was a takeover)."""
+    takeover = human.poll(obs).takeover
+    if takeover:
+        runner.drop_plan()
+    action = runner.clamp(human.action(obs)) if takeover else runner.act(obs, explore=True)
+    next_obs, reward, terminated, truncated, _ = env.step(action)
+    buffers.add(Transition(obs, action, reward, next_obs, terminated, truncated, episode, takeover))
+    return next_obs, terminated or truncated, takeover
+
+
 class Curve:
     """The evaluation curve of one run, kept in `result` (saved after every evaluation, so a run stopped
     early keeps its partial curve); also used by benchmarks/chunking_efficiency.py."""
@@ -182,12 +195,8 @@ def run(condition: str, seed: int, settings: Settings, log=print, result: dict |
         human.reset()
         episodes += 1
         while not done:
-            takeover = human.poll(obs).takeover
-            action = runner.clamp(human.action(obs)) if takeover else runner.act(obs, explore=True)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            done = terminated or truncated
-            buffers.add(Transition(obs, action, reward, next_obs, terminated, truncated, episodes, takeover))
-            obs, t, steps = next_obs, t + 1, steps + 1
+            obs, done, takeover = online_step(env, human, runner, buffers, obs, episodes)
+            t, steps = t + 1, steps + 1
             interventions += int(takeover)
             if not normalized and done:  # (c): statistics of the first episode, as the learner takes them
                 states = [buffers.human.valid_slice(), buffers.policy.valid_slice()]

@@ -69,6 +69,12 @@ def device_batch(batch: dict, spec: Spec, device: torch.device) -> dict:
     return out
 
 
+def bc_weight_schedule(weight: float, decay_steps: int, online_updates: int) -> float:
+    """The online BC weight after `online_updates` updates: `weight`, or decaying linearly to 0 over
+    `decay_steps` updates (0 = constant)."""
+    return weight if decay_steps <= 0 else weight * max(0.0, 1.0 - online_updates / decay_steps)
+
+
 class WandbMirror:
     """A TensorBoard SummaryWriter that also sends each scalar and figure to a W&B run. TensorBoard steps
     differ per tag (updates, episodes), so each W&B row carries its own "step" key rather than W&B's step."""
@@ -190,9 +196,8 @@ class Trainer:
                 self._maybe_checkpoint(checkpointed=published)
 
     def online_bc_weight(self, online_updates: int) -> float:
-        """The BC weight after `online_updates` online updates: constant, or decaying linearly to 0."""
-        w, decay = self.cfg.online_bc_weight, self.cfg.online_bc_decay_steps
-        return w if decay <= 0 else w * max(0.0, 1.0 - online_updates / decay)
+        """The BC weight after `online_updates` online updates (`bc_weight_schedule` of the config)."""
+        return bc_weight_schedule(self.cfg.online_bc_weight, self.cfg.online_bc_decay_steps, online_updates)
 
     def _has_data(self) -> bool:
         b = self.core.buffers
