@@ -109,13 +109,18 @@ def train_online(learner: Proc, actor: Proc, address: str, what: str, timeout: f
               and s["actors"][0]["weight_version_applied"] >= 2)
         return s if ok else None
 
-    wait_until(trained, timeout, what, diagnose=lambda: f"learner:\n{learner.stderr[-2000:]}\nactor:\n"
-                                                         f"{actor.stderr[-2000:]}")
+    wait_until(trained, timeout, what, diagnose=log_tails(learner=learner, actor=actor))
     assert actor.stop() == 0
     summary = json.loads(actor.stdout.strip().splitlines()[-1])
     assert summary["weight_version"] >= 2 and summary["steps"] > summary["interventions"]
     assert learner.stop() == 0
     return summary
+
+
+def log_tails(chars: int = 3000, **procs: Proc) -> Callable[[], str]:
+    """A `diagnose` callable for `wait_until` and assertion messages: the last `chars` characters of each
+    named process's stderr, read when it is called."""
+    return lambda: "\n".join(f"--- {name}:\n{proc.stderr[-chars:]}" for name, proc in procs.items())
 
 
 class Link:

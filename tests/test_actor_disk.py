@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_until
+from conftest import free_port, log_tails, wait_until
 from test_disk_full import fill, small_disk
 from test_faults import actor_args, assert_exactly_once, learner_args, received, recorded, stop_actor, stored_by_actor
 
@@ -78,7 +78,7 @@ def test_an_actor_whose_disk_fills_holds_and_loses_no_step(spawn, tmp_path: Path
         learner = spawn(*learner_args(port, out), name="learner")
         actor = spawn(*actor_args(address, state, "arm", "--seed", "9", "--record", str(tmp_path / "sent.zarr")),
                       name="actor")
-        logs = lambda: f"--- learner:\n{learner.stderr[-2000:]}\n--- actor:\n{actor.stderr[-3000:]}"  # noqa: E731
+        logs = log_tails(learner=learner, actor=actor)
         wait_until(lambda: received(address).get("arm", 0) > 30, 120, "the actor streaming", interval=0.5,
                    diagnose=logs)
         filler = state / "filler"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import free_port, hilrl_status, run_hilrl, wait_until
+from conftest import free_port, hilrl_status, log_tails, run_hilrl, wait_until
 from test_faults import actor_args, assert_exactly_once, learner_args, received, recorded, stop_actor, stored_by_actor
 from test_learner_core import SPEC, core, steps
 
@@ -67,7 +67,7 @@ def test_a_second_actor_with_the_same_id_exits_naming_it(spawn, tmp_path: Path) 
     address = f"127.0.0.1:{port}"
     learner = spawn(*learner_args(port, out), name="learner")
     first = spawn(*actor_args(address, tmp_path / "a", "arm", "--record", str(tmp_path / "a.zarr")), name="first")
-    logs = lambda: f"--- learner:\n{learner.stderr[-2000:]}\n--- first:\n{first.stderr[-2000:]}"  # noqa: E731
+    logs = log_tails(learner=learner, first=first)
     wait_until(lambda: received(address).get("arm", 0) > 20, 120, "the first actor streaming", interval=0.5,
                diagnose=logs)
     second = run_hilrl(*actor_args(address, tmp_path / "b", "arm", "--keepalive-s", "2"), timeout=120)

@@ -52,7 +52,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import free_port, wait_until
+from conftest import free_port, log_tails, wait_until
 
 from hilrl.buffers.spec import Feature, Spec
 from hilrl.protos import codec
@@ -122,7 +122,7 @@ def test_bad_input_battery_while_a_healthy_actor_streams(spawn, tmp_path: Path) 
     healthy = spawn("actor", "--learner", address, "--env", "sim", "--fps", "50", "--actor-id", "healthy",
                     "--state-dir", str(tmp_path / "healthy"), "--tls-ca", str(certs / "ca.crt"),
                     "--token-file", str(token_file), name="healthy")
-    logs = lambda: f"--- learner:\n{learner.stderr[-2000:]}\n--- actor:\n{healthy.stderr[-2000:]}"  # noqa: E731
+    logs = log_tails(learner=learner, actor=healthy)
 
     tls = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes())
     auth = (("authorization", f"Bearer {TOKEN}"),)

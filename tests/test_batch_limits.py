@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import free_port, hilrl_status, run_hilrl, wait_until
+from conftest import free_port, hilrl_status, log_tails, run_hilrl, wait_until
 from test_faults import actor_args, assert_exactly_once, learner_args, received, recorded, stop_actor, stored_by_actor
 
 from hilrl.actor.outbox import Outbox
@@ -31,7 +31,7 @@ def test_camera_batches_over_the_learners_message_limit_are_split_to_fit(spawn, 
     # two 128x128 cameras: ~100 kB per step, so a 32-step batch is ~3 MiB, three times the learner's limit
     actor = spawn(*actor_args(address, tmp_path / "cam", "cam", "--sim-cameras", "--fps", "0", "--record",
                               str(tmp_path / "sent.zarr")), name="actor")
-    logs = lambda: f"--- learner:\n{learner.stderr[-2000:]}\n--- actor:\n{actor.stderr[-2000:]}"  # noqa: E731
+    logs = log_tails(learner=learner, actor=actor)
     wait_until(lambda: received(address).get("cam", 0) > 25, 150, "camera steps to arrive", interval=0.5,
                diagnose=logs)
     summary = stop_actor(actor)

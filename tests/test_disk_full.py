@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import free_port, hilrl_status, wait_until
+from conftest import free_port, hilrl_status, log_tails, wait_until
 from test_faults import actor_args, assert_exactly_once, learner_args, received, recorded, stop_actor, stored_by_actor
 
 from hilrl.buffers.assembler import Step
@@ -72,7 +72,7 @@ def test_a_full_disk_stops_acknowledging_and_storing_resumes_once_space_is_freed
         learner = spawn(*learner_args(port, out), name="learner")
         actor = spawn(*actor_args(address, tmp_path / "arm", "arm", "--seed", "4", "--record",
                                   str(tmp_path / "sent.zarr")), name="actor")
-        logs = lambda: f"--- learner:\n{learner.stderr[-2000:]}\n--- actor:\n{actor.stderr[-2000:]}"  # noqa: E731
+        logs = log_tails(learner=learner, actor=actor)
         wait_until(lambda: received(address).get("arm", 0) > 50, 120, "the actor streaming", interval=0.5,
                    diagnose=logs)
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from conftest import free_port, hilrl_status, wait_until
+from conftest import free_port, hilrl_status, log_tails, wait_until
 from tcp_proxy import TcpProxy
 
 from hilrl.actor.outbox import JOURNAL, read_journal
@@ -102,7 +102,7 @@ def test_learner_sigkilled_three_times_while_two_actors_stream(spawn, tmp_path: 
     ids = ("arm-a", "arm-b")
     actors = {i: spawn(*actor_args(address, tmp_path / i, i, "--seed", str(n), "--record", str(tmp_path / f"{i}.zarr")),
                        name=i) for n, i in enumerate(ids)}
-    logs = lambda: "\n".join(f"--- {n}:\n{p.stderr[-1500:]}" for n, p in [("learner", learner), *actors.items()])  # noqa: E731
+    logs = log_tails(learner=learner, **actors)
 
     kills = []
     for kill in range(3):
@@ -145,7 +145,7 @@ def test_link_partition_is_detected_and_healed_without_loss(spawn, tmp_path: Pat
     with TcpProxy(port) as proxy:
         actor = spawn(*actor_args(proxy.address, tmp_path / "arm", "arm", "--keepalive-s", "2", "--seed", "3",
                                   "--record", str(tmp_path / "sent.zarr")), name="actor")
-        logs = lambda: f"--- learner:\n{learner.stderr[-1500:]}\n--- actor:\n{actor.stderr[-3000:]}"  # noqa: E731
+        logs = log_tails(learner=learner, actor=actor)
         wait_until(lambda: received(address).get("arm", 0) > 50, 120, "the actor streaming through the proxy",
                    interval=0.5, diagnose=logs)
         assert proxy.connections == 1
@@ -192,7 +192,7 @@ def test_actor_sigkilled_mid_episode_restarts_on_its_state_dir(spawn, tmp_path: 
     # small batches, so that the kill usually leaves a sent prefix of an unfinished episode (sim episodes are
     # shorter than the default 32-step batch, which closes at every episode end)
     first = spawn(*actor_args(address, state, "arm", "--seed", "5", "--batch-steps", "4"), name="actor1")
-    logs = lambda: f"--- learner:\n{learner.stderr[-1500:]}\n--- actor:\n{first.stderr[-3000:]}"  # noqa: E731
+    logs = log_tails(learner=learner, actor=first)
     wait_until(lambda: received(address).get("arm", 0) > 100, 120, "the first actor streaming", interval=0.5,
                diagnose=logs)
     # Freeze the learner so acknowledgements stop and batches pile up in the outbox, then freeze the actor
@@ -224,7 +224,7 @@ def test_actor_sigkilled_mid_episode_restarts_on_its_state_dir(spawn, tmp_path: 
 
     second = spawn(*actor_args(address, state, "arm", "--seed", "6", "--record", str(tmp_path / "after.zarr")),
                    name="actor2")
-    logs = lambda: f"--- learner:\n{learner.stderr[-1500:]}\n--- actor:\n{second.stderr[-3000:]}"  # noqa: E731
+    logs = log_tails(learner=learner, actor=second)
     floor = received(address)["arm"]
     wait_until(lambda: received(address)["arm"] > floor + 100, 120, "the restarted actor streaming", interval=0.5,
                diagnose=logs)
