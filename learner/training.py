@@ -29,7 +29,7 @@ from hilrl.buffers.spec import Spec
 from hilrl.buffers.torch_batch import state_tensor, to_torch
 from hilrl.learner.chunked import ChunkedTD3
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
-from hilrl.learner.networks import compute_state_stats, policy_to_safetensors_bytes
+from hilrl.learner.networks import compute_state_stats, encode_policy
 from hilrl.learner.td3 import TD3
 
 log = logging.getLogger(__name__)
@@ -311,8 +311,7 @@ class Trainer:
 
     def _publish(self, checkpoint: bool = True) -> None:
         assert self.td3 is not None
-        blob = policy_to_safetensors_bytes(self.td3.policy)
-        version = self.core.publish(blob)
+        version = self.core.publish(encode_policy(self.td3.policy))
         self._published_step = self.core.learner_step
         if checkpoint:
             self.checkpoint()  # training state, stage and actor records consistent with the newest version

@@ -69,7 +69,7 @@ def test_weight_versions_persist_and_never_repeat(tmp_path: Path) -> None:
     assert c.publish(b"one") == 1 and c.publish(b"two") == 2
     c.save_state()
     resumed = core(tmp_path, resume=True)
-    assert resumed.weights.version == 2 and resumed.weights.blob == b"two"
+    assert resumed.weights.version == 2 and resumed.weights.data == b"two"
     assert resumed.publish(b"three") == 3
     assert sorted(p.name for p in (tmp_path / "out" / "weights").iterdir())[-1] == "v000003.safetensors"
 
