@@ -106,7 +106,6 @@ class LearnerCore:
         self._demo_keys: set[int] = set()
         self.online_transitions = 0  # transitions received since the online stage began
         self.weights = EncodedWeights(0, b"", "")
-        self.normalization: dict[str, np.ndarray] = {}
         self.run_id = ""
         self.episode_events: list[dict] = []  # drained by the training loop for logging
         self.store_problem = ""  # why the newest append failed (disk full, ...); "" while storing works
@@ -241,8 +240,7 @@ class LearnerCore:
             record.session_id = session_id
             self._peer_session[peer] = session_id
             return {"run_id": self.run_id, "policy_config": self.policy_config(), "stage": self.stage,
-                    "weight_version": self.weights.version, "last_acked_seq": record.last_seq,
-                    "normalization": dict(self.normalization)}
+                    "weight_version": self.weights.version, "last_acked_seq": record.last_seq}
 
     def _check_identity(self, actor_id: str, instance_id: str, session_id: str) -> None:
         record = self.actors.get(actor_id)
@@ -278,10 +276,6 @@ class LearnerCore:
                 record = self.actors[actor_id]
                 record.streams = max(0, record.streams - 1)
                 record.connected = record.streams > 0
-
-    def ingest(self, actor_id: str, seq: int, items: list[Step | Discard], weight_version_applied: int) -> bool:
-        """Store one batch from an actor; returns True when it had been stored before (duplicate)."""
-        return self.ingest_batches(actor_id, [(seq, items)], weight_version_applied)[0]
 
     def ingest_batches(self, actor_id: str, batches: list[tuple[int, list[Step | Discard]]],
                        weight_version_applied: int) -> list[bool]:
@@ -448,11 +442,6 @@ class LearnerCore:
         """The update just counted was an offline (TD3+BC on demonstrations) one."""
         self.offline_steps_done += 1
 
-    def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
-        """The state statistics the policy normalises with (sent to actors in Hello, kept in the state file)."""
-        with self.lock:
-            self.normalization = {"obs_mean": mean, "obs_std": std}
-
     def take_episode_events(self) -> list[dict]:
         """The episode ends stored since the last call (for logging), oldest first."""
         with self.lock:
@@ -507,12 +496,12 @@ class LearnerCore:
         with self.lock:
             state = {"stage": self.stage, "learner_step": self.learner_step,
                      "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
-                     "actors": [asdict(a) | {"connected": False} for a in self.actors.values()],
-                     "normalization": {k: v.tolist() for k, v in self.normalization.items()}}
+                     "actors": [asdict(a) | {"connected": False} for a in self.actors.values()]}
         atomic_write(self.run_dir.state, json.dumps(state, indent=2).encode())
 
     def load_state(self) -> None:
-        """Stage, step counters and normalisation of a previous run (see `save_state`), if it saved any."""
+        """Stage and step counters of a previous run (see `save_state`), if it saved any. (The normalisation
+        statistics live in the policy and the training checkpoint; an older state file's copy is ignored.)"""
         path = self.run_dir.state
         if not path.exists():
             return
@@ -520,7 +509,6 @@ class LearnerCore:
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]
-        self.normalization = {k: np.asarray(v, dtype=np.float32) for k, v in state["normalization"].items()}
 
 
 def store_failure(exc: OSError, store: Path) -> str:

@@ -115,7 +115,6 @@ class LearnerService(pb_grpc.LearnerServicer):
             weight_version=info["weight_version"],
             last_acked_seq=info["last_acked_seq"],
             stage=codec.STAGE_VALUES[info["stage"]],
-            normalization=codec.encode_tensor_map(info["normalization"]),
             max_message_bytes=min(filter(None, (request.max_message_bytes, self.core.cfg.max_message_mb << 20))),
         )
 
@@ -202,21 +201,7 @@ class LearnerService(pb_grpc.LearnerServicer):
 
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         _reject_malformed(request, context)
-        s = self.core.status()
-        return pb.StatusReply(
-            protocol_version=codec.PROTOCOL_VERSION,
-            run_id=s["run_id"],
-            stage=codec.STAGE_VALUES[s["stage"]],
-            learner_step=s["learner_step"],
-            offline_steps=s["offline_steps"],
-            weight_version=s["weight_version"],
-            human=pb.BufferStatus(**s["buffers"]["human"]),
-            policy=pb.BufferStatus(**s["buffers"]["policy"]),
-            actors=[pb.ActorStatus(**a) for a in s["actors"]],
-            demo_episodes=s["demo_episodes"],
-            demo_episodes_needed=s["demo_episodes_needed"],
-            store_problem=s["store_problem"],
-        )
+        return codec.encode_status(self.core.status())
 
 
 def _store_failed(exc: OSError, problem: str) -> tuple[grpc.StatusCode, str]:

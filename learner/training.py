@@ -220,7 +220,6 @@ class Trainer:
         assert states is not None and self.core.spec is not None
         mean, std = compute_state_stats(states)
         self.td3.set_normalization(mean, std, self.core.spec.action.low, self.core.spec.action.high)
-        self.core.set_normalization(mean, std)
         log.info("normalisation from %d human transitions; offline TD3+BC for %d updates",
                  len(states), self.cfg.offline_steps)
         self.core.set_stage(OFFLINE)
