@@ -8,6 +8,7 @@ by a stand-in control loop every 1 ms. Each sample is the time from the learner 
 that version. Policies of ~1 M and ~10 M parameters (state-only MLPs, 18-d state, 4-d action).
 
 Run: ``python benchmarks/weight_latency.py`` (about 1 min) or ``--quick``; ``--json`` writes the figures.
+Before/after in one run: also run it with an older checkout first on PYTHONPATH (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -19,18 +20,12 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import numpy as np
+from transport_throughput import MAX_MESSAGE_MB, _learner_server
+from transport_throughput import STATE_SPEC as SPEC
 
-from hilrl.buffers.spec import Feature, Spec
-from hilrl.protos.transport import channel_options
-
-SPEC = Spec(observation=(Feature("state", "float32", (18,)),),
-            action=Feature("action", "float32", (4,), (-1,) * 4, (1,) * 4))
-MAX_MESSAGE_MB = 16
 SIZES = {"1M": (1024, 1024), "10M": (3200, 3200)}
 
 
@@ -54,8 +49,10 @@ def _actor(target: str, state_dir: str, ready, applied) -> None:
 
 def publish(core, policy) -> int:
     """What the trainer does to publish (learner/training.py `Trainer._publish`, without the checkpoint)."""
-    from hilrl.learner.networks import encode_policy
-
+    try:
+        from hilrl.learner.networks import encode_policy
+    except ImportError:  # a checkout from before weights were encoded once (a before/after comparison)
+        from hilrl.learner.networks import policy_to_safetensors_bytes as encode_policy
     return core.publish(encode_policy(policy))
 
 
@@ -63,23 +60,13 @@ def measure(hidden: tuple[int, ...], repeats: int, work: Path) -> dict:
     """publish -> applied samples (ms) for one policy size, and how long `publish` itself blocks the trainer."""
     import torch
 
-    from hilrl.learner.config import LearnerConfig
-    from hilrl.learner.core import LearnerCore
     from hilrl.learner.networks import Policy, PolicyConfig
-    from hilrl.learner.service import LearnerService, add_to_server
 
     torch.manual_seed(0)
     policy = Policy(PolicyConfig(SPEC.state_dim, SPEC.action_dim, hidden))
     params = sum(p.numel() for p in policy.parameters())
     out = work / f"run-{params}"
-    core = LearnerCore(LearnerConfig(output_dir=out, demo_episodes=10**9, hidden=hidden, human_capacity=1000,
-                                     policy_capacity=1000))
-    core.open()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
-                         options=channel_options(MAX_MESSAGE_MB, server=True))
-    add_to_server(LearnerService(core), server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    server.start()
+    core, server, address = _learner_server(out, None, hidden)  # the transport benchmark's real learner server
     ctx = mp.get_context("spawn")
     ready, applied = ctx.Event(), ctx.Queue()
     proc = ctx.Process(target=_actor, args=(address, str(work / f"state-{params}"), ready, applied), daemon=True)
