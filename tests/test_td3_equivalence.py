@@ -120,4 +120,5 @@ def test_resuming_from_a_legacy_checkpoint_continues_as_the_legacy_run(tmp_path:
     old.save(tmp_path / "ckpt")
     new = make(TD3, cfg, seed=99)  # different initial weights: everything must come from the checkpoint
     new.load(tmp_path / "ckpt")
+    assert all(g.get("fused") for opt in new._optimizers().values() for g in opt.param_groups)
     run_both(new, old, [{"bc_weight": 1.0}] * 5 + [{"bc_weight": 0.0}] * 2)
