@@ -122,3 +122,9 @@ def test_resuming_from_a_legacy_checkpoint_continues_as_the_legacy_run(tmp_path:
     new.load(tmp_path / "ckpt")
     assert all(g.get("fused") for opt in new._optimizers().values() for g in opt.param_groups)
     run_both(new, old, [{"bc_weight": 1.0}] * 5 + [{"bc_weight": 0.0}] * 2)
+
+
+def test_the_chunked_update_is_only_the_hooks_of_td3() -> None:
+    """Q-chunking differs from TD3 by its window layout, h-step target and masks, not by a second update loop."""
+    assert "update" not in ChunkedTD3.__dict__
+    assert {"inputs", "td_target", "critic_loss", "bc_loss"} <= set(ChunkedTD3.__dict__)
