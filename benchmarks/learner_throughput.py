@@ -121,8 +121,8 @@ def main() -> None:
         devices = [resolve_device(args.device)]
     state_spec = Spec(STATE, ACTION)
     image_spec = Spec(STATE[:1] + CAMERAS, ACTION)  # pixels + proprioception, no privileged state
-    print(f"batch {BATCH}, hidden {HIDDEN}, state 21, action 4; images: agent_pos + 2 cameras 128x128x3 uint8, ResNet-10, "
-          f"DrQ pad 4; torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
+    print(f"batch {BATCH}, hidden {HIDDEN}, state 21, action 4; images: agent_pos + 2 cameras 128x128x3 uint8, "
+          f"ResNet-10, DrQ pad 4; torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
     print(f"{'device':<28} {'policy':<26} {'updates':>7} {'updates/s':>10} {'ms/update':>10} {'data ms':>8}")
     for device in devices:
         name = "cpu" if device.type == "cpu" else f"cuda ({torch.cuda.get_device_name(device)})"
