@@ -25,6 +25,7 @@ changes its features, hence ``feature_views`` requires ``freeze_encoder``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from torch import Tensor
 
 from hilrl.learner.encoders import random_shift
 
+log = logging.getLogger(__name__)
 Encoder = Callable[[dict[str, Tensor]], Tensor]  # camera name -> uint8 [N, H, W, 3]  ->  float [N, K, C, h, w]
 ENCODE_CHUNK = 64  # frames per encoder call when filling the cache (bounds the activations' memory)
 
@@ -175,5 +177,5 @@ def feature_cache(td3: Any, chunk: int = 1) -> FeatureCache | None:
         return None
     if chunk > 1:
         raise ValueError("--algo.feature-views works with one-step TD3 only (--chunk 1)")
-    policy = td3.policy
-    return FeatureCache(policy.encode, views, td3.cfg.image_pad, td3.device, td3.generator)
+    log.info("feature cache: %d view(s) per frame (float16), the frozen encoder runs once per frame", views)
+    return FeatureCache(td3.policy.encode, views, td3.cfg.image_pad, td3.device, td3.generator)
