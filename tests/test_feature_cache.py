@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -146,3 +147,21 @@ def test_encoder_pretrained_on_demos_loads_into_a_frozen_learner(tmp_path):
     assert not trained.requires_grad
     with pytest.raises(ValueError, match="camera images"):
         pretrain_encoder(Spec((Feature("agent_pos", "float32", (S,)),), SPEC.action), buffers.human, path)
+
+
+def test_hilrl_encoder_pretrains_from_a_camera_recording(tmp_path, capsys):
+    from hilrl.buffers.assembler import Step
+    from hilrl.buffers.recording import StepRecorder
+    from hilrl.deploy.cli import main
+    from hilrl.learner.encoders import ResNetTrunk, load_trunk_weights
+
+    rng = np.random.default_rng(0)
+    with StepRecorder(tmp_path / "demos.zarr", SPEC) as rec:
+        for t in range(6):
+            rec.add(Step(obs(rng), rng.uniform(-1, 1, A).astype(np.float32), float(t == 5), t == 5, False, True, 0, t,
+                         obs(rng) if t == 5 else None))
+    out = tmp_path / "enc.safetensors"
+    assert main(["encoder", "--demos", str(tmp_path / "demos.zarr"), "--output", str(out), "--steps", "2",
+                 "--batch-size", "4", "--torch-threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["transitions"] == 6
+    load_trunk_weights(ResNetTrunk("resnet10"), out)  # the learner's --algo.encoder-weights accepts it
