@@ -29,14 +29,7 @@ HW = 64  # smoke-size images keep CI fast; the benchmark and the sim use 128x128
 CAMS = ("front", "wrist")
 CPU = torch.device("cpu")
 LOW, HIGH = np.array([-1, -1, -1, 0], np.float32), np.array([1, 1, 1, 2], np.float32)
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cam_cfg(hw: int = HW, encoder: str = "resnet10") -> PolicyConfig:

@@ -22,14 +22,7 @@ CAMS = ("front", "wrist")
 SPEC = Spec((Feature("agent_pos", "float32", (S,)), *(Feature(c, "uint8", (HW, HW, 3)) for c in CAMS)),
             Feature("action", "float32", (A,), (-1.0,) * A, (1.0,) * A))
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def obs(rng: np.random.Generator) -> dict[str, np.ndarray]:
