@@ -21,10 +21,11 @@ import numpy as np
 from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
 from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
-from hilrl.buffers.replay import DualBuffer, dual_buffer_nbytes
+from hilrl.buffers.replay import DualBuffer, default_frame_capacity, dual_buffer_nbytes
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.buffers.store import BufferStore, StoreError, atomic_write, read_store
 from hilrl.learner.config import LearnerConfig
+from hilrl.learner.features import cached_feature_bytes
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
 from hilrl.learner.rundir import RunDir
@@ -66,13 +67,15 @@ STATE_CAPACITIES = (200_000, 500_000)  # human, policy: the state-spec defaults
 CAMERA_MEMORY_SHARE = 0.4  # of available memory, for camera-spec buffers with automatic capacities
 
 
-def buffer_capacities(spec: Spec, human: int | None, policy: int | None,
-                      available: int | None) -> tuple[int, int]:
+def buffer_capacities(spec: Spec, human: int | None, policy: int | None, available: int | None,
+                      cached_bytes_per_frame: int = 0) -> tuple[int, int]:
     """--human-capacity / --policy-capacity, where None (auto) is 200k / 500k for state specs, and for camera
-    specs what fits in 40 % of available memory, 2:5 like the state defaults (never more than those)."""
+    specs what fits in 40 % of available memory, 2:5 like the state defaults (never more than those), counting
+    the feature cache's bytes per frame (learner/features.py) when it is on."""
     if not spec.image_features or available is None:
         return (STATE_CAPACITIES[0] if human is None else human, STATE_CAPACITIES[1] if policy is None else policy)
     per = dual_buffer_nbytes(spec, 1000, 1000) / 2000  # bytes per transition of capacity
+    per += cached_bytes_per_frame * default_frame_capacity(1000) / 1000
     budget = CAMERA_MEMORY_SHARE * available - per * ((human or 0) + (policy or 0))
     fits = max(2, int(budget / per) - 2)  # - 2: each ring rounds its frame slack up
     auto_human = min(STATE_CAPACITIES[0], max(1, fits * 2 // 7))
@@ -187,7 +190,7 @@ class LearnerCore:
             return
         have = available_memory()
         human_capacity, policy_capacity = buffer_capacities(spec, self.cfg.human_capacity, self.cfg.policy_capacity,
-                                                            have)
+                                                            have, cached_feature_bytes(spec, self.cfg))
         need = dual_buffer_nbytes(spec, human_capacity, policy_capacity)
         if self.cfg.human_capacity is None or self.cfg.policy_capacity is None:
             log.info("buffer capacities: human %d, policy %d transitions (%.1f GiB; automatic for %s specs)",

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hilrl.learner.encoders import random_shift
+from hilrl.learner.encoders import feature_map_shape, random_shift
 
 log = logging.getLogger(__name__)
 Encoder = Callable[[dict[str, Tensor]], Tensor]  # camera name -> uint8 [N, H, W, 3]  ->  float [N, K, C, h, w]
@@ -179,3 +179,12 @@ def feature_cache(td3: Any, chunk: int = 1) -> FeatureCache | None:
         raise ValueError("--algo.feature-views works with one-step TD3 only (--chunk 1)")
     log.info("feature cache: %d view(s) per frame (float16), the frozen encoder runs once per frame", views)
     return FeatureCache(td3.policy.encode, views, td3.cfg.image_pad, td3.device, td3.generator)
+
+
+def cached_feature_bytes(spec: Any, cfg: Any) -> int:
+    """Bytes the cache holds per frame for a learner config (0 without ``--algo.feature-views``)."""
+    cameras = spec.image_features
+    if not cfg.algo.feature_views or not cameras:
+        return 0
+    c, h, w = feature_map_shape(tuple(cameras[0].shape[:2]))
+    return cfg.algo.feature_views * len(cameras) * c * h * w * 2  # float16

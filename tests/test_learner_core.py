@@ -117,3 +117,11 @@ def test_default_capacities_size_camera_buffers_from_memory_and_keep_state_defau
     assert core_module.dual_buffer_nbytes(cams, human, policy) <= 0.4 * 24 * 2**30
     assert core_module.buffer_capacities(SPEC, None, None, 24 * 2**30) == (200_000, 500_000)
     assert core_module.buffer_capacities(cams, 1000, None, 24 * 2**30)[0] == 1000
+
+
+def test_automatic_camera_capacities_leave_room_for_the_feature_cache() -> None:
+    cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
+                             Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
+    plain = core_module.buffer_capacities(cams, None, None, 24 * 2**30)
+    cached = core_module.buffer_capacities(cams, None, None, 24 * 2**30, 2 * 2 * 512 * 4 * 4 * 2)
+    assert 0.55 < sum(cached) / sum(plain) < 0.65  # 98 kB of pixels + 64 kB of features per frame
