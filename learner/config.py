@@ -76,3 +76,8 @@ class LearnerConfig(ServerSecurity):
                                                                "HxWx3 features); see also --algo.freeze-encoder")
     max_message_mb: int = opt(16, "largest gRPC message accepted or sent, in MiB")
     algo: TD3Config = field(default_factory=TD3Config, metadata={"help": "TD3 / TD3+BC hyper-parameters"})
+
+    def __post_init__(self) -> None:
+        if self.chunk > 1 and self.algo.feature_views:
+            raise ValueError(f"--algo.feature-views caches features for one-step TD3 only; it cannot be combined "
+                             f"with --chunk {self.chunk} (use --chunk 1, or drop --algo.feature-views)")

@@ -158,3 +158,11 @@ def test_hilrl_encoder_pretrains_from_a_camera_recording(tmp_path, capsys):
                  "--batch-size", "4", "--torch-threads", "1"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["transitions"] == 6
     load_trunk_weights(ResNetTrunk("resnet10"), out)  # the learner's --algo.encoder-weights accepts it
+
+
+def test_feature_views_with_chunking_is_refused_at_startup():
+    from hilrl.learner.config import LearnerConfig
+
+    with pytest.raises(ValueError, match="one-step TD3 only.*--chunk 3"):
+        LearnerConfig(chunk=3, algo=TD3Config(freeze_encoder=True, feature_views=2))
+    LearnerConfig(chunk=3)  # chunking alone is fine
