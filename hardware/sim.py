@@ -16,8 +16,10 @@ Observations (float32):
 Cameras (``cameras=True``, uint8 ``(128, 128, 3)`` each, HWC RGB): ``front`` (a fixed view of the
 table) and ``wrist`` (the hand camera), rendered by gym-hil with MuJoCo (``MUJOCO_GL=egl`` headless)
 with shadows off: about 8x faster than with shadows (measured here ~5 vs ~0.65 steps/s on a busy
-2-core box; ~25 vs ~3 on an idle one). The two state features stay in the observation (the scripted
-expert reads the block position from ``environment_state``).
+2-core box; ~25 vs ~3 on an idle one). With cameras, ``environment_state`` is *privileged* (a real
+arm does not know where the block is): it leaves the observation and the spec (``privileged=False``,
+the default with cameras), so it never reaches the stream, the store or the policy; the scripted
+human, who sees the scene as a person would, reads it from `scene()` instead.
 
 Action (float32, 4): ``[dx, dy, dz, g]`` in ``[-1, 1]^3 x [0, 2]``; anything outside is clipped.
 ``dx, dy, dz`` move the Cartesian target of the operational-space controller by 0.025 m per unit
@@ -106,9 +108,11 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
 class SimPickCube:
     """The gym-hil Panda pick-cube task, state observations, 4-d end-effector action."""
 
-    def __init__(self, seed: int | None = None, max_steps: int = 100, cameras: bool = False) -> None:
+    def __init__(self, seed: int | None = None, max_steps: int = 100, cameras: bool = False,
+                 privileged: bool | None = None) -> None:
         self.max_steps = int(max_steps)
         self.cameras = CAMERAS if cameras else ()
+        self.privileged = not cameras if privileged is None else privileged  # environment_state in the spec
         self._rng = np.random.default_rng(seed)
         with contextlib.nullcontext() if cameras else _rendering_disabled():
             base = gym.make(
@@ -126,7 +130,7 @@ class SimPickCube:
         self.spec = Spec(
             observation=(
                 Feature("agent_pos", "float32", (AGENT_POS_DIM,)),
-                Feature("environment_state", "float32", (3,)),
+                *((Feature("environment_state", "float32", (3,)),) if self.privileged else ()),
                 *(Feature(name, "uint8", IMAGE_SHAPE) for name in self.cameras),
             ),
             action=Feature("action", "float32", (4,), ACTION_LOW, ACTION_HIGH),
@@ -164,6 +168,12 @@ class SimPickCube:
         truncated = not terminated and self._steps >= self.max_steps
         self._needs_reset = terminated or truncated
         return self._observation(obs), float(reward), terminated, truncated, {"success": success}
+
+    def scene(self) -> dict[str, np.ndarray]:
+        """What a person watching the arm knows and the observation may not hold: the block position
+        (``environment_state``), for the scripted human only."""
+        return {"environment_state": np.asarray(self._env.unwrapped._data.sensor("block_pos").data,
+                                                dtype=np.float32).copy()}
 
     def close(self) -> None:
         self._env.close()

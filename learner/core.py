@@ -21,10 +21,11 @@ from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
 from hilrl.buffers.durable import link_replace
 from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
-from hilrl.buffers.replay import DualBuffer, dual_buffer_nbytes
+from hilrl.buffers.replay import DualBuffer, default_frame_capacity, dual_buffer_nbytes
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.buffers.store import BufferStore, StoreError, atomic_write, read_store
 from hilrl.learner.config import LearnerConfig
+from hilrl.learner.features import cached_feature_bytes
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
 from hilrl.learner.rundir import RunDir
@@ -62,6 +63,26 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+STATE_CAPACITIES = (200_000, 500_000)  # human, policy: the state-spec defaults
+CAMERA_MEMORY_SHARE = 0.4  # of available memory, for camera-spec buffers with automatic capacities
+
+
+def buffer_capacities(spec: Spec, human: int | None, policy: int | None, available: int | None,
+                      cached_bytes_per_frame: int = 0) -> tuple[int, int]:
+    """--human-capacity / --policy-capacity, where None (auto) is 200k / 500k for state specs, and for camera
+    specs what fits in 40 % of available memory, 2:5 like the state defaults (never more than those), counting
+    the feature cache's bytes per frame (learner/features.py) when it is on."""
+    if not spec.image_features or available is None:
+        return (STATE_CAPACITIES[0] if human is None else human, STATE_CAPACITIES[1] if policy is None else policy)
+    per = dual_buffer_nbytes(spec, 1000, 1000) / 2000  # bytes per transition of capacity
+    per += cached_bytes_per_frame * default_frame_capacity(1000) / 1000
+    budget = CAMERA_MEMORY_SHARE * available - per * ((human or 0) + (policy or 0))
+    fits = max(2, int(budget / per) - 2)  # - 2: each ring rounds its frame slack up
+    auto_human = min(STATE_CAPACITIES[0], max(1, fits * 2 // 7))
+    auto_policy = min(STATE_CAPACITIES[1], max(1, fits - auto_human if human is None else fits))
+    return (auto_human if human is None else human, auto_policy if policy is None else policy)
 
 
 @dataclass
@@ -162,26 +183,32 @@ class LearnerCore:
     def _adopt_spec(self, spec: Spec) -> None:
         if self.spec is not None:
             return
-        need, have = dual_buffer_nbytes(spec, self.cfg.human_capacity, self.cfg.policy_capacity), available_memory()
+        have = available_memory()
+        human_capacity, policy_capacity = buffer_capacities(spec, self.cfg.human_capacity, self.cfg.policy_capacity,
+                                                            have, cached_feature_bytes(spec, self.cfg))
+        need = dual_buffer_nbytes(spec, human_capacity, policy_capacity)
+        if self.cfg.human_capacity is None or self.cfg.policy_capacity is None:
+            log.info("buffer capacities: human %d, policy %d transitions (%.1f GiB; automatic for %s specs)",
+                     human_capacity, policy_capacity, need / 2**30, "camera" if spec.image_features else "state")
         if have is not None and need > 0.9 * have:
-            per = need / (self.cfg.human_capacity + self.cfg.policy_capacity)
+            per = need / (human_capacity + policy_capacity)
             fits = int(0.6 * have / per)
             raise BuffersTooLarge(
                 f"the replay buffers for this observation spec ({per / 1e3:.1f} kB per transition) need "
-                f"{need / 2**30:.1f} GiB for --human-capacity {self.cfg.human_capacity} + --policy-capacity "
-                f"{self.cfg.policy_capacity}, but only {have / 2**30:.1f} GiB of memory is available; start the "
+                f"{need / 2**30:.1f} GiB for --human-capacity {human_capacity} + --policy-capacity "
+                f"{policy_capacity}, but only {have / 2**30:.1f} GiB of memory is available; start the "
                 f"learner with capacities that add up to about {fits} transitions or fewer "
                 f"(e.g. --human-capacity {fits // 3} --policy-capacity {fits - fits // 3})")
         # All or nothing: the buffers, then the store, then spec.json (the run's record of its spec); a failure
         # on the way (StoreError: another spec's store is there; OSError: disk full, ...) leaves no spec adopted
         # and removes a store this call created, so the next Hello (or start) finds the learner as it was.
-        buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
+        buffers = DualBuffer(spec, human_capacity, policy_capacity)
         store_dir = self.run_dir.store
         fresh = not (store_dir / "commit.json").exists()
         store = None
         try:
             store = BufferStore(store_dir, spec,  # disk bounded by the buffer capacities
-                                capacities=(self.cfg.human_capacity, self.cfg.policy_capacity))
+                                capacities=(human_capacity, policy_capacity))
             atomic_write(self.run_dir.spec, json.dumps(spec.to_dict(), indent=2).encode())
         except BaseException:
             if fresh and store_dir.exists():
@@ -475,8 +502,8 @@ class LearnerCore:
                 "demo_episodes": self.demo_episodes,
                 "demo_episodes_needed": self.cfg.demo_episodes,
                 "buffers": {
-                    "human": _buffer_status(human, self.cfg.human_capacity),
-                    "policy": _buffer_status(policy, self.cfg.policy_capacity),
+                    "human": _buffer_status(human, self.cfg.human_capacity or 0),
+                    "policy": _buffer_status(policy, self.cfg.policy_capacity or 0),
                 },
                 "actors": [
                     {"id": a.actor_id, "transitions_received": a.transitions, "last_acked_seq": a.last_seq,

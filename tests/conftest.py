@@ -133,3 +133,14 @@ class Link:
     def take_policy(self):
         new, self._policy = self._policy, None
         return new
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one CPU thread for the test (2-core CI runners; other tests run alongside)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -95,7 +95,7 @@ def test_camera_buffers_that_cannot_fit_are_refused_with_capacities_that_would(t
     cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
                              Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
     monkeypatch.setattr(core_module, "available_memory", lambda: 8 * 2**30)  # an 8 GiB machine
-    c = core(tmp_path)  # default capacities: 200k + 500k transitions, ~76 GiB of frames for two cameras
+    c = core(tmp_path, human_capacity=200_000, policy_capacity=500_000)  # ~76 GiB of frames for two cameras
     with pytest.raises(BuffersTooLarge, match=r"need 7\d\.\d GiB .*--human-capacity 200000.*only 8\.0 GiB") as err:
         c.hello("a", cams)
     fits = int(str(err.value).split("about ")[1].split()[0])
@@ -104,3 +104,25 @@ def test_camera_buffers_that_cannot_fit_are_refused_with_capacities_that_would(t
     small = core(tmp_path / "small", human_capacity=fits // 3, policy_capacity=fits - fits // 3)
     small.hello("a", cams)
     assert small.buffers is not None and small.spec == cams
+
+
+def test_default_capacities_size_camera_buffers_from_memory_and_keep_state_defaults(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
+                             Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
+    monkeypatch.setattr(core_module, "available_memory", lambda: 24 * 2**30)  # a 24 GiB machine
+    c = core(tmp_path)  # default (automatic) capacities: a two-camera actor is accepted
+    c.hello("a", cams)
+    human, policy = c.buffers.human.capacity, c.buffers.policy.capacity
+    assert 20_000 < human < 30_000 and policy == pytest.approx(2.5 * human, rel=0.01)
+    assert core_module.dual_buffer_nbytes(cams, human, policy) <= 0.4 * 24 * 2**30
+    assert core_module.buffer_capacities(SPEC, None, None, 24 * 2**30) == (200_000, 500_000)
+    assert core_module.buffer_capacities(cams, 1000, None, 24 * 2**30)[0] == 1000
+
+
+def test_automatic_camera_capacities_leave_room_for_the_feature_cache() -> None:
+    cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
+                             Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
+    plain = core_module.buffer_capacities(cams, None, None, 24 * 2**30)
+    cached = core_module.buffer_capacities(cams, None, None, 24 * 2**30, 2 * 2 * 512 * 4 * 4 * 2)
+    assert 0.55 < sum(cached) / sum(plain) < 0.65  # 98 kB of pixels + 64 kB of features per frame
