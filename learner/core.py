@@ -7,7 +7,6 @@ Thread-safe; the gRPC service calls into it from many threads and the training l
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
+from hilrl.buffers.durable import link_replace
 from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
 from hilrl.buffers.replay import DualBuffer, default_frame_capacity, dual_buffer_nbytes
@@ -29,10 +29,12 @@ from hilrl.learner.features import cached_feature_bytes
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
 from hilrl.learner.rundir import RunDir
+from hilrl.learner.tensor_blob import EncodedWeights
 
 log = logging.getLogger(__name__)
 
 WAITING, OFFLINE, ONLINE = "waiting_for_demos", "offline", "online"
+FILES_WAIT_S = 1.0  # publish: how long the weight files wait for the subscribers to be sent the new version
 DATASET = "dataset:"  # store source prefix of seeded demonstration files (not actors)
 
 
@@ -102,13 +104,6 @@ class ActorRecord:
     streams: int = 0  # live transition streams
 
 
-@dataclass
-class PublishedWeights:
-    version: int
-    blob: bytes
-    sha256: str
-
-
 class LearnerCore:
     def __init__(self, cfg: LearnerConfig) -> None:
         if cfg.residual and (cfg.residual_scale <= 0 or cfg.chunk > 1):
@@ -131,12 +126,12 @@ class LearnerCore:
         self.demo_episodes = 0
         self._demo_keys: set[int] = set()
         self.online_transitions = 0  # transitions received since the online stage began
-        self.weights = PublishedWeights(0, b"", "")
-        self.normalization: dict[str, np.ndarray] = {}
+        self.weights = EncodedWeights(0, b"", "")
         self.run_id = ""
         self.episode_events: list[dict] = []  # drained by the training loop for logging
         self.store_problem = ""  # why the newest append failed (disk full, ...); "" while storing works
         self._peer_session: dict[str, str] = {}  # connection -> actor process of its newest Hello
+        self._subscribers: dict[object, int] = {}  # live weight streams -> the newest version each was sent
         self.stopping = False
 
     # ------------------------------------------------------------------ start-up
@@ -183,7 +178,7 @@ class LearnerCore:
             version = json.loads(version_path.read_text())["version"]
             policy_path = self.run_dir.policy
             blob = policy_path.read_bytes() if policy_path.exists() else b""
-            self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
+            self.weights = replace(EncodedWeights.of(blob), version=version)
 
     def _adopt_spec(self, spec: Spec) -> None:
         if self.spec is not None:
@@ -272,8 +267,7 @@ class LearnerCore:
             record.session_id = session_id
             self._peer_session[peer] = session_id
             return {"run_id": self.run_id, "policy_config": self.policy_config(), "stage": self.stage,
-                    "weight_version": self.weights.version, "last_acked_seq": record.last_seq,
-                    "normalization": dict(self.normalization)}
+                    "weight_version": self.weights.version, "last_acked_seq": record.last_seq}
 
     def _check_identity(self, actor_id: str, instance_id: str, session_id: str) -> None:
         record = self.actors.get(actor_id)
@@ -309,10 +303,6 @@ class LearnerCore:
                 record = self.actors[actor_id]
                 record.streams = max(0, record.streams - 1)
                 record.connected = record.streams > 0
-
-    def ingest(self, actor_id: str, seq: int, items: list[Step | Discard], weight_version_applied: int) -> bool:
-        """Store one batch from an actor; returns True when it had been stored before (duplicate)."""
-        return self.ingest_batches(actor_id, [(seq, items)], weight_version_applied)[0]
 
     def ingest_batches(self, actor_id: str, batches: list[tuple[int, list[Step | Discard]]],
                        weight_version_applied: int) -> list[bool]:
@@ -410,22 +400,39 @@ class LearnerCore:
             self.lock.notify_all()
         log.info("stage -> %s", stage)
 
-    def publish(self, blob: bytes) -> int:
-        """Make new actor weights visible; the version counter is persisted before it is used."""
+    def publish(self, weights: EncodedWeights | bytes) -> int:
+        """Make new actor weights visible (encoded and hashed once; every subscriber streams the same bytes).
+
+        The version counter is persisted before it is used. The weight files are written after the version
+        is visible, once every weight subscriber has been sent it (at most `FILES_WAIT_S` later), so the disk
+        writes do not compete with the streaming; a crash in between leaves the previous policy file under
+        the new version number until the next publish."""
+        if not isinstance(weights, EncodedWeights):
+            weights = EncodedWeights.of(weights)
         version = self.weights.version + 1
         atomic_write(self.run_dir.weights_version, json.dumps({"version": version}).encode())
-        atomic_write(self.run_dir.policy, blob)
+        with self.lock:
+            self.weights = replace(weights, version=version)
+            self.lock.notify_all()
+            self.lock.wait_for(lambda: all(v >= version for v in self._subscribers.values()), timeout=FILES_WAIT_S)
         self.run_dir.weight_history.mkdir(exist_ok=True)
-        atomic_write(self.run_dir.weight_file(version), blob)
+        atomic_write(self.run_dir.weight_file(version), weights.data)
+        link_replace(self.run_dir.weight_file(version), self.run_dir.policy)
         for old in self.run_dir.weight_files()[: -self.cfg.keep_weight_versions]:
             old.unlink(missing_ok=True)
-        with self.lock:
-            self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
-            self.lock.notify_all()
         return version
 
+    def subscriber_has(self, subscriber: object, version: int | None) -> None:
+        """A weight stream (``subscriber``) has been sent ``version``; None: the stream ended."""
+        with self.lock:
+            if version is None:
+                self._subscribers.pop(subscriber, None)
+            else:
+                self._subscribers[subscriber] = version
+            self.lock.notify_all()
+
     def wait_for_change(self, stage_seen: str | None, version_seen: int,
-                        timeout: float) -> tuple[str, PublishedWeights]:
+                        timeout: float) -> tuple[str, EncodedWeights]:
         """Block until the stage or the published version differs from what a subscriber has."""
         with self.lock:
             self.lock.wait_for(lambda: self.stopping or self.stage != stage_seen
@@ -461,11 +468,6 @@ class LearnerCore:
     def count_offline_update(self) -> None:
         """The update just counted was an offline (TD3+BC on demonstrations) one."""
         self.offline_steps_done += 1
-
-    def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
-        """The state statistics the policy normalises with (sent to actors in Hello, kept in the state file)."""
-        with self.lock:
-            self.normalization = {"obs_mean": mean, "obs_std": std}
 
     def take_episode_events(self) -> list[dict]:
         """The episode ends stored since the last call (for logging), oldest first."""
@@ -521,12 +523,12 @@ class LearnerCore:
         with self.lock:
             state = {"stage": self.stage, "learner_step": self.learner_step,
                      "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
-                     "actors": [asdict(a) | {"connected": False} for a in self.actors.values()],
-                     "normalization": {k: v.tolist() for k, v in self.normalization.items()}}
+                     "actors": [asdict(a) | {"connected": False} for a in self.actors.values()]}
         atomic_write(self.run_dir.state, json.dumps(state, indent=2).encode())
 
     def load_state(self) -> None:
-        """Stage, step counters and normalisation of a previous run (see `save_state`), if it saved any."""
+        """Stage and step counters of a previous run (see `save_state`), if it saved any. (The normalisation
+        statistics live in the policy and the training checkpoint; an older state file's copy is ignored.)"""
         path = self.run_dir.state
         if not path.exists():
             return
@@ -534,7 +536,6 @@ class LearnerCore:
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]
-        self.normalization = {k: np.asarray(v, dtype=np.float32) for k, v in state["normalization"].items()}
 
 
 def store_failure(exc: OSError, store: Path) -> str:

@@ -30,7 +30,7 @@ from hilrl.buffers.torch_batch import state_tensor, to_torch
 from hilrl.learner.chunked import ChunkedTD3
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
 from hilrl.learner.features import FeatureCache, cached_batch, dual_indices, feature_cache
-from hilrl.learner.networks import compute_state_stats, policy_to_safetensors_bytes
+from hilrl.learner.networks import compute_state_stats, encode_policy
 from hilrl.learner.td3 import TD3
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,6 @@ class Trainer:
         assert states is not None and self.core.spec is not None
         mean, std = compute_state_stats(states)
         self.td3.set_normalization(mean, std, self.core.spec.action.low, self.core.spec.action.high)
-        self.core.set_normalization(mean, std)
         log.info("normalisation from %d human transitions; offline TD3+BC for %d updates",
                  len(states), self.cfg.offline_steps)
         self.core.set_stage(OFFLINE)
@@ -320,8 +319,7 @@ class Trainer:
 
     def _publish(self, checkpoint: bool = True) -> None:
         assert self.td3 is not None
-        blob = policy_to_safetensors_bytes(self.td3.policy)
-        version = self.core.publish(blob)
+        version = self.core.publish(encode_policy(self.td3.policy))
         self._published_step = self.core.learner_step
         if checkpoint:
             self.checkpoint()  # training state, stage and actor records consistent with the newest version
