@@ -25,7 +25,7 @@ import zarr
 
 from hilrl.buffers.assembler import Step
 from hilrl.buffers.row_ranges import blocks
-from hilrl.buffers.spec import Spec
+from hilrl.buffers.spec import Spec, check_array
 
 STEP_COLUMNS = {"reward": "float32", "terminated": "bool", "truncated": "bool", "is_intervention": "bool",
                 "episode": "int64", "step": "int64"}
@@ -33,6 +33,7 @@ SOURCE = {"source": "int32"}
 MAX_CHUNK_ROWS = 4096
 
 Rows = dict[str, np.ndarray]
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def _chunk_rows(row_bytes: int, chunk_bytes: int) -> int:
@@ -45,7 +46,7 @@ class StepTable:
     def __init__(self, group: zarr.Group, spec: Spec) -> None:
         self.group = group
         self.spec = spec
-        self.columns = {**STEP_COLUMNS, **(SOURCE if "source" in group else {})}
+        self.scalars = {**STEP_COLUMNS, **(SOURCE if "source" in group else {})}
 
     @classmethod
     def create(cls, store: Any, spec: Spec, format: str, version: int, chunk_rows: int | None = None,
@@ -106,7 +107,7 @@ class StepTable:
         for f in self.spec.observation:
             yield f"obs/{f.name}", self.group[f"obs/{f.name}"]
             yield f"final/{f.name}", self.group[f"final/{f.name}"]
-        for name in ("action", *self.columns, "final_index"):
+        for name in ("action", *self.scalars, "final_index"):
             yield name, self.group[name]
 
     # ------------------------------------------------------------------ reading
@@ -114,18 +115,22 @@ class StepTable:
     def __len__(self) -> int:
         return int(self.group["action"].shape[0])
 
+    def read(self, names: Iterable[str], start: int, stop: int) -> Rows:
+        """Rows [start, stop) of the named arrays ("obs/<feature>", "action", "episode", ...)."""
+        return {name: self.group[name][start:stop] for name in names}
+
     def column_blocks(self, names: Iterable[str], ranges: Iterable[tuple[int, int]]) -> Iterator[tuple[int, Rows]]:
         """(first row, {name: values}) for every block of at most 4096 rows of `ranges`."""
         names = list(names)
         for start, stop in blocks(ranges):
-            yield start, {name: self.group[name][start:stop] for name in names}
+            yield start, self.read(names, start, stop)
 
     def steps(self, ranges: Iterable[tuple[int, int]], ended: int | None = None) -> Iterator[tuple[int, Step]]:
         """(source id, step) of every row in `ranges` (source id 0 without a `source` column); `ended`: how many
         final rows count (default: all)."""
         g = self.group
         final_at = {int(i): k for k, i in enumerate(g["final_index"][:ended])}
-        names = [f"obs/{f.name}" for f in self.spec.observation] + ["action", *self.columns]
+        names = [f"obs/{f.name}" for f in self.spec.observation] + ["action", *self.scalars]
         for start, v in self.column_blocks(names, ranges):
             for j in range(len(v["action"])):
                 k = final_at.get(start + j)
@@ -135,3 +140,29 @@ class StepTable:
                             truncated=bool(v["truncated"][j]), is_intervention=bool(v["is_intervention"][j]),
                             episode=int(v["episode"][j]), step=int(v["step"][j]), final_obs=final)
                 yield (int(v["source"][j]) if "source" in v else 0), step
+
+
+def check_step(spec: Spec, step: Step) -> None:
+    """Raise ValueError unless `step` fits the spec and the table's dtypes."""
+    for what, obs in (("observation", step.obs), ("final observation", step.final_obs)):
+        if obs is None:
+            continue
+        if set(obs) != set(spec.observation_names):
+            raise ValueError(f"{what} keys {sorted(obs)} differ from the spec's {list(spec.observation_names)}")
+        for f in spec.observation:
+            check_array(f, np.asarray(obs[f.name]))
+    action = np.asarray(step.action)
+    if action.shape != spec.action.shape or action.dtype.kind not in "fiu":
+        raise ValueError(f"action: {action.dtype}{list(action.shape)}, the spec says {spec.action.describe()}")
+    if not np.isfinite(action.astype(np.float32)).all():
+        raise ValueError("action: contains NaN or inf (as float32)")
+    if not np.isfinite(np.float32(step.reward)):
+        raise ValueError(f"reward {step.reward} is not a finite float32")
+    check_int64(step.episode, "episode")
+    check_int64(step.step, "step")
+
+
+def check_int64(value: int, what: str) -> int:
+    if not INT64[0] <= int(value) <= INT64[1]:
+        raise ValueError(f"{what} {value} does not fit the store's int64")
+    return int(value)

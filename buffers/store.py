@@ -47,8 +47,8 @@ from zarr.storage import LocalStore
 from hilrl.buffers.assembler import Discard, Step, StepLinker
 from hilrl.buffers.durable import atomic_write, fsync_path, temp_path
 from hilrl.buffers.row_ranges import Ranges, count_rows, in_ranges, kept_ranges, merge_ranges, range_index, runs
-from hilrl.buffers.spec import Spec, check_array
-from hilrl.buffers.step_table import StepTable
+from hilrl.buffers.spec import Spec
+from hilrl.buffers.step_table import INT64, StepTable, check_int64, check_step
 
 __all__ = ["BufferStore", "StoreError", "StoreInputError", "StoreSnapshot", "atomic_write", "fsync_path",
            "read_store", "store_snapshot"]
@@ -309,9 +309,6 @@ class BufferStore:
         return StoreSnapshot(self.path, self.table, self.commit, self.holes).replay()
 
 
-INT64 = (-(2**63), 2**63 - 1)
-
-
 def _check_batch(spec: Spec, source: str, seq: int, items: list[Step | Discard]) -> tuple[list[Step], list[int]]:
     """Check a batch against the spec and the store's dtypes; its steps and its discarded episodes.
     Raises `StoreInputError` naming the first bad item; nothing is written before this passes."""
@@ -324,38 +321,13 @@ def _check_batch(spec: Spec, source: str, seq: int, items: list[Step | Discard])
     for i, item in enumerate(items):
         try:
             if isinstance(item, Discard):
-                discards.append(_int64(item.episode, "episode"))
+                discards.append(check_int64(item.episode, "episode"))
                 continue
-            _check_step(spec, item)
+            check_step(spec, item)
         except ValueError as exc:
             raise StoreInputError(f"batch {seq} item {i}: {exc}") from None
         steps.append(item)
     return steps, discards
-
-
-def _check_step(spec: Spec, step: Step) -> None:
-    for what, obs in (("observation", step.obs), ("final observation", step.final_obs)):
-        if obs is None:
-            continue
-        if set(obs) != set(spec.observation_names):
-            raise ValueError(f"{what} keys {sorted(obs)} differ from the spec's {list(spec.observation_names)}")
-        for f in spec.observation:
-            check_array(f, np.asarray(obs[f.name]))
-    action = np.asarray(step.action)
-    if action.shape != spec.action.shape or action.dtype.kind not in "fiu":
-        raise ValueError(f"action: {action.dtype}{list(action.shape)}, the spec says {spec.action.describe()}")
-    if not np.isfinite(action.astype(np.float32)).all():
-        raise ValueError("action: contains NaN or inf (as float32)")
-    if not np.isfinite(np.float32(step.reward)):
-        raise ValueError(f"reward {step.reward} is not a finite float32")
-    _int64(step.episode, "episode")
-    _int64(step.step, "step")
-
-
-def _int64(value: int, what: str) -> int:
-    if not INT64[0] <= int(value) <= INT64[1]:
-        raise ValueError(f"{what} {value} does not fit the store's int64")
-    return int(value)
 
 
 @dataclass

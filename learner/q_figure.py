@@ -52,17 +52,17 @@ def _episodes(table: StepTable, start: int, stop: int, sources: list[str] | None
     from hilrl.buffers.assembler import episode_runs
     from hilrl.buffers.spec import state_vector
 
-    spec, g, rows_ = table.spec, table.group, slice(start, stop)
-    obs = {f.name: g[f"obs/{f.name}"][rows_] for f in spec.state_features}  # never the (large) images
-    states = state_vector(obs, spec)
-    actions = np.asarray(g["action"][rows_], dtype=np.float32)
-    reward = np.asarray(g["reward"][rows_], dtype=np.float32)
-    terminated = np.asarray(g["terminated"][rows_])
-    ended = terminated | np.asarray(g["truncated"][rows_])
-    human = np.asarray(g["is_intervention"][rows_], dtype=bool)
-    episode = np.asarray(g["episode"][rows_])
-    step = np.asarray(g["step"][rows_])
-    source = np.asarray(g["source"][rows_]) if sources is not None else np.zeros(len(episode), np.int64)
+    spec = table.spec
+    obs = [f"obs/{f.name}" for f in spec.state_features]  # never the (large) images
+    v = table.read([*obs, "action", *table.scalars], start, stop)
+    states = state_vector({f.name: v[f"obs/{f.name}"] for f in spec.state_features}, spec)
+    actions = np.asarray(v["action"], dtype=np.float32)
+    reward = np.asarray(v["reward"], dtype=np.float32)
+    terminated = np.asarray(v["terminated"])
+    ended = terminated | np.asarray(v["truncated"])
+    human = np.asarray(v["is_intervention"], dtype=bool)
+    episode, step = np.asarray(v["episode"]), np.asarray(v["step"])
+    source = np.asarray(v["source"]) if sources is not None else np.zeros(len(episode), np.int64)
     kept = np.flatnonzero(~freed) if freed is not None else np.arange(len(episode))
     out: list[Episode] = []
     stream = ((int(source[i]), int(episode[i]), int(step[i]), bool(ended[i])) for i in kept)
