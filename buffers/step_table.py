@@ -128,19 +128,24 @@ class StepTable:
     def steps(self, ranges: Iterable[tuple[int, int]], ended: int | None = None) -> Iterator[tuple[int, Step]]:
         """(source id, step) of every row in `ranges` (source id 0 without a `source` column); `ended`: how many
         final rows count (default: all)."""
-        g = self.group
-        final_at = {int(i): k for k, i in enumerate(g["final_index"][:ended])}
-        names = [f"obs/{f.name}" for f in self.spec.observation] + ["action", *self.scalars]
+        final_index = self.group["final_index"][:ended]  # ascending: a block's final rows are one slice
+        features = [(f.name, f"obs/{f.name}", f"final/{f.name}") for f in self.spec.observation]
+        names = [key for _, key, _ in features] + ["action", *self.scalars]
         for start, v in self.column_blocks(names, ranges):
-            for j in range(len(v["action"])):
-                k = final_at.get(start + j)
-                final = None if k is None else {f.name: g[f"final/{f.name}"][k] for f in self.spec.observation}
-                step = Step(obs={f.name: v[f"obs/{f.name}"][j] for f in self.spec.observation}, action=v["action"][j],
-                            reward=float(v["reward"][j]), terminated=bool(v["terminated"][j]),
-                            truncated=bool(v["truncated"][j]), is_intervention=bool(v["is_intervention"][j]),
-                            episode=int(v["episode"][j]), step=int(v["step"][j]), final_obs=final)
-                yield (int(v["source"][j]) if "source" in v else 0), step
-
+            n = len(v["action"])
+            lo, hi = np.searchsorted(final_index, [start, start + n])
+            finals = {name: self.group[key][lo:hi] for name, _, key in features} if hi > lo else {}
+            final_at = {int(i) - start: k for k, i in enumerate(final_index[lo:hi])}
+            source = v["source"].tolist() if "source" in v else [0] * n
+            reward, episode, step = v["reward"].tolist(), v["episode"].tolist(), v["step"].tolist()
+            terminated, truncated = v["terminated"].tolist(), v["truncated"].tolist()
+            human = v["is_intervention"].tolist()
+            for j in range(n):
+                k = final_at.get(j)
+                yield source[j], Step(obs={name: v[key][j] for name, key, _ in features}, action=v["action"][j],
+                                      reward=reward[j], terminated=terminated[j], truncated=truncated[j],
+                                      is_intervention=human[j], episode=episode[j], step=step[j],
+                                      final_obs=None if k is None else {name: a[k] for name, a in finals.items()})
 
 def check_step(spec: Spec, step: Step) -> None:
     """Raise ValueError unless `step` fits the spec and the table's dtypes."""
