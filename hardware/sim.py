@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 from gym_hil.wrappers.hil_wrappers import DEFAULT_EE_STEP_SIZE, EEActionWrapper  # noqa: E402
 
 from hilrl.buffers.spec import Feature, Spec  # noqa: E402
+from hilrl.hardware.arm import Arm, EndEffector  # noqa: E402
 
 ENV_ID = "gym_hil/PandaPickCubeBase-v0"
 ACTION_LOW = (-1.0, -1.0, -1.0, 0.0)
@@ -63,6 +64,7 @@ QPOS = slice(0, 7)
 QVEL = slice(7, 14)
 GRIPPER = 14
 TCP = slice(15, 18)
+TARGET_BOUNDS = (np.array([0.2, -0.3, 0.0]), np.array([0.6, 0.3, 0.5]))  # gym-hil clips its EE target to these
 GRIPPER_CLOSED = 255.0
 CAMERAS = ("front", "wrist")  # gym-hil's two cameras (its "handcam_rgb" is called "wrist" in its observation)
 IMAGE_SHAPE = (128, 128, 3)
@@ -105,8 +107,14 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-class SimPickCube:
-    """The gym-hil Panda pick-cube task, state observations, 4-d end-effector action."""
+def pinch_point(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """The sim's end-effector position (metres) in an observation."""
+    return np.asarray(obs["agent_pos"][TCP], dtype=np.float64)
+
+
+class SimPickCube(Arm):
+    """The gym-hil Panda pick-cube task, state observations, 4-d end-effector action (an `Arm`: it
+    holds with the middle of its bounds, needs no go, and knows its pinch point from the observation)."""
 
     def __init__(self, seed: int | None = None, max_steps: int = 100, cameras: bool = False,
                  privileged: bool | None = None) -> None:
@@ -174,6 +182,11 @@ class SimPickCube:
         (``environment_state``), for the scripted human only."""
         return {"environment_state": np.asarray(self._env.unwrapped._data.sensor("block_pos").data,
                                                 dtype=np.float32).copy()}
+
+    def end_effector(self) -> EndEffector:
+        """The pinch point (``agent_pos[TCP]``); gym-hil moves its own target by each delta (clipped to
+        `TARGET_BOUNDS`), and the arm lags behind that target by ~2 cm."""
+        return EndEffector(pinch_point, STEP_SIZE_M, "commanded", TARGET_BOUNDS)
 
     def close(self) -> None:
         self._env.close()

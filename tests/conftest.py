@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,6 +129,9 @@ class Link:
 
     def __init__(self, policy) -> None:
         self.stage, self.fatal, self.actor_id, self.weight_version_applied = "online", None, "t", 0
+        self.loop_stats = None
+        self.connected = threading.Event()
+        self.connected.set()
         self._policy = (1, policy)
 
     def take_policy(self):
