@@ -47,6 +47,10 @@ class ActorIdTaken(Exception):
     """The actor id's stored batches came from another state directory; the text says what to do."""
 
 
+class ReservedActorId(ValueError):
+    """The actor id is in a namespace the learner uses itself (seeded demonstrations); the text says what to do."""
+
+
 class BuffersTooLarge(Exception):
     """The replay buffers for a spec would not fit in this machine's memory; the text says what to set."""
 
@@ -227,6 +231,9 @@ class LearnerCore:
         """Register an actor; raises SpecMismatch when its spec differs from the learner's, ActorInUse when another
         actor process streams under `actor_id` now, ActorIdTaken when another state directory's batches are
         stored under it (`instance_id`/`session_id` empty: an actor that does not say; not checked)."""
+        if actor_id.startswith(DATASET):  # the store keeps no seq for these sources: resends would be stored again
+            raise ReservedActorId(f"actor id {actor_id!r} starts with {DATASET!r}, which names seeded demonstration "
+                                  "files in this learner's store; give the actor another --actor-id")
         with self.lock:
             self._check_identity(actor_id, instance_id, session_id)
             if problem := residual_mismatch(spec, self.cfg.residual):
@@ -489,21 +496,25 @@ class LearnerCore:
 
     # ------------------------------------------------------------------ persistence
 
-    def save_state(self) -> None:
-        """Stage and training counters (buffers, demo count and actor records live in the store)."""
+    def save_state(self, path: Path | None = None) -> None:
+        """Stage and training counters (buffers, demo count and actor records live in the store), to the run's
+        learner_state.json or to `path` (a checkpoint's own copy, written before the checkpoint is renamed)."""
         with self.lock:
             state = {"stage": self.stage, "learner_step": self.learner_step,
                      "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
                      "actors": [asdict(a) | {"connected": False} for a in self.actors.values()],
                      "normalization": {k: v.tolist() for k, v in self.normalization.items()}}
-        atomic_write(self.run_dir.state, json.dumps(state, indent=2).encode())
+        atomic_write(path or self.run_dir.state, json.dumps(state, indent=2).encode())
 
     def load_state(self) -> None:
-        """Stage, step counters and normalisation of a previous run (see `save_state`), if it saved any."""
-        path = self.run_dir.state
-        if not path.exists():
+        """Stage, step counters and normalisation of a previous run (see `save_state`), if it saved any: the
+        run's learner_state.json, or the latest checkpoint's copy when that is newer (a kill after the checkpoint
+        was renamed into place, before the run's file was replaced)."""
+        states = [json.loads(p.read_text()) for p in (self.run_dir.state, self.run_dir.checkpoint_state())
+                  if p is not None and p.exists()]
+        if not states:
             return
-        state = json.loads(path.read_text())
+        state = max(states, key=lambda st: st["learner_step"])
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]

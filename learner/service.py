@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from hilrl.buffers.store import StoreError
-from hilrl.learner.core import ActorIdTaken, ActorInUse, BuffersTooLarge, LearnerCore, SpecMismatch
+from hilrl.learner.core import ActorIdTaken, ActorInUse, BuffersTooLarge, LearnerCore, ReservedActorId, SpecMismatch
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
@@ -89,7 +89,7 @@ class LearnerService(pb_grpc.LearnerServicer):
         try:
             spec = codec.decode_spec(request.spec)
             info = self.core.hello(request.actor_id, spec, request.instance_id, request.session_id, context.peer())
-        except codec.DecodeError as exc:
+        except (codec.DecodeError, ReservedActorId) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except (SpecMismatch, ActorIdTaken) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
