@@ -99,7 +99,11 @@ class LearnerCore:
                              f"combined with --chunk {cfg.chunk} (one base action per observation)")
         self.cfg = cfg
         self.run_dir = RunDir(cfg.output_dir)
-        self.lock = threading.Condition()
+        mutex = threading.RLock()
+        self.lock = threading.Condition(mutex)
+        # Weight subscribers wait on their own condition (same mutex): a stored batch (notifying `lock`) does not
+        # wake every subscriber, only a new stage, new weights or the shutdown do.
+        self._published = threading.Condition(mutex)
         # One store writer at a time (the store's row order is the buffers' order), without the core lock:
         # the fsyncs of one actor's batch must not stall training, status, Hello or the weight streams.
         self._ingest_lock = threading.Lock()
@@ -388,6 +392,7 @@ class LearnerCore:
             if stage == ONLINE:
                 self.online_transitions = 0
             self.lock.notify_all()
+            self._published.notify_all()
         log.info("stage -> %s", stage)
 
     def publish(self, blob: bytes) -> int:
@@ -402,14 +407,15 @@ class LearnerCore:
         with self.lock:
             self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
             self.lock.notify_all()
+            self._published.notify_all()
         return version
 
     def wait_for_change(self, stage_seen: str | None, version_seen: int,
                         timeout: float) -> tuple[str, PublishedWeights]:
         """Block until the stage or the published version differs from what a subscriber has."""
         with self.lock:
-            self.lock.wait_for(lambda: self.stopping or self.stage != stage_seen
-                               or self.weights.version > version_seen, timeout=timeout)
+            self._published.wait_for(lambda: self.stopping or self.stage != stage_seen
+                                     or self.weights.version > version_seen, timeout=timeout)
             return self.stage, self.weights
 
     def normalization_states(self) -> np.ndarray | None:
@@ -463,6 +469,7 @@ class LearnerCore:
         with self.lock:
             self.stopping = True
             self.lock.notify_all()
+            self._published.notify_all()
 
     # ------------------------------------------------------------------ status
 

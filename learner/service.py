@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError, Message
 
 from hilrl.buffers.store import StoreError
 from hilrl.learner.core import ActorIdTaken, ActorInUse, BuffersTooLarge, LearnerCore, ReservedActorId, SpecMismatch
+from hilrl.learner.limits import ByteBudget, ServerLimits, StreamSlots
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
@@ -75,8 +76,11 @@ def add_to_server(service: LearnerService, server: grpc.Server) -> None:
 
 
 class LearnerService(pb_grpc.LearnerServicer):
-    def __init__(self, core: LearnerCore) -> None:
+    def __init__(self, core: LearnerCore, limits: ServerLimits | None = None) -> None:
         self.core = core
+        self.limits = limits or ServerLimits()
+        self.streams = StreamSlots(self.limits.max_actors, "transition streams")
+        self.subscriptions = StreamSlots(self.limits.max_actors, "weight subscriptions")
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         _reject_malformed(request, context)
@@ -123,9 +127,11 @@ class LearnerService(pb_grpc.LearnerServicer):
         """Store and acknowledge batches in order. Batches that are already waiting in the stream when the
         store is free are stored together (one store commit, one round of fsyncs; see `_queued_groups`), so
         an actor catching up after a partition or a learner restart is not held to one commit per batch."""
+        if refused := self.streams.enter():
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         actor_id = None
         try:
-            for group in _queued_groups(request_iterator, context):
+            for group in _queued_groups(request_iterator, context, self.limits.stream_buffer_bytes):
                 stored: list[tuple[int, list]] = []
                 error: tuple[grpc.StatusCode, str] | None = None
                 for batch in group:
@@ -166,6 +172,7 @@ class LearnerService(pb_grpc.LearnerServicer):
                     log.warning("actor %s: %s", getattr(group[0], "actor_id", "?"), error[1])
                     context.abort(*error)
         finally:
+            self.streams.leave()
             if actor_id is not None:
                 self.core.disconnected(actor_id, context.peer())
 
@@ -182,16 +189,21 @@ class LearnerService(pb_grpc.LearnerServicer):
     def SubscribeWeights(self, request: pb.SubscribeRequest,
                          context: grpc.ServicerContext) -> Iterator[pb.LearnerEvent]:
         _reject_malformed(request, context)
-        stage_seen: str | None = None
-        have = request.have_version
-        while context.is_active() and not self.core.stopping:
-            stage, weights = self.core.wait_for_change(stage_seen, have, timeout=1.0)
-            if stage != stage_seen:
-                stage_seen = stage
-                yield pb.LearnerEvent(stage=codec.STAGE_VALUES[stage])
-            if weights.version > have:
-                yield from weight_chunks(weights.version, weights.sha256, weights.blob)
-                have = weights.version
+        if refused := self.subscriptions.enter():
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+        try:
+            stage_seen: str | None = None
+            have = request.have_version
+            while context.is_active() and not self.core.stopping:
+                stage, weights = self.core.wait_for_change(stage_seen, have, timeout=1.0)
+                if stage != stage_seen:
+                    stage_seen = stage
+                    yield pb.LearnerEvent(stage=codec.STAGE_VALUES[stage])
+                if weights.version > have:
+                    yield from weight_chunks(weights.version, weights.sha256, weights.blob)
+                    have = weights.version
+        finally:
+            self.subscriptions.leave()
 
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         _reject_malformed(request, context)
@@ -232,13 +244,20 @@ GROUP_MAX_BATCHES = 16
 GROUP_MAX_BYTES = 32 << 20
 
 
-def _queued_groups(requests: Iterator, context: grpc.ServicerContext) -> Iterator[list]:
+def _queued_groups(requests: Iterator, context: grpc.ServicerContext,
+                   buffer_bytes: int = ServerLimits.stream_buffer_bytes) -> Iterator[list]:
     """The stream's messages in order, as lists: each list is the next message plus those already queued
     behind it from the same actor (at most GROUP_MAX_BATCHES / GROUP_MAX_BYTES). A reader thread keeps up
-    to GROUP_MAX_BATCHES messages queued, so gRPC flow control still holds back a fast sender."""
+    to GROUP_MAX_BATCHES messages and `buffer_bytes` queued (the group being stored included), so gRPC
+    flow control still holds back a fast sender and a stream's memory stays bounded."""
     queued: queue.Queue = queue.Queue(maxsize=GROUP_MAX_BATCHES)
+    budget = ByteBudget(buffer_bytes)
 
     def put(item: object) -> bool:
+        size = item.ByteSize() if isinstance(item, Message) else 0
+        while size and not budget.take(size, timeout=0.5):
+            if not context.is_active():
+                return False
         while context.is_active():
             try:
                 queued.put(item, timeout=0.5)
@@ -258,7 +277,9 @@ def _queued_groups(requests: Iterator, context: grpc.ServicerContext) -> Iterato
 
     threading.Thread(target=read, name="stream-reader", daemon=True).start()
     carry: object = None
+    held = 0  # bytes of the group handed out last, released when the caller asks for the next one
     while True:
+        budget.give(held)
         first = carry if carry is not None else _get(queued, context)
         carry = None
         if first is _END or first is None:
@@ -276,6 +297,7 @@ def _queued_groups(requests: Iterator, context: grpc.ServicerContext) -> Iterato
                     break
                 group.append(message)
                 size += message.ByteSize()
+        held = sum(m.ByteSize() for m in group if isinstance(m, Message))
         yield group
 
 
