@@ -17,18 +17,19 @@ One `ChunkedTD3.update` on a batch of windows (`buffers.sequences`):
 (terminal or truncation inside the chunk, a takeover switch); ``done`` is a terminal at the last
 step. The h-step return is unbiased because the critic conditions on all h executed actions: no
 off-policy correction is needed (the point of Q-chunking over n-step returns). Everything else —
-networks, normalisation, checkpoints, the camera encoder — is `TD3`'s; the plain one-step update in
-`learner/td3.py` is untouched and used whenever ``chunk == 1``.
+networks, normalisation, checkpoints, the camera encoder and the steps of the update — is `TD3`'s;
+`ChunkedTD3` overrides only the hooks of `TD3.update`. The plain one-step `TD3` is used whenever ``chunk == 1``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hilrl.learner.td3 import TD3
+from hilrl.learner.td3 import TD3, UpdateInputs
 
 
 def chunk_target(reward: Tensor, done: Tensor, next_q: Tensor, gamma: float) -> Tensor:
@@ -44,61 +45,43 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 class ChunkedTD3(TD3):
-    """`TD3` whose policy emits ``h`` actions and whose critic scores ``(s, a_t..a_{t+h-1})``."""
+    """`TD3` whose policy emits ``h`` actions and whose critic scores ``(s, a_t..a_{t+h-1})``.
+
+    Only the hooks of `TD3.update` differ: the window layout (`inputs`), the h-step target
+    (`td_target`), the critic loss over valid windows (`critic_loss`) and BC over real steps (`bc_loss`).
+
+    ``batch``: "state" [B,S], "action" [B,h,A] (raw, in bounds), "reward" [B,h], "next_state" [B,S]
+    (s_{t+h}), "done" [B], "valid" [B], "action_mask" [B,h], optional "human" [B]; camera policies
+    also "images" / "next_images". Metrics as `TD3.update`, plus "valid_share".
+    """
 
     @property
     def chunk(self) -> int:
         return self.policy_cfg.chunk
 
-    def update(self, batch: dict[str, Any], bc_weight: float, update_actor: bool = True,
-               return_tensors: bool = False) -> dict[str, Any]:
-        """One critic step (and every `policy_delay` steps one actor step + targets) on a window batch.
+    def inputs(self, batch: dict[str, Any]) -> UpdateInputs:
+        h, a_dim = self.chunk, self.policy_cfg.action_dim
+        if tuple(batch["action"].shape[1:]) != (h, a_dim):
+            raise ValueError(f"chunked update: action must be [B, {h}, {a_dim}], got {list(batch['action'].shape)}")
+        x = super().inputs(batch)  # normalised [B, h, A] actions; reward and masks replaced below
+        valid = batch["valid"].to(self.device, torch.float32).reshape(-1)
+        return replace(x, action=x.action.flatten(1),  # [B, h * A]
+                       reward=batch["reward"].to(self.device, torch.float32),  # [B, h]
+                       masks={"valid": valid, "action_mask": batch["action_mask"].to(self.device, torch.float32)},
+                       metrics={"valid_share": valid.mean()})
 
-        ``batch``: "state" [B,S], "action" [B,h,A] (raw, in bounds), "reward" [B,h], "next_state" [B,S]
-        (s_{t+h}), "done" [B], "valid" [B], "action_mask" [B,h], optional "human" [B]; camera policies
-        also "images" / "next_images". Metrics as `TD3.update`, plus "valid_share".
-        """
-        cfg, dev, h = self.cfg, self.device, self.chunk
-        fmaps, next_fmaps = self.encode_batch(batch)
-        state = self.policy.normalize_state(batch["state"].to(dev, torch.float32))
-        next_state = self.policy.normalize_state(batch["next_state"].to(dev, torch.float32))
-        action = self.policy.normalize_action(batch["action"].to(dev, torch.float32)).clamp(-1.0, 1.0)
-        if action.shape[1:] != (h, self.policy_cfg.action_dim):
-            raise ValueError(f"chunked update: action must be [B, {h}, {self.policy_cfg.action_dim}], "
-                             f"got {list(action.shape)}")
-        action = action.flatten(1)  # [B, h * A]
-        reward = batch["reward"].to(dev, torch.float32)
-        done = batch["done"].to(dev, torch.float32).reshape(-1)
-        valid = batch["valid"].to(dev, torch.float32).reshape(-1)
+    def td_target(self, x: UpdateInputs, next_q: Tensor) -> Tensor:
+        return chunk_target(x.reward, x.done, next_q, self.cfg.gamma)
 
-        # ---- critic: h-step target, only windows that stay inside one episode ----
-        with torch.no_grad():
-            noise = torch.randn(action.shape, device=dev, generator=self.generator) * cfg.policy_noise
-            noise = noise.clamp(-cfg.noise_clip, cfg.noise_clip)
-            next_action = (self.target_policy.actor(next_state, next_fmaps) + noise).clamp(-1.0, 1.0)
-            target_q1, target_q2 = self.target_critic(next_state, next_action, next_fmaps)
-            target_q = chunk_target(reward, done, torch.min(target_q1, target_q2), cfg.gamma)
-        q1, q2 = self.critic(state, action, fmaps)
-        critic_loss = masked_mean((q1 - target_q) ** 2, valid) + masked_mean((q2 - target_q) ** 2, valid)
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
-        self.total_it += 1
-        metrics: dict[str, Tensor] = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean(),
-                                      "valid_share": valid.mean()}
+    def critic_loss(self, x: UpdateInputs, q1: Tensor, q2: Tensor, target_q: Tensor) -> Tensor:
+        """Only windows that stay inside one episode."""
+        valid = x.masks["valid"]
+        return masked_mean((q1 - target_q) ** 2, valid) + masked_mean((q2 - target_q) ** 2, valid)
 
-        # ---- delayed actor + targets (every row's start state; BC on the human rows' real steps) ----
-        if self.total_it % cfg.policy_delay == 0 and not update_actor:
-            self._soft_update(self.critic, self.target_critic)
-        elif self.total_it % cfg.policy_delay == 0:
-            feats = None if fmaps is None else fmaps.detach()
-            pi = self.policy.actor(state, feats)
-            q = self.critic.q1(state, pi, feats)
-            squared = ((pi - action) ** 2).unflatten(-1, (h, -1)).mean(-1)  # [B, h]
-            step_mask = batch["action_mask"].to(dev, torch.float32)
-            human = batch.get("human")
-            if human is not None:
-                step_mask = step_mask * human.to(dev, torch.float32).reshape(-1, 1)
-            bc_loss = masked_mean(squared, step_mask)
-            self._actor_step(q, bc_loss, bc_weight, metrics)  # TD3+BC's actor loss, as in td3.py
-        return self._metrics(metrics, return_tensors)
+    def bc_loss(self, x: UpdateInputs, pi: Tensor) -> Tensor:
+        """Every row's start state; BC on the human rows' real (unmasked) steps."""
+        squared = ((pi - x.action) ** 2).unflatten(-1, (self.chunk, -1)).mean(-1)  # [B, h]
+        step_mask = x.masks["action_mask"]
+        if x.human is not None:
+            step_mask = step_mask * x.human.reshape(-1, 1)
+        return masked_mean(squared, step_mask)

@@ -34,7 +34,7 @@ import copy
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,28 @@ class TD3Config:
                                "(0 = no augmentation)")
 
 
+@dataclass
+class UpdateInputs:
+    """One batch as the update reads it: on the device, normalised; what the hooks of `TD3.update` receive."""
+
+    state: Tensor  # [B, S], normalised
+    next_state: Tensor  # [B, S], normalised
+    action: Tensor  # [B, A] in [-1, 1] (chunked: [B, h * A])
+    reward: Tensor  # [B] (chunked: [B, h])
+    done: Tensor  # [B]
+    human: Tensor | None  # [B] 1.0 on human rows, or None
+    fmaps: Tensor | None  # encoder feature maps of s (camera policies)
+    next_fmaps: Tensor | None  # ... and of s'
+    masks: dict[str, Tensor] = field(default_factory=dict)  # variant-specific masks (chunked: valid, action_mask)
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # extra metrics the variant reports
+
+
+def adam(params: list[Tensor], lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused kernel where PyTorch has one (CPU and CUDA): the same update rule as the
+    default for-loop implementation, one kernel over all parameters instead of a dozen ops per tensor."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
 class TD3:
     """Networks, targets, optimisers and the update rule. Everything lives on ``device``."""
 
@@ -99,7 +121,8 @@ class TD3:
         self.target_policy = copy.deepcopy(self.policy).requires_grad_(False)
         self.target_policy.encoder = None  # targets read the online encoder's features (no target encoder)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.policy.actor.parameters(), lr=cfg.actor_lr)
+        self._actor_params = list(self.policy.actor.parameters())
+        self.actor_opt = adam(self._actor_params, cfg.actor_lr, self.device)
         critic_params = list(self.critic.parameters())
         self.encoder = self.policy.encoder
         if self.encoder is not None:
@@ -107,7 +130,10 @@ class TD3:
                 self.encoder.requires_grad_(False)
             else:
                 critic_params += list(self.encoder.parameters())  # trained by the critic loss (DrQ-v2)
-        self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
+        self.critic_opt = adam(critic_params, cfg.critic_lr, self.device)
+        # (online, target) parameter lists for the Polyak updates; load_state_dict copies in place, so they stay valid.
+        self._actor_pairs = (self._actor_params, list(self.target_policy.actor.parameters()))
+        self._critic_pairs = (list(self.critic.parameters()), list(self.target_critic.parameters()))
         self.generator = torch.Generator(device=self.device)  # target-policy smoothing noise
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -163,47 +189,73 @@ class TD3:
         actor_loss and bc_loss on actor steps; lambda on actor steps with ``bc_weight > 0``.
         Floats by default (one host sync); ``return_tensors=True`` returns 0-d device tensors instead,
         so a caller that logs only every N steps never waits for the device in between.
+
+        The four hooks (`inputs`, `td_target`, `critic_loss`, `bc_loss`) are what a variant of the
+        update overrides (`learner/chunked.py`: the h-step target and its masks); the steps stay here.
         """
-        cfg, dev = self.cfg, self.device
-        fmaps, next_fmaps = self.encode_batch(batch)
-        state = self.policy.normalize_state(batch["state"].to(dev, torch.float32))
-        next_state = self.policy.normalize_state(batch["next_state"].to(dev, torch.float32))
-        action = self.policy.normalize_action(batch["action"].to(dev, torch.float32)).clamp(-1.0, 1.0)
-        reward = batch["reward"].to(dev, torch.float32).reshape(-1)
-        done = batch["done"].to(dev, torch.float32).reshape(-1)
+        cfg = self.cfg
+        x = self.inputs(batch)
 
         # ---- critic ----
         with torch.no_grad():
-            noise = torch.randn(action.shape, device=dev, generator=self.generator) * cfg.policy_noise
+            noise = torch.randn(x.action.shape, device=self.device, generator=self.generator) * cfg.policy_noise
             noise = noise.clamp(-cfg.noise_clip, cfg.noise_clip)
-            next_action = (self.target_policy.actor(next_state, next_fmaps) + noise).clamp(-1.0, 1.0)
-            target_q1, target_q2 = self.target_critic(next_state, next_action, next_fmaps)
-            target_q = reward + cfg.gamma * (1.0 - done) * torch.min(target_q1, target_q2)
-        q1, q2 = self.critic(state, action, fmaps)
-        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+            next_action = (self.target_policy.actor(x.next_state, x.next_fmaps) + noise).clamp(-1.0, 1.0)
+            target_q1, target_q2 = self.target_critic(x.next_state, next_action, x.next_fmaps)
+            target_q = self.td_target(x, torch.min(target_q1, target_q2))
+        q1, q2 = self.critic(x.state, x.action, x.fmaps)
+        critic_loss = self.critic_loss(x, q1, q2, target_q)
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
         self.total_it += 1
 
-        metrics: dict[str, Tensor] = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean()}
+        metrics: dict[str, Tensor] = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean(),
+                                      **x.metrics}
 
         # ---- delayed actor + targets (a critic warm-up passes update_actor=False: critic target only) ----
         if self.total_it % cfg.policy_delay == 0 and not update_actor:
-            self._soft_update(self.critic, self.target_critic)
+            self._soft_update(self._critic_pairs)
         elif self.total_it % cfg.policy_delay == 0:
-            feats = None if fmaps is None else fmaps.detach()  # the actor loss never trains the encoder
-            pi = self.policy.actor(state, feats)
-            q = self.critic.q1(state, pi, feats)
-            squared = ((pi - action) ** 2).mean(dim=-1)
-            human = batch.get("human")
-            if human is None:
-                bc_loss = squared.mean()
-            else:
-                human = human.to(dev, torch.float32).reshape(-1)
-                bc_loss = (squared * human).sum() / human.sum().clamp_min(1.0)
-            self._actor_step(q, bc_loss, bc_weight, metrics)
+            feats = None if x.fmaps is None else x.fmaps.detach()  # the actor loss never trains the encoder
+            pi = self.policy.actor(x.state, feats)
+            q = self.critic.q1(x.state, pi, feats)
+            self._actor_step(q, self.bc_loss(x, pi), bc_weight, metrics)
         return self._metrics(metrics, return_tensors)
+
+    # ---- the hooks: the one-step TD3 / TD3+BC of the papers ----
+
+    def inputs(self, batch: dict[str, Any]) -> UpdateInputs:
+        """The batch on the device, normalised (states by the policy's statistics, actions to [-1, 1]),
+        with the encoder's feature maps for camera policies."""
+        dev = self.device
+        fmaps, next_fmaps = self.encode_batch(batch)
+        human = batch.get("human")
+        return UpdateInputs(
+            state=self.policy.normalize_state(batch["state"].to(dev, torch.float32)),
+            next_state=self.policy.normalize_state(batch["next_state"].to(dev, torch.float32)),
+            action=self.policy.normalize_action(batch["action"].to(dev, torch.float32)).clamp(-1.0, 1.0),
+            reward=batch["reward"].to(dev, torch.float32).reshape(-1),
+            done=batch["done"].to(dev, torch.float32).reshape(-1),
+            human=None if human is None else human.to(dev, torch.float32).reshape(-1),
+            fmaps=fmaps,
+            next_fmaps=next_fmaps,
+        )
+
+    def td_target(self, x: UpdateInputs, next_q: Tensor) -> Tensor:
+        """``y = r + gamma * (1 - done) * min(Q1', Q2')(s', a')`` (``next_q`` is the min)."""
+        return x.reward + self.cfg.gamma * (1.0 - x.done) * next_q
+
+    def critic_loss(self, x: UpdateInputs, q1: Tensor, q2: Tensor, target_q: Tensor) -> Tensor:
+        """``MSE(Q1, y) + MSE(Q2, y)``."""
+        return F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+
+    def bc_loss(self, x: UpdateInputs, pi: Tensor) -> Tensor:
+        """``mean_H (pi(s) - a)^2``: over the rows marked human, all rows when the batch has no mask."""
+        squared = ((pi - x.action) ** 2).mean(dim=-1)
+        if x.human is None:
+            return squared.mean()
+        return (squared * x.human).sum() / x.human.sum().clamp_min(1.0)
 
     def _actor_step(self, q: Tensor, bc_loss: Tensor, bc_weight: float, metrics: dict) -> None:
         """TD3+BC's actor loss ``-lambda*Q + w*BC`` with ``lambda = alpha / mean|Q|`` (plain ``-Q`` when
@@ -215,11 +267,11 @@ class TD3:
         else:
             actor_loss = -q.mean()
         self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        # Gradients for the actor's parameters only: the critic's weight gradients would be discarded anyway.
+        actor_loss.backward(inputs=self._actor_params)
         self.actor_opt.step()
-        # The critic got gradients from the actor loss; they are discarded by the next zero_grad.
-        self._soft_update(self.policy.actor, self.target_policy.actor)
-        self._soft_update(self.critic, self.target_critic)
+        self._soft_update(self._actor_pairs)
+        self._soft_update(self._critic_pairs)
         metrics["actor_loss"] = actor_loss.detach()
         metrics["bc_loss"] = bc_loss.detach()
 
@@ -233,10 +285,10 @@ class TD3:
         return dict(zip(metrics.keys(), values, strict=True))
 
     @torch.no_grad()
-    def _soft_update(self, net: nn.Module, target: nn.Module) -> None:
-        """``target <- tau * net + (1 - tau) * target`` for every parameter."""
-        for p, tp in zip(net.parameters(), target.parameters(), strict=True):
-            tp.lerp_(p, self.cfg.tau)
+    def _soft_update(self, pairs: tuple[list[Tensor], list[Tensor]]) -> None:
+        """``target <- tau * net + (1 - tau) * target`` for every parameter, in one fused foreach call."""
+        online, target = pairs
+        torch._foreach_lerp_(target, online, self.cfg.tau)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -294,7 +346,9 @@ class TD3:
                 opt_name, idx, field = key.split(".")
                 if opt_name == name:
                     state.setdefault(int(idx), {})[field] = value
-            groups = [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"][name]]
+            # The implementation flags (fused / foreach) are this object's: older checkpoints name none.
+            impl = {k: opt.param_groups[0][k] for k in ("fused", "foreach") if k in opt.param_groups[0]}
+            groups = [{**g, "betas": tuple(g["betas"]), **impl} for g in meta["param_groups"][name]]
             opt.load_state_dict({"state": state, "param_groups": groups})
         # Hyper-parameters come from the live TD3Config (the checkpoint's copy is informational).
         for opt, lr in ((self.actor_opt, self.cfg.actor_lr), (self.critic_opt, self.cfg.critic_lr)):
