@@ -26,6 +26,7 @@ from soak import ROOT, Proc, free_port, learner_args, received, wait_for
 
 from hilrl.buffers.recording import read_steps
 from hilrl.protos import codec
+from hilrl.protos.transport import channel_options
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
 
@@ -48,6 +49,11 @@ def _worker(target: str, ids: list[str], recording: str, hz: float, seconds: flo
         state = StateDir(Path(work) / actor_id, actor_id)
         outbox = Outbox(state.path / "outbox")
         link = LearnerLink(target, actor_id, spec, outbox, state=state)
+        # Its own TCP connection, as an actor process has: gRPC shares one between equal channels of a process,
+        # and the learner tells two actors' streams apart by their connection (their peer address).
+        link.channel = grpc.insecure_channel(target, options=[*channel_options(16, server=False),
+                                                              ("grpc.use_local_subchannel_pool", 1)])
+        link.stub = pb_grpc.LearnerStub(link.channel)
         link.start()
         links.append((link, outbox))
     end = time.monotonic() + seconds
