@@ -27,7 +27,8 @@ def make_env(name: str, seed: int | None, demo_noise: float, takeover_after: int
         from hilrl.hardware.sim import SimPickCube
 
         expert = ScriptedExpert(noise=demo_noise, seed=None if seed is None else seed + 1)
-        return SimPickCube(seed=seed, cameras=cameras), ScriptedTeleop(expert, takeover_after)
+        env = SimPickCube(seed=seed, cameras=cameras)  # with cameras: no privileged state in the spec
+        return env, ScriptedTeleop(expert, takeover_after, scene=env.scene)
     raise SystemExit(f"unknown --env {name!r}; supported: sim, replay:PATH, so101, so100")
 
 

@@ -29,8 +29,9 @@ class ScriptedTeleop:
       without solving the task (0 = never), and keeps control until the episode ends.
     """
 
-    def __init__(self, expert, takeover_after: int) -> None:
+    def __init__(self, expert, takeover_after: int, scene=None) -> None:
         self.expert = expert
+        self.scene = scene  # () -> what the person sees beyond the observation (the sim's block position)
         self.takeover_after = takeover_after
         self.demonstrating = False
         self._steps = 0
@@ -50,7 +51,7 @@ class ScriptedTeleop:
         return HumanEvents(takeover=self._holding)
 
     def action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.expert.act(obs)
+        return self.expert.act(obs if self.scene is None else {**obs, **self.scene()})
 
     def close(self) -> None:
         pass

@@ -9,13 +9,13 @@
   A learner that just closes the connection during setup (a plaintext actor against a TLS learner,
   or no client certificate for a mutual-TLS learner) looks like a learner going away, so that is
   retried forever, with a log line naming the likely cause.
-* subscriber: receives stage changes and weight chunks, verifies sha256, and builds the new policy
-  so the control loop only swaps a reference between ticks.
+* subscriber: receives stage changes and weight chunks, joins them into one buffer while hashing them
+  (sha256 verified), and builds the new policy on that buffer (no copies), so the control loop only swaps a
+  reference between ticks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -29,6 +29,7 @@ import numpy as np
 from hilrl.actor.outbox import SEND_MARGIN, Outbox, StateDir
 from hilrl.buffers.spec import Spec
 from hilrl.learner.networks import Policy, PolicyConfig, policy_from_safetensors_bytes
+from hilrl.learner.tensor_blob import BlobError, WeightAssembler
 from hilrl.protos import codec
 from hilrl.protos.transport import ClientSecurity, client_channel, connection_hint, is_tls_handshake_failure
 from hilrl.protos.v1 import learner_pb2 as pb
@@ -270,19 +271,13 @@ class LearnerLink:
                 continue
             try:
                 request = pb.SubscribeRequest(actor_id=self.actor_id, have_version=self._received_version)
-                parts: list[bytes] = []
+                assembler = WeightAssembler()
                 for event in self.stub.SubscribeWeights(request):
                     backoff.reset()
                     if event.WhichOneof("kind") == "stage":
                         self.stage = codec.STAGE_NAMES.get(event.stage, self.stage)
-                        continue
-                    chunk = event.weights
-                    if chunk.offset == 0:
-                        parts = []
-                    parts.append(chunk.data)
-                    if chunk.offset + len(chunk.data) >= chunk.total_size:
-                        self._install(chunk.version, chunk.sha256, b"".join(parts))
-                        parts = []
+                    else:
+                        self._receive(assembler, event.weights)
             except grpc.RpcError as exc:
                 if self.stop.is_set():
                     return
@@ -290,12 +285,17 @@ class LearnerLink:
                 log.warning("weight subscription lost (%s); retrying in %.1fs", exc.code().name, delay)
                 self.stop.wait(delay)
 
-    def _install(self, version: int, sha256: str, blob: bytes) -> None:
-        if hashlib.sha256(blob).hexdigest() != sha256:
-            log.error("weights v%d failed the sha256 check; keeping the current weights", version)
+    def _receive(self, assembler: WeightAssembler, c: pb.WeightsChunk) -> None:
+        """Add one chunk; once a version is complete and its sha256 verified, build its policy (its tensors are
+        views into the assembled buffer) for `take_policy`. A bad version is logged and the current kept."""
+        try:
+            blob = assembler.add(c.version, c.offset, c.total_size, c.data, c.sha256)
+        except BlobError as exc:
+            log.error("%s; keeping the current weights", exc)
             return
-        if self.policy_config is None:
+        if blob is None or self.policy_config is None:
             return
+        version = c.version
         try:
             policy = policy_from_safetensors_bytes(self.policy_config, blob)
         except Exception as exc:  # a malformed safetensors blob must never take the actor down

@@ -14,28 +14,29 @@ operator's go after its reset.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.human import Schedule
-from hilrl.actor.link import LearnerLink
-from hilrl.actor.outbox import Outbox, OutboxWriter
+from hilrl.actor.interfaces import EpisodeCounter, Link, Outbox
+from hilrl.actor.outbox import OutboxWriter
+from hilrl.actor.policy_runner import PolicyRunner
 from hilrl.actor.replay import ReplaySource
 from hilrl.actor.residual_base import ResidualBaseEnv
-from hilrl.actor.safety import LearnerWatch, Safety, limits_for
+from hilrl.actor.safety import LearnerWatch, Safety, SafetyLimits, limits_for
+from hilrl.actor.stats import Stats
 from hilrl.actor.success import SuccessGate
 from hilrl.buffers.assembler import Discard, Step
 from hilrl.buffers.recording import StepRecorder
-from hilrl.buffers.spec import Spec, state_vector
-from hilrl.learner.networks import Policy
+from hilrl.buffers.spec import Spec
+from hilrl.hardware.arm import Arm, Env, Obs
+from hilrl.hardware.human import EpisodeEnd, HumanEvents
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
 
@@ -43,125 +44,78 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Stats:
-    episodes: int = 0
+class Decision:
+    """One tick's action and who produced it; ``why`` ends the episode after this step (e-stop, a hold)."""
+
+    action: np.ndarray
+    human: bool = False
+    events: HumanEvents = field(default_factory=HumanEvents)
+    why: str = ""
+
+
+@dataclass
+class Episode:
+    """How an episode went."""
+
     steps: int = 0
-    interventions: int = 0
-    takeovers: int = 0
-    successes: int = 0
-    autonomous_episodes: int = 0
-    autonomous_successes: int = 0
-    demo_episodes: int = 0
-    rerecorded: int = 0
-    outbox_full_waits: int = 0
-    overruns: int = 0
-    ticks: int = 0
-    watchdog_holds: int = 0
-    learner_lost: int = 0
-    learner_lost_holds: int = 0
-    first_tick: float = 0.0
-    last_tick: float = 0.0
-    episode_s: float = 0.0  # time spent inside episodes (first tick to the end of the last tick's period)
-    clamps: dict[str, int] = field(default_factory=dict)
-    periods_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
-
-    def loop_stats(self, recent: int = 1000) -> pb.LoopStats:
-        """What the learner shows for this actor: period percentiles over the most recent ticks."""
-        p = np.fromiter(itertools.islice(reversed(self.periods_ms), recent), float) if self.periods_ms else np.zeros(1)
-        p50, p99 = np.percentile(p, [50, 99])
-        return pb.LoopStats(period_p50_ms=float(p50), period_p99_ms=float(p99), ticks=self.ticks,
-                            overruns=self.overruns, watchdog_holds=self.watchdog_holds,
-                            safety_clamps=sum(self.clamps.values()))
-
-    def summary(self, weight_version: int, unacked: int) -> dict:
-        p = np.asarray(self.periods_ms) if self.periods_ms else np.zeros(1)
-        return {
-            "episodes": self.episodes, "steps": self.steps, "interventions": self.interventions,
-            "takeovers": self.takeovers, "demo_episodes": self.demo_episodes, "rerecorded": self.rerecorded,
-            "outbox_full_waits": self.outbox_full_waits,
-            "success_rate": round(self.successes / self.episodes, 4) if self.episodes else 0.0,
-            "autonomous_episodes": self.autonomous_episodes,
-            "autonomous_success_rate": (round(self.autonomous_successes / self.autonomous_episodes, 4)
-                                        if self.autonomous_episodes else 0.0),
-            "loop_period_p50_ms": round(float(np.percentile(p, 50)), 3),
-            "loop_period_p99_ms": round(float(np.percentile(p, 99)), 3),
-            "overruns": self.overruns, "weight_version": weight_version, "unacked": unacked,
-            "ticks": self.ticks, "loop_s": round(self.last_tick - self.first_tick, 3),
-            "episode_s": round(self.episode_s, 3),
-            "watchdog_holds": self.watchdog_holds, "learner_lost": self.learner_lost,
-            "learner_lost_holds": self.learner_lost_holds, "safety_clamps": dict(self.clamps),
-        }
+    success: bool = False
+    total_reward: float = 0.0
+    interventions: int = 0  # steps the human acted
+    takeovers: int = 0  # times the human took over
+    end: EpisodeEnd | None = None  # the human's verdict on the last step
+    why: str = ""  # why it ended early, if it did
 
 
-class PolicyRunner:
-    """Deterministic policy plus Gaussian exploration noise, clamped to the action bounds.
+def run_episode(env: Env, obs: Obs, decide: Callable[[Obs, int], Decision], episode: int = 0,
+                gate: SuccessGate | None = None, record: Callable[[Step], None] | None = None,
+                stop: threading.Event | None = None, after_step: Callable[[Decision], None] | None = None) -> Episode:
+    """Step ``env`` from ``obs`` until the episode ends: ``decide`` the action (and who acts), step, judge,
+    ``record`` the executed step. The actor loop, ``hilrl eval`` and ``hilrl record`` all run this.
 
-    A chunked policy (``PolicyConfig.chunk`` h > 1, learner/chunked.py) plans h actions at once; `act`
-    returns them one per call (open loop, fresh exploration noise on each) and plans again after the
-    last. `drop_plan` discards the rest of a chunk: the loop calls it when a step is not the policy's
-    (a takeover, a hold) and at every episode start, so a takeover stays instant.
+    Success: the detector (``gate``) judges where there is one, else the env; the human's verdict overrides
+    both. A ``stop``, a decision's ``why`` or a re-record ends the episode at once (recorded as truncated).
     """
-
-    def __init__(self, spec: Spec, noise: float, rng: np.random.Generator) -> None:
-        self.spec = spec
-        self.low = np.asarray(spec.action.low, dtype=np.float32)
-        self.high = np.asarray(spec.action.high, dtype=np.float32)
-        self.noise_std = noise * (self.high - self.low) / 2
-        self.rng = rng
-        self.policy: Policy | None = None
-        self.version = 0
-        self._plan: deque[np.ndarray] = deque()  # the rest of the current action chunk (chunked policies)
-
-    def drop_plan(self) -> None:
-        """Forget the rest of the current action chunk (the next `act` plans anew)."""
-        self._plan.clear()
-
-    @torch.no_grad()
-    def act(self, obs: dict[str, np.ndarray], explore: bool) -> np.ndarray | None:
-        """The policy's action (plus noise when exploring), clamped; None when the policy output is NaN/inf."""
-        assert self.policy is not None
-        chunked = getattr(getattr(self.policy, "cfg", None), "chunk", 1) > 1
-        if chunked and self._plan:  # open loop: the next action of the current chunk
-            action = self._plan.popleft()
-        else:
-            state = torch.from_numpy(state_vector(obs, self.spec)).unsqueeze(0)
-            images = {f.name: torch.from_numpy(obs[f.name]).unsqueeze(0) for f in self.spec.image_features}
-            action = self.policy(state, images or None)[0].numpy()
-            if not np.all(np.isfinite(action)):
-                log.error("policy v%d produced a non-finite action %s", self.version, action)
-                return None
-            if chunked:  # [h, A]: execute the first now, keep the rest
-                self._plan.extend(action[1:])
-                action = action[0]
-        if explore and self.noise_std.any():
-            action = action + self.rng.normal(0.0, 1.0, size=action.shape) * self.noise_std
-        return self.clamp(action)
-
-    def hold(self, env) -> np.ndarray:
-        """The arm's "do nothing" action: the robot's own if it defines one, else the middle of the bounds
-        (for the sim's [dx, dy, dz, g] that is zero motion with the gripper held as it is)."""
-        hold = getattr(env, "hold_action", None)
-        return self.clamp(hold() if callable(hold) else (self.low + self.high) / 2)
-
-    def clamp(self, action: np.ndarray) -> np.ndarray:
-        """The safety clamp: the arm never receives an action outside the spec's bounds, or NaN."""
-        action = np.asarray(action, dtype=np.float32)
-        if not np.all(np.isfinite(action)):
-            log.error("non-finite action %s replaced by the hold action", action)
-            action = np.where(np.isfinite(action), action, (self.low + self.high) / 2)
-        return np.clip(action, self.low, self.high).astype(np.float32)
+    result, was_human, ended = Episode(), False, False
+    while not ended:
+        t = result.steps
+        d = decide(obs, t)
+        result.takeovers += int(d.human and not was_human)
+        was_human = d.human
+        end = d.events.end
+        next_obs, reward, terminated, truncated, info = env.step(d.action)
+        if gate is not None:  # the detector judges; the human's verdict overrides it
+            reward, terminated = gate.judge(next_obs, reward, terminated, end)
+            info = {**info, "success": terminated and reward > 0}
+        elif end in ("success", "failure"):  # the human's verdict overrides the env's
+            reward, terminated = float(end == "success"), True
+        cut_short = (stop is not None and stop.is_set()) or bool(d.why) or end == "rerecord"
+        interrupted = cut_short and not (terminated or truncated)
+        ended = terminated or truncated or interrupted
+        if record is not None:
+            record(Step(obs=obs, action=d.action, reward=reward, terminated=terminated,
+                        truncated=truncated or interrupted, is_intervention=d.human,
+                        episode=episode, step=t, final_obs=next_obs if ended else None))
+        result.interventions += int(d.human)
+        result.success = result.success or bool(info.get("success", False)) or end == "success"
+        result.total_reward += reward
+        result.steps, result.end, result.why = t + 1, end, d.why
+        obs = next_obs
+        if after_step is not None:
+            after_step(d)
+    return result
 
 
 class ActorLoop:
-    def __init__(self, cfg: ActorConfig, env, human, link: LearnerLink, outbox: Outbox, state,
-                 stop: threading.Event, recorder: StepRecorder | None = None, standalone: bool = False) -> None:
-        """``standalone``: no learner (``--checkpoint``): the link only hands out the policy once."""
+    def __init__(self, cfg: ActorConfig, env: Arm | ReplaySource, human, link: Link, outbox: Outbox,
+                 episodes: EpisodeCounter, stop: threading.Event, recorder: StepRecorder | None = None,
+                 standalone: bool = False) -> None:
+        """``standalone``: no learner (``--checkpoint``, hilrl.actor.standalone): nothing watches for a lost one."""
         self.cfg = cfg
         self.env = env
         self.human = human
         self.link = link
         self.outbox = outbox
-        self.state = state
+        self.episodes = episodes
         self.stop = stop
         self.recorder = recorder
         self.spec: Spec = env.spec
@@ -172,16 +126,19 @@ class ActorLoop:
         self.runner = PolicyRunner(self.spec, cfg.exploration_noise, self.rng)
         self.stats = Stats()
         self._items: list[pb.Item] = []
-        self._writer = OutboxWriter(outbox)
+        self._writer = OutboxWriter(outbox)  # type: ignore[arg-type]  # any `Outbox`
         self._period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
         self._watchdog_s = self._period * cfg.watchdog_periods if cfg.watchdog_periods > 0 else 0.0
+        self._last_tick: float | None = None  # the current episode's previous tick (perf_counter)
+        self._next_tick = 0.0
+        self._episode_start = 0.0
         self.schedule = Schedule(cfg.schedule)
         self.watch = None if standalone else LearnerWatch(link, outbox, cfg.learner_lost_after_s,
                                                           cfg.on_learner_lost)
-        self.safety: Safety | None = None
-        if not isinstance(env, ReplaySource):
-            self.safety = Safety(self.spec, limits_for(env, cfg.max_action_delta, cfg.workspace))
-            self.stats.clamps = self.safety.counts
+        replay = isinstance(env, ReplaySource)  # a replay executes nothing: no limits to enforce
+        self.safety = Safety(self.spec, SafetyLimits() if replay else limits_for(env, cfg.max_action_delta,
+                                                                                  cfg.workspace))
+        self.stats.clamps = self.safety.counts
 
     # ------------------------------------------------------------------ main loop
 
@@ -269,13 +226,12 @@ class ActorLoop:
             log.info("applied weights v%d", self.runner.version)
 
     def _hold(self) -> np.ndarray:
-        hold = self.runner.hold(self.env)
-        return self.safety.hold(hold) if self.safety is not None else hold
+        return self.safety.hold(self.runner.hold(self.env))
 
-    def _wait_for_go(self, obs: dict[str, np.ndarray], human_episode: bool) -> None:
+    def _wait_for_go(self, obs: Obs, human_episode: bool) -> None:
         """Real arm at its rest pose: wait for the operator's go (gamepad LB, key g) or an e-stop."""
-        go = getattr(self.human, "go", None)
-        if not getattr(self.env, "needs_go", False) or go is None:
+        go = getattr(self.human, "go", None)  # a device without a go button (the sim's scripted human) needs none
+        if not self.env.needs_go or go is None:
             return
         go()  # a press from before the arm reached its rest pose does not count
         log.info("arm at its rest pose: press go (gamepad LB / key g) to start the %s episode",
@@ -302,86 +258,75 @@ class ActorLoop:
         self.human.reset(demonstrating=human_episode)  # after the go: drops verdicts pressed while waiting
         if self.success_gate is not None:
             self.success_gate.reset()
-        episode = self.state.take_episode_index()
+        episode = self.episodes.take_episode_index()
         self.runner.drop_plan()  # a chunk never carries over into a new episode
-        if self.safety is not None:
-            self.safety.reset(self.runner.hold(self.env))
-        interventions = takeovers = 0
-        t, success, ended, was_human, why = 0, False, False, False, ""
-        next_tick = time.perf_counter()
-        last_tick = None
-        while not ended:
-            tick = time.perf_counter()
-            late = False
-            if last_tick is not None:
-                gap = tick - last_tick
-                self.stats.periods_ms.append(gap * 1e3)
-                late = bool(self._watchdog_s) and gap > self._watchdog_s
-            else:
-                episode_start = time.monotonic()
-                self.stats.first_tick = self.stats.first_tick or episode_start
-            last_tick = tick
-            self.stats.ticks += 1
-            self._swap_weights()  # between ticks: a reference swap, the policy was built off-loop
-            policy_held = self._policy_held()
-            events = self.human.poll(obs)
-            human = human_episode or events.takeover
-            takeovers += int(human and not was_human)
-            was_human = human
-            if events.estop:
-                action, why = self._hold(), "emergency stop"
-                self.stop.set()
-            elif late:
-                self.stats.watchdog_holds += 1
-                log.warning("watchdog: tick %d of episode %d came %.0f ms after the previous one (limit %.0f ms); "
-                            "holding the arm for this tick", t, episode, gap * 1e3, self._watchdog_s * 1e3)
-                action = self._hold()
-            elif human:
-                action = self._safe(self.human.action(obs), obs)
-            else:
-                action = self.runner.act(obs, explore=True)
-                if action is None:
-                    action, why = self._hold(), "policy output was NaN/inf"
-                elif policy_held:
-                    action, why = self._hold(), "learner lost (--on-learner-lost hold)"
-                    self.stats.learner_lost_holds += 1
-                else:
-                    action = self._safe(action, obs)
-            if human or late or events.estop or policy_held:  # not the policy's step: drop the rest of a chunk
-                self.runner.drop_plan()
-                if isinstance(self.env, ResidualBaseEnv):  # ... and of the residual base's (a LeRobot ACT)
-                    self.env.drop_plan()
-            next_obs, reward, terminated, truncated, info = self.env.step(action)
-            if self.success_gate is not None:  # the detector judges; the human's verdict overrides it
-                reward, terminated = self.success_gate.judge(next_obs, reward, terminated, events.end)
-                info = {**info, "success": terminated and reward > 0}
-            elif events.end in ("success", "failure"):  # the human's verdict overrides the env's
-                reward, terminated = float(events.end == "success"), True
-            cut_short = self.stop.is_set() or bool(why) or events.end == "rerecord"
-            interrupted = cut_short and not (terminated or truncated)
-            ended = terminated or truncated or interrupted
-            self._record(Step(obs=obs, action=action, reward=reward, terminated=terminated,
-                              truncated=truncated or interrupted, is_intervention=human,
-                              episode=episode, step=t, final_obs=next_obs if ended else None))
-            interventions += int(human)
-            success = success or bool(info.get("success", False)) or events.end == "success"
-            obs = next_obs
-            t += 1
+        self.safety.reset(self.runner.hold(self.env))
+        self._last_tick, self._next_tick = None, time.perf_counter()
+
+        def after_step(d: Decision) -> None:
             if self._period:
-                next_tick = self._pace(next_tick)
-            if events.end == "rerecord":
+                self._next_tick = self._pace(self._next_tick)
+            if d.events.end == "rerecord":
                 self._append(codec.encode_item(Discard(episode)))
-                why = "re-record: discarded on the learner"
+
+        result = run_episode(self.env, obs, lambda o, t: self._decide(o, t, episode, human_episode), episode,
+                             self.success_gate, self._record, self.stop, after_step)
         self.stats.last_tick = time.monotonic()
-        self.stats.episode_s += self.stats.last_tick - episode_start
+        self.stats.episode_s += self.stats.last_tick - self._episode_start
         self._flush()
+        why = "re-record: discarded on the learner" if result.end == "rerecord" else result.why
         if why:
             log.warning("episode %d ended early: %s", episode, why)
-        if events.end == "rerecord":
+        if result.end == "rerecord":
             self.stats.rerecorded += 1
             return False
-        self._count(t, interventions, takeovers, success, human_episode)
+        self.stats.count_episode(result.steps, result.interventions, result.takeovers, result.success,
+                                 human_episode, self.runner.version)
         return True
+
+    def _decide(self, obs: Obs, t: int, episode: int, human_episode: bool) -> Decision:
+        """One tick: time it (a tick too late holds the arm), swap in new weights, ask the human, then
+        the action: the human's, the policy's or a hold, through the safety clamp."""
+        tick = time.perf_counter()
+        late = False
+        if self._last_tick is not None:
+            gap = tick - self._last_tick
+            self.stats.periods_ms.append(gap * 1e3)
+            late = bool(self._watchdog_s) and gap > self._watchdog_s
+        else:
+            self._episode_start = time.monotonic()
+            self.stats.first_tick = self.stats.first_tick or self._episode_start
+        self._last_tick = tick
+        self.stats.ticks += 1
+        self._swap_weights()  # between ticks: a reference swap, the policy was built off-loop
+        policy_held = self._policy_held()
+        events = self.human.poll(obs)
+        human = human_episode or events.takeover
+        why = ""
+        if events.estop:
+            action, why = self._hold(), "emergency stop"
+            self.stop.set()
+        elif late:
+            self.stats.watchdog_holds += 1
+            log.warning("watchdog: tick %d of episode %d came %.0f ms after the previous one (limit %.0f ms); "
+                        "holding the arm for this tick", t, episode, gap * 1e3, self._watchdog_s * 1e3)
+            action = self._hold()
+        elif human:
+            action = self.safety.clamp(self.human.action(obs), obs)
+        else:
+            policy = self.runner.act(obs, explore=True)
+            if policy is None:
+                action, why = self._hold(), "policy output was NaN/inf"
+            elif policy_held:
+                action, why = self._hold(), "learner lost (--on-learner-lost hold)"
+                self.stats.learner_lost_holds += 1
+            else:
+                action = self.safety.clamp(policy, obs)
+        if human or late or events.estop or policy_held:  # not the policy's step: drop the rest of a chunk
+            self.runner.drop_plan()
+            if isinstance(self.env, ResidualBaseEnv):  # ... and of the residual base's (a LeRobot ACT)
+                self.env.drop_plan()
+        return Decision(action, human, events, why)
 
     def _pace(self, next_tick: float) -> float:
         """Sleep until the next tick is due. A tick that ran late is an overrun; a lag of less than one
@@ -395,24 +340,6 @@ class ActorLoop:
         self.stats.overruns += 1
         return next_tick if -delay < self._period else time.perf_counter()
 
-    def _safe(self, action: np.ndarray, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.safety.clamp(action, obs) if self.safety is not None else self.runner.clamp(action)
-
-    def _count(self, steps: int, interventions: int, takeovers: int, success: bool, human_episode: bool) -> None:
-        s = self.stats
-        s.episodes += 1
-        s.steps += steps
-        s.interventions += interventions
-        s.takeovers += takeovers
-        s.successes += int(success)
-        s.demo_episodes += int(human_episode)
-        if takeovers == 0:
-            s.autonomous_episodes += 1
-            s.autonomous_successes += int(success)
-        kind = "demo" if human_episode else ("policy+takeover" if takeovers else "policy")
-        log.info("episode %d (%s): %d steps, %s, weights v%d", s.episodes, kind, steps,
-                 "success" if success else "failure", self.runner.version)
-
     # ------------------------------------------------------------------ replay
 
     def _replay(self) -> dict:
@@ -422,7 +349,7 @@ class ActorLoop:
                 break
             if self.cfg.max_episodes and self.stats.episodes >= self.cfg.max_episodes:
                 break
-            episode = self.state.take_episode_index()
+            episode = self.episodes.take_episode_index()
             takeovers, previous = 0, False
             for step in recorded:
                 takeovers += int(step.is_intervention and not previous)
@@ -432,8 +359,9 @@ class ActorLoop:
                     time.sleep(self._period)
             self._flush()
             last = recorded[-1]
-            self._count(len(recorded), sum(s.is_intervention for s in recorded), takeovers,
-                        last.terminated and last.reward > 0, all(s.is_intervention for s in recorded))
+            self.stats.count_episode(len(recorded), sum(s.is_intervention for s in recorded), takeovers,
+                                     last.terminated and last.reward > 0, all(s.is_intervention for s in recorded),
+                                     self.runner.version)
         self._writer.drain()
         return self.stats.summary(self.runner.version, len(self.outbox))
 

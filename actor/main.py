@@ -17,41 +17,13 @@ from hilrl.actor.link import LearnerLink
 from hilrl.actor.loop import ActorLoop
 from hilrl.actor.outbox import Outbox, StateDir, StateDirInUse, default_state_dir
 from hilrl.actor.safety import parse_workspace
+from hilrl.actor.standalone import CheckpointLink, LocalEpisodes, NullOutbox
 from hilrl.buffers.recording import StepRecorder
 from hilrl.protos.transport import SecurityConfigError
 
 log = logging.getLogger(__name__)
 
 EXIT_REFUSED = 3
-
-
-class Standalone:
-    """``--checkpoint``: stands in for the learner link, the outbox and the state directory.
-
-    The link hands out the checkpoint's policy once and is always "online"; the outbox drops every
-    batch (nothing is streamed); episodes are numbered from 0.
-    """
-
-    stage, fatal, actor_id, weight_version_applied = "online", None, "checkpoint", 0
-    full, nbytes, max_bytes, last_acked = False, 0, 0, 0
-
-    def __init__(self, policy) -> None:
-        self._policy = (0, policy)
-        self._episode = 0
-
-    def take_policy(self):
-        new, self._policy = self._policy, None
-        return new
-
-    def put(self, batch) -> int:
-        return 0
-
-    def __len__(self) -> int:
-        return 0
-
-    def take_episode_index(self) -> int:
-        self._episode += 1
-        return self._episode - 1
 
 
 def make_arm(cfg: ActorConfig, takeover_after: int):
@@ -97,11 +69,11 @@ def run_checkpoint(cfg: ActorConfig) -> int:
         return 2
     log.info("running %s with no learner (nothing is streamed)", policy_file)
     cfg = replace(cfg, exploration_noise=0.0)
-    local = Standalone(policy)
     stop = _stop_on_signals()
     recorder = StepRecorder(cfg.record, env.spec) if cfg.record is not None else None
     try:
-        summary = ActorLoop(cfg, env, human, local, local, local, stop, recorder, standalone=True).run()
+        summary = ActorLoop(cfg, env, human, CheckpointLink(policy), NullOutbox(), LocalEpisodes(), stop, recorder,
+                            standalone=True).run()
     finally:
         _close(env, human, recorder)
     summary["checkpoint"] = str(policy_file)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from hilrl.buffers.assembler import Step
+from hilrl.buffers.assembler import Step, episode_runs
 from hilrl.buffers.recording import read_steps
 
 
@@ -20,11 +20,9 @@ class ReplaySource:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.spec, steps = read_steps(self.path)
-        self._episodes: list[list[Step]] = []
-        for step in steps:
-            if not self._episodes or self._episodes[-1][-1].episode != step.episode:
-                self._episodes.append([])
-            self._episodes[-1].append(step)
+        recorded = list(steps)
+        runs = episode_runs(("", s.episode, s.step, s.terminated or s.truncated) for s in recorded)
+        self._episodes: list[list[Step]] = [[recorded[i] for i in run] for _, run, _ in runs]
 
     def __len__(self) -> int:
         return len(self._episodes)

@@ -30,15 +30,16 @@ import numpy as np
 import torch
 
 from hilrl.buffers.spec import Feature, Spec, state_vector
+from hilrl.hardware.arm import Arm, EndEffector
 from hilrl.learner.residual import BASE_ACTION
 
 Base = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
-class ResidualBaseEnv:
-    """``env`` with ``base_action`` added to every observation (reset, step and the final observation)."""
+class ResidualBaseEnv(Arm):
+    """The `Arm` ``env`` with ``base_action`` added to every observation (reset, step and the final observation)."""
 
-    def __init__(self, env: Any, base: Base, reset_base: Callable[[], None] | None = None) -> None:
+    def __init__(self, env: Arm, base: Base, reset_base: Callable[[], None] | None = None) -> None:
         if BASE_ACTION in env.spec.observation_names:
             raise ValueError(f"the environment already has an observation feature {BASE_ACTION!r}")
         self.env = env
@@ -49,7 +50,20 @@ class ResidualBaseEnv:
         feature = Feature(BASE_ACTION, "float32", a.shape, a.low, a.high)
         self.spec = replace(env.spec, observation=(*env.spec.observation, feature))
 
-    def __getattr__(self, name: str) -> Any:  # everything else (max_steps, cameras, limits, ...) is the env's
+    @property
+    def needs_go(self) -> bool:  # type: ignore[override]
+        return self.env.needs_go
+
+    def hold_action(self) -> np.ndarray:
+        return self.env.hold_action()
+
+    def end_effector(self) -> EndEffector | None:
+        return self.env.end_effector()
+
+    def joint_limits(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return self.env.joint_limits()
+
+    def __getattr__(self, name: str) -> Any:  # everything else (max_steps, cameras, ...) is the env's
         if name == "env":
             raise AttributeError(name)
         return getattr(self.env, name)

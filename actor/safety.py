@@ -18,9 +18,10 @@ action is counted (``Safety.counts``, reported in the actor's summary):
 * ``joint_limits``: absolute joint targets within the arm's own limits (``joint`` mode; the real arm
   derives them from its lerobot calibration).
 
-"Hold" is the robot's own: ``env.hold_action()`` (real arm: the current joint positions in joint mode,
-zero motion with the gripper held in ``ee`` mode) or, for a robot without one, the middle of the
-bounds (the sim's ``[0, 0, 0, 1]``: zero motion, gripper as it is). A hold is never clamped.
+"Hold" is the robot's own ``Arm.hold_action()`` (hilrl.hardware.arm; real arm: the current joint positions
+in joint mode, zero motion with the gripper held in ``ee`` mode; the sim: the middle of its bounds,
+``[0, 0, 0, 1]``, zero motion, gripper as it is). A hold is never clamped. The end-effector position and
+the joint limits are the arm's too (``Arm.end_effector()``, ``Arm.joint_limits()``).
 """
 
 from __future__ import annotations
@@ -28,18 +29,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from hilrl.actor.interfaces import Link, Outbox
 from hilrl.buffers.spec import Spec
+from hilrl.hardware.arm import Arm
 
 log = logging.getLogger(__name__)
 
 CLAMPS = ("nonfinite", "bounds", "delta", "workspace", "joint_limits")
-SIM_TCP = slice(15, 18)  # agent_pos[15:18]: the sim's pinch point (see hilrl.hardware.sim)
-SIM_STEP_M = 0.025  # metres per action unit in the sim (gym-hil's EE step size)
-SIM_TARGET_BOUNDS = (np.array([0.2, -0.3, 0.0]), np.array([0.6, 0.3, 0.5]))  # gym-hil clips its target to these
 
 
 @dataclass
@@ -49,7 +49,7 @@ class SafetyLimits:
     max_delta: float | None = None
     workspace: tuple[np.ndarray, np.ndarray] | None = None  # (low xyz, high xyz) in metres
     ee_position: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
-    ee_step_m: float = SIM_STEP_M
+    ee_step_m: float = 0.0  # metres per action unit (the workspace clamp needs it)
     ee_reference: str = "measured"  # "measured" (real arm) or "commanded" (the sim's integrated target)
     target_bounds: tuple[np.ndarray, np.ndarray] | None = None  # where the robot itself clips its target
     joint_limits: tuple[np.ndarray, np.ndarray] | None = None
@@ -67,29 +67,21 @@ def parse_workspace(values: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray] 
     return low, high
 
 
-def limits_for(env, max_delta: float, workspace: tuple[float, ...]) -> SafetyLimits:
+def limits_for(arm: Arm, max_delta: float, workspace: tuple[float, ...]) -> SafetyLimits:
     """The limits for this robot: its end-effector position and joint limits, where it has them.
 
     Raises ValueError when a workspace box is asked for but the robot cannot say where its end effector is.
     """
     box = parse_workspace(workspace)
-    ee_position = getattr(env, "ee_position", None)
-    step_m = float(getattr(env, "ee_step_m", SIM_STEP_M))
-    reference, target_bounds = "measured", None
-    if ee_position is None and "agent_pos" in env.spec.observation_names and env.spec.action_dim == 4:
-        ee_position = _sim_ee_position  # the gym-hil sim: the pinch point is in the observation
-        reference, target_bounds = "commanded", SIM_TARGET_BOUNDS
-    if box is not None and (ee_position is None or not getattr(env, "ee_actions", True)):
+    ee = arm.end_effector()
+    if box is not None and ee is None:
         raise ValueError("--workspace needs end-effector actions and a robot that knows its end-effector position "
                          "(the sim, or the real arm in --action-mode ee with --urdf-path)")
-    joint_limits = env.joint_limits() if callable(getattr(env, "joint_limits", None)) else None
-    return SafetyLimits(max_delta=max_delta if max_delta > 0 else None, workspace=box,
-                        ee_position=ee_position if box is not None else None, ee_step_m=step_m,
-                        ee_reference=reference, target_bounds=target_bounds, joint_limits=joint_limits)
-
-
-def _sim_ee_position(obs: dict[str, np.ndarray]) -> np.ndarray:
-    return np.asarray(obs["agent_pos"][SIM_TCP], dtype=np.float64)
+    limits = SafetyLimits(max_delta=max_delta if max_delta > 0 else None, joint_limits=arm.joint_limits())
+    if box is None or ee is None:
+        return limits
+    return replace(limits, workspace=box, ee_position=ee.position, ee_step_m=ee.step_m, ee_reference=ee.reference,
+                   target_bounds=ee.target_bounds)
 
 
 class Safety:
@@ -169,20 +161,20 @@ class LearnerWatch:
     the outbox's acknowledgements are the quicker signal. Each change is said once on the console.
     """
 
-    def __init__(self, link, outbox, after_s: float, mode: str, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, link: Link, outbox: Outbox, after_s: float, mode: str,
+                 clock: Callable[[], float] | None = None) -> None:
         self.link, self.outbox, self.after_s, self.mode = link, outbox, float(after_s), mode
         self.clock = clock or time.monotonic
         self._good = self.clock()
-        self._acked = getattr(outbox, "last_acked", 0)
+        self._acked = outbox.last_acked
         self.is_lost = False
         self.episodes = 0  # how many times the learner was lost
 
     def lost(self, version: int = 0) -> bool:
         now = self.clock()
-        connected = getattr(self.link, "connected", None)
-        connected = connected.is_set() if connected is not None else True
-        acked = getattr(self.outbox, "last_acked", 0)
-        waiting = getattr(self.outbox, "nbytes", 0) > 0  # no lock: len() would wait out the writer's fsync
+        connected = self.link.connected.is_set()
+        acked = self.outbox.last_acked
+        waiting = self.outbox.nbytes > 0  # no lock: len() would wait out the writer's fsync
         if connected and (acked != self._acked or not waiting):
             self._good = now
         self._acked = acked

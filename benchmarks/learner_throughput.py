@@ -11,12 +11,17 @@ enqueueing the copy ("data ms"; on CUDA the copy itself overlaps with the previo
 
 Image policies: ResNet-10 trunk shared by both cameras, DrQ shift (pad 4); "frozen" encodes s and s'
 in one no-grad call, "trained" back-propagates the critic loss into the encoder. On a small CPU this
-is slow (tens of seconds per update), so CPU image rows measure only a few updates.
+is slow (tens of seconds per update), so CPU image rows measure only a few updates. "cached features"
+is the CPU route (``--algo.freeze-encoder --algo.feature-views 2``, learner/features.py): every frame's
+views are encoded once beforehand (that one-time cost is printed as frames/s), and the timed updates
+read float16 feature maps from the cache; its buffers hold 100 transitions a side to keep the
+pre-encoding short (the update's cost does not depend on the buffer size).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -24,6 +29,7 @@ import torch
 
 from hilrl.buffers.replay import DualBuffer, Transition
 from hilrl.buffers.spec import Feature, Spec
+from hilrl.learner.features import cached_batch, dual_indices, feature_cache
 from hilrl.learner.networks import policy_config_for
 from hilrl.learner.td3 import TD3, TD3Config
 from hilrl.learner.training import device_batch, resolve_device
@@ -53,16 +59,31 @@ def filled_buffers(spec: Spec, per_side: int, seed: int = 0) -> DualBuffer:
     return buffers
 
 
-def bench(spec: Spec, device: torch.device, freeze: bool, warmup: int, updates: int) -> tuple[float, float]:
+def bench(spec: Spec, device: torch.device, freeze: bool, warmup: int, updates: int,
+          views: int = 0) -> tuple[float, float]:
     """(updates/s, host data ms per update) of `updates` timed iterations after `warmup` untimed ones."""
-    td3 = TD3(policy_config_for(spec, HIDDEN), TD3Config(freeze_encoder=freeze), device, seed=0)
+    td3 = TD3(policy_config_for(spec, HIDDEN), TD3Config(freeze_encoder=freeze, feature_views=views), device, seed=0)
     td3.set_normalization(np.zeros(spec.state_dim), np.ones(spec.state_dim), ACTION.low, ACTION.high)
-    buffers = filled_buffers(spec, 2000 if spec.image_features else 20_000)
+    buffers = filled_buffers(spec, 100 if views else 2000 if spec.image_features else 20_000)
     rng = np.random.default_rng(1)
+    cache, lock = feature_cache(td3), contextlib.nullcontext()
+    if cache is not None:
+        t0 = time.perf_counter()
+        for b in (buffers.human, buffers.policy):
+            frames = np.arange(b.frames.oldest, b.frames.written)
+            cache.fill(b.frames, *cache.missing_images(b.frames, frames, tuple(f.name for f in spec.image_features)))
+        sync(device)
+        print(f"  (pre-encoded {cache.encoded} frames x {views} views: {cache.encoded / (time.perf_counter() - t0):.1f}"
+              " frames/s)", flush=True)
+
+    def sample() -> dict:
+        if cache is not None:
+            return cached_batch(cache, lambda: dual_indices(buffers, BATCH, 0.5, rng), spec, lock, rng)
+        return device_batch(buffers.sample(BATCH, 0.5, rng), spec, device)
 
     def step() -> float:
         t0 = time.perf_counter()
-        batch = device_batch(buffers.sample(BATCH, 0.5, rng), spec, device)
+        batch = sample()
         t1 = time.perf_counter()
         td3.update(batch, bc_weight=1.0, return_tensors=True)  # no per-step host sync, as in the Trainer
         return t1 - t0
@@ -99,21 +120,22 @@ def main() -> None:
     else:
         devices = [resolve_device(args.device)]
     state_spec = Spec(STATE, ACTION)
-    image_spec = Spec(STATE + CAMERAS, ACTION)
-    print(f"batch {BATCH}, hidden {HIDDEN}, state 21, action 4; images: 2 cameras 128x128x3 uint8, ResNet-10, "
-          f"DrQ pad 4; torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
+    image_spec = Spec(STATE[:1] + CAMERAS, ACTION)  # pixels + proprioception, no privileged state
+    print(f"batch {BATCH}, hidden {HIDDEN}, state 21, action 4; images: agent_pos + 2 cameras 128x128x3 uint8, "
+          f"ResNet-10, DrQ pad 4; torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
     print(f"{'device':<28} {'policy':<26} {'updates':>7} {'updates/s':>10} {'ms/update':>10} {'data ms':>8}")
     for device in devices:
         name = "cpu" if device.type == "cpu" else f"cuda ({torch.cuda.get_device_name(device)})"
         gpu = device.type == "cuda"
         img_updates = args.image_updates or (1 if args.quick else 3)
-        rows = [("state MLP", state_spec, False, 20, 50 if args.quick else 500),
-                ("2-camera, frozen encoder", image_spec, True, 5 if gpu else 1, 20 if gpu else img_updates),
-                ("2-camera, trained encoder", image_spec, False, 5 if gpu else 1, 20 if gpu else img_updates)]
+        rows = [("state MLP", state_spec, False, 20, 50 if args.quick else 500, 0),
+                ("2-camera, cached features", image_spec, True, 5, 20 if args.quick else 200, 2),
+                ("2-camera, frozen encoder", image_spec, True, 5 if gpu else 1, 20 if gpu else img_updates, 0),
+                ("2-camera, trained encoder", image_spec, False, 5 if gpu else 1, 20 if gpu else img_updates, 0)]
         if gpu and not args.quick:
-            rows = [(label, spec, freeze, warm, n * 5) for label, spec, freeze, warm, n in rows]
-        for label, spec, freeze, warmup, updates in rows:
-            rate, data_ms = bench(spec, device, freeze, warmup, updates)
+            rows = [(label, spec, freeze, warm, n * 5, v) for label, spec, freeze, warm, n, v in rows]
+        for label, spec, freeze, warmup, updates, views in rows:
+            rate, data_ms = bench(spec, device, freeze, warmup, updates, views)
             print(f"{name:<28} {label:<26} {updates:>7} {rate:>10.2f} {1e3 / rate:>10.1f} {data_ms:>8.2f}",
                   flush=True)
 

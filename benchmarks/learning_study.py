@@ -52,6 +52,7 @@ from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.spec import state_vector
 from hilrl.hardware.perturb import make_sim
 from hilrl.learner.config import LearnerConfig
+from hilrl.learner.core import STATE_CAPACITIES
 from hilrl.learner.networks import PolicyConfig, compute_state_stats
 from hilrl.learner.td3 import TD3, TD3Config
 from hilrl.learner.training import bc_weight_schedule
@@ -86,6 +87,9 @@ def algorithm(condition: str, regime: Regime) -> dict:
     keys = ("offline_steps", "online_bc_weight", "online_bc_decay_steps", "critic_warmup_steps", "utd_ratio",
             "batch_size", "human_ratio", "hidden", "human_capacity", "policy_capacity", "seed")
     out = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
+    for key, state_default in zip(("human_capacity", "policy_capacity"), STATE_CAPACITIES, strict=True):
+        if out.get(key) is None:  # automatic (sized for camera specs): this study's state specs get the defaults
+            out[key] = state_default
     out["algo"] = asdict(cfg.algo)
     return out
 

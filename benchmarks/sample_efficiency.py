@@ -36,7 +36,7 @@ import torch
 
 from hilrl.actor.evaluate import evaluate
 from hilrl.actor.human import ScriptedTeleop
-from hilrl.actor.loop import PolicyRunner
+from hilrl.actor.policy_runner import PolicyRunner
 from hilrl.buffers.replay import DualBuffer, Transition
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.hardware.expert import ScriptedExpert

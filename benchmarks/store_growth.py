@@ -47,7 +47,7 @@ def sim_steps(n: int, seed: int = 0) -> Iterator[Step]:
         if done:
             obs, episode, t = env.reset(), episode + 1, 0
             expert.reset()
-        action = expert.act(obs)
+        action = expert.act({**obs, **env.scene()})  # the block position is not in a camera observation
         nxt, reward, terminated, truncated, _ = env.step(action)
         done = terminated or truncated
         yield Step(obs, np.asarray(action, np.float32), reward, terminated, truncated, True, episode, t,

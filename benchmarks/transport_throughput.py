@@ -1,4 +1,4 @@
-"""Transport throughput and weight latency, over real gRPC on loopback.
+"""Transport throughput over real gRPC on loopback.
 
 * **Acknowledged transitions/s and MB/s**: transitions with two 128x128x3 uint8 cameras + an 18-d state
   (+ a 4-d action), 32 per batch, streamed by 1 and 4 actor processes to one learner, TLS off and on.
@@ -10,9 +10,7 @@
   per batch" rows turn that off for comparison.
 * **Raw gRPC ceiling**: the same messages, as bytes, into a trivial sink server (same channel options,
   same TLS) that acknowledges each one without parsing it: what the transport alone can carry here.
-* **Weight latency**: `LearnerCore.publish` of a policy of ~1 M and ~10 M parameters until a real
-  `LearnerLink` in another process has received, verified (sha256) and built it (`take_policy()` returns
-  it). "publish" is the learner's own part (the three atomic, fsynced writes).
+Weight latency (publish -> applied on the actor) has its own benchmark, `benchmarks/weight_latency.py`.
 
 Run: ``python benchmarks/transport_throughput.py`` (about 3 min) or ``--quick`` (about 1.5 min); ``--seconds``
 sets each streaming window. Needs openssl (deploy/make-certs.sh) for the TLS rows.
@@ -23,7 +21,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -116,24 +113,6 @@ def _actor(target: str, actor_id: str, ca: str | None, sink: bool, seconds: floa
     results.put((acked * BATCH_STEPS, sum(sent[:acked]), elapsed))
 
 
-def _weights_actor(target: str, state_dir: str, ready, applied) -> None:
-    import torch
-
-    from hilrl.actor.link import LearnerLink
-    from hilrl.actor.outbox import Outbox
-
-    torch.set_num_threads(1)
-    link = LearnerLink(target, "weights-bench", STATE_SPEC, Outbox(Path(state_dir)), MAX_MESSAGE_MB)
-    link.start()
-    link.connected.wait(60)
-    ready.set()
-    while not link.stop.is_set():
-        new = link.take_policy()
-        if new is not None:
-            applied.put((new[0], time.time()))
-        time.sleep(0.001)
-
-
 # --------------------------------------------------------------------------- servers
 
 
@@ -208,46 +187,6 @@ def stream_rate(kind: str, actors: int, certs: Path | None, seconds: float, work
     return sum(t for t, _, _ in got) / elapsed, sum(b for _, b, _ in got) / elapsed / 1e6
 
 
-def weight_latency(hidden: tuple[int, ...], repeats: int, work: Path) -> tuple[int, float, float, float]:
-    """(parameters, blob MB, publish ms, publish-return -> applied ms), medians over ``repeats``."""
-    import torch
-
-    from hilrl.learner.networks import Policy, PolicyConfig, policy_to_safetensors_bytes
-
-    torch.manual_seed(0)
-    policy = Policy(PolicyConfig(STATE_SPEC.state_dim, STATE_SPEC.action_dim, hidden))
-    params = sum(p.numel() for p in policy.parameters())
-    out = work / f"weights-{params}"
-    core, server, address = _learner_server(out, None, hidden)
-    ctx = mp.get_context("spawn")
-    ready, applied = ctx.Event(), ctx.Queue()
-    proc = ctx.Process(target=_weights_actor, args=(address, str(work / f"state-{params}"), ready, applied),
-                       daemon=True)
-    proc.start()
-    _wait_ready([ready], [proc])
-    publish_ms, applied_ms = [], []
-    blob = b""
-    for _ in range(repeats + 1):  # the first one also waits for the weight subscription to open: not counted
-        for p in policy.parameters():
-            p.data.add_(0.001)
-        blob = policy_to_safetensors_bytes(policy)
-        t0 = time.time()
-        version = core.publish(blob)
-        t1 = time.time()
-        while True:
-            v, t = applied.get(timeout=120)
-            if v == version:
-                break
-        if version > 1:
-            publish_ms.append((t1 - t0) * 1e3)
-            applied_ms.append((t - t1) * 1e3)
-    proc.kill()
-    proc.join()
-    server.stop(grace=None).wait()
-    shutil.rmtree(out, ignore_errors=True)
-    return params, len(blob) / 1e6, statistics.median(publish_ms), statistics.median(applied_ms)
-
-
 def _wait_ready(ready: list, procs: list, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not all(r.is_set() for r in ready):
@@ -268,12 +207,10 @@ def make_certs(work: Path) -> Path | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=None, help="streaming window per row (default 5, quick 2)")
-    parser.add_argument("--quick", action="store_true", help="2 s windows, 2 publishes per size")
-    parser.add_argument("--repeats", type=int, default=None, help="weight publishes per size (default 3, quick 2)")
+    parser.add_argument("--quick", action="store_true", help="2 s windows")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the learner's store goes (default: tmp)")
     args = parser.parse_args()
     seconds = args.seconds or (2.0 if args.quick else 5.0)
-    repeats = args.repeats or (2 if args.quick else 3)
     work = Path(tempfile.mkdtemp(prefix="hilrl-transport-", dir=args.work_dir))
     try:
         certs = make_certs(work)
@@ -294,11 +231,6 @@ def main() -> None:
                     one = stream_rate("learner", actors, None, seconds, work, group=False)
                     print(f"| learner, one store commit per batch | {actors} | {on} | {one[0]:,.0f} | {one[1]:,.1f} "
                           f"| {one[1] / raw[1]:.0%} |", flush=True)
-        print("\n| policy parameters | safetensors MB | publish (3 fsynced writes) ms | publish -> actor applied ms |")
-        print("| ---: | ---: | ---: | ---: |")
-        for hidden in ((1024, 1024), (3200, 3200)):
-            params, mb, pub, lat = weight_latency(hidden, repeats, work)
-            print(f"| {params:,} | {mb:.1f} | {pub:.0f} | {lat:.0f} |", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -3,18 +3,25 @@
 The actor sends every observation once; the next observation of step t is the observation of
 step t+1, or, at the end of an episode (terminated *or* truncated), the final observation that
 travels with the last step. A step waits here until its successor arrives.
+
+`StepLinker` is the one rule for "this step's successor" (same stream, same episode, next step number),
+used by everything that walks a step stream: the assembler, the store's compaction, the LeRobot export,
+the Q figures and recording replay; `episode_runs` splits a stream into its runs of linked steps.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from hilrl.buffers.replay import Transition
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,11 +57,55 @@ class EpisodeEnd:
     success: bool
 
 
+class StepLinker(Generic[T]):
+    """Per stream (an actor, a store source), the step still waiting for its successor."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[Hashable, tuple[int, int, T]] = {}
+
+    def link(self, stream: Hashable, episode: int, step: int, item: T, ended: bool) -> tuple[T | None, T | None]:
+        """Feed the next step of `stream` (`item` stands for it); returns (the waiting step it is the successor of,
+        the waiting step it orphans: same stream but not its successor, e.g. after an actor restart). The step
+        waits in turn unless it `ended` its episode."""
+        before = self.waiting.pop(stream, None)
+        linked = orphan = None
+        if before is not None:
+            if before[0] == episode and step == before[1] + 1:
+                linked = before[2]
+            else:
+                orphan = before[2]
+        if not ended:
+            self.waiting[stream] = (episode, step, item)
+        return linked, orphan
+
+    def forget(self, stream: Hashable, episode: int) -> None:
+        """Drop the stream's waiting step if it belongs to `episode` (discarded)."""
+        if (w := self.waiting.get(stream)) is not None and w[0] == episode:
+            del self.waiting[stream]
+
+
+def episode_runs(steps: Iterable[tuple[Hashable, int, int, bool]]) -> Iterator[tuple[Hashable, list[int], bool]]:
+    """Split a stream of (stream, episode, step, ended) into maximal runs of linked steps, as
+    (stream, positions in `steps`, closed: its last step ended the episode), each as soon as it is over
+    (ended or orphaned); at the end of input the open runs, in order of their start."""
+    linker: StepLinker[int] = StepLinker()
+    runs: dict[Hashable, list[int]] = {}
+    for i, (stream, episode, step, ended) in enumerate(steps):
+        _, orphan = linker.link(stream, episode, step, i, ended)
+        if orphan is not None:
+            yield stream, runs.pop(stream), False
+        runs.setdefault(stream, []).append(i)
+        if ended:
+            yield stream, runs.pop(stream), True
+    for stream, run in runs.items():
+        yield stream, run, False
+
+
 class EpisodeAssembler:
     """Holds the one step per actor that still waits for its next observation."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, Step] = {}
+        self._pending: StepLinker[Step] = StepLinker()
         self._keys: dict[tuple[str, int], int] = {}
         self._human_steps: dict[int, int] = {}
         self.dropped_steps = 0
@@ -67,32 +118,28 @@ class EpisodeAssembler:
         """Feed one step; returns the transitions it completes and the episode end, if any."""
         out: list[Transition] = []
         key = self.episode_key(actor_id, step.episode)
-        pending = self._pending.pop(actor_id, None)
-        if pending is not None:
-            if pending.episode == step.episode and step.step == pending.step + 1:
-                out.append(self._complete(actor_id, pending, step.obs, terminated=False, truncated=False))
-            else:
-                # The actor restarted mid-episode: that step never got a successor.
-                self.dropped_steps += 1
-                log.warning("actor %s: episode %d step %d never got its next observation; dropped",
-                            actor_id, pending.episode, pending.step)
-        if step.terminated or step.truncated:
-            if step.final_obs is None:
-                raise ValueError(f"episode {step.episode} step {step.step} ends the episode "
-                                 "but carries no final observation")
+        ended = step.terminated or step.truncated
+        if ended and step.final_obs is None:
+            raise ValueError(f"episode {step.episode} step {step.step} ends the episode "
+                             "but carries no final observation")
+        before, orphan = self._pending.link(actor_id, step.episode, step.step, step, ended)
+        if before is not None:
+            out.append(self._complete(actor_id, before, step.obs, terminated=False, truncated=False))
+        if orphan is not None:  # the actor restarted mid-episode: that step never got a successor
+            self.dropped_steps += 1
+            log.warning("actor %s: episode %d step %d never got its next observation; dropped",
+                        actor_id, orphan.episode, orphan.step)
+        if ended:
             out.append(self._complete(actor_id, step, step.final_obs, step.terminated, step.truncated))
             human = self._human_steps.pop(key, 0)
             end = EpisodeEnd(key, step.step + 1, human == step.step + 1, human, step.terminated and step.reward > 0)
             return out, end
-        self._pending[actor_id] = step
         return out, None
 
     def discard(self, actor_id: str, episode: int) -> int:
         """Forget an episode's waiting step; returns its learner-wide key."""
         key = self.episode_key(actor_id, episode)
-        pending = self._pending.get(actor_id)
-        if pending is not None and pending.episode == episode:
-            del self._pending[actor_id]
+        self._pending.forget(actor_id, episode)
         self._human_steps.pop(key, None)
         return key
 

@@ -67,3 +67,17 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def link_replace(source: Path, path: Path) -> None:
+    """Make `path` durably name the same (already durable) file as `source` without writing its bytes again: a
+    hard link under the temporary name, renamed over `path`; copied (`atomic_write`) where links do not work."""
+    tmp = temp_path(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        atomic_write(path, Path(source).read_bytes())
+        return
+    os.replace(tmp, path)
+    fsync_path(path.parent)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hilrl.buffers.assembler import Discard, Step
+from hilrl.buffers.assembler import Discard, Step, episode_runs
 from hilrl.buffers.lerobot_io import FINAL, IMAGES, META, Side
 from hilrl.buffers.spec import Spec
 
@@ -32,34 +32,28 @@ def episodes_from_items(items: Iterable[tuple[str, Step | Discard]], side: Side 
     as the learner's assembler does. `side` keeps only human (is_intervention) or policy runs.
     """
     discarded = set(discarded or ())
-    open_runs: dict[str, list[Step]] = {}
+    held: dict[int, Step] = {}  # the steps of the runs not over yet, by position
+    position = itertools.count()
 
-    def close(run: list[Step]) -> Iterator[list[Step]]:
+    def keys() -> Iterator[tuple[str, int, int, bool]]:
+        for source, item in items:
+            if isinstance(item, Discard):
+                discarded.add((source, item.episode))
+                continue
+            held[next(position)] = item
+            yield source, item.episode, item.step, item.terminated or item.truncated
+
+    for source, positions, _ in episode_runs(keys()):
+        run = [held.pop(i) for i in positions]
+        if (source, run[-1].episode) in discarded:
+            continue
         last = run[-1]
         if last.final_obs is None or not (last.terminated or last.truncated):
             if len(run) < 2:
-                return
+                continue
             run = run[:-1]
             run[-1] = _copy(run[-1], final_obs=last.obs, truncated=True)
         yield from _split(run, side)
-
-    for source, item in items:
-        if isinstance(item, Discard):
-            discarded.add((source, item.episode))
-            continue
-        run = open_runs.get(source)
-        if run and (run[-1].episode != item.episode or item.step != run[-1].step + 1):
-            del open_runs[source]
-            if (source, run[-1].episode) not in discarded:
-                yield from close(run)
-        open_runs.setdefault(source, []).append(item)
-        if item.terminated or item.truncated:
-            finished = open_runs.pop(source)
-            if (source, item.episode) not in discarded:
-                yield from close(finished)
-    for source, run in open_runs.items():
-        if run and (source, run[-1].episode) not in discarded:
-            yield from close(run)
 
 
 def _copy(step: Step, **changes: object) -> Step:

@@ -1,7 +1,7 @@
 """The learner's durable buffer store: every received step, on disk before it is acknowledged.
 
 A zarr v3 group (`<output-dir>/store/`) holds the step stream exactly as actors sent it, in arrival
-order (same per-step arrays as `buffers.recording`, plus `source`: which actor or dataset sent it).
+order: a step table (`buffers.step_table`) with the `source` column (which actor or dataset sent it).
 Appending a batch is two phases:
 
 1. the batch's rows are appended past the committed length and fsynced;
@@ -35,7 +35,8 @@ import logging
 import os
 import shutil
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +44,21 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from hilrl.buffers.assembler import Discard, Step
+from hilrl.buffers.assembler import Discard, Step, StepLinker
 from hilrl.buffers.durable import atomic_write, fsync_path, temp_path
-from hilrl.buffers.spec import Spec, check_array
+from hilrl.buffers.row_ranges import Ranges, count_rows, in_ranges, kept_ranges, merge_ranges, range_index, runs
+from hilrl.buffers.spec import Spec
+from hilrl.buffers.step_table import INT64, StepTable, check_int64, check_step
+
+__all__ = ["BufferStore", "StoreError", "StoreInputError", "StoreSnapshot", "atomic_write", "fsync_path",
+           "read_store", "store_snapshot"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "hilrl-store"
 VERSION = 2  # 2 added holes (bounded disk use); version 1 stores open and become version 2
 READABLE = (1, 2)
-CHUNK_BYTES = 1 << 20
-SCALARS = {"reward": "float32", "terminated": "bool", "truncated": "bool", "is_intervention": "bool",
-           "episode": "int64", "step": "int64", "source": "int32"}
+CHUNK_BYTES = 1 << 20  # observation chunk files of about this size
 
 
 class StoreError(RuntimeError):
@@ -90,10 +94,6 @@ class _DurableLocalStore(LocalStore):
         self.touched.clear()
 
 
-def _chunk_rows(row_bytes: int) -> int:
-    return int(max(1, min(4096, CHUNK_BYTES // max(row_bytes, 1))))
-
-
 class BufferStore:
     """The durable step store; `capacities=(human, policy)` bounds its disk use (None keeps every step)."""
 
@@ -116,7 +116,8 @@ class BufferStore:
             self._check_compatible()
             self.commit["version"] = VERSION
             self.commit.setdefault("holes", None)
-        self.group = zarr.open_group(store=self._store, mode="r+")
+        self.table = StepTable(zarr.open_group(store=self._store, mode="r+"), spec)
+        self.group = self.table.group
         self.holes, self.final_holes = _load_holes(self.path, self.commit)
         self._truncate_uncommitted()
         self._collect_garbage()
@@ -132,17 +133,7 @@ class BufferStore:
                 shutil.rmtree(leftover)
             else:
                 leftover.unlink()
-        g = zarr.open_group(store=self._store, mode="w-")
-        g.attrs.update({"format": FORMAT, "version": VERSION, "spec": self.spec.to_dict()})
-        for f in self.spec.observation:
-            row = f.size * np.dtype(f.dtype).itemsize
-            for prefix in ("obs", "final"):
-                g.create_array(f"{prefix}/{f.name}", shape=(0, *f.shape), chunks=(_chunk_rows(row), *f.shape),
-                               dtype=f.dtype)
-        g.create_array("action", shape=(0, self.spec.action_dim), chunks=(4096, self.spec.action_dim),
-                       dtype="float32")
-        for name, dtype in {**SCALARS, "final_index": "int64"}.items():
-            g.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype)
+        StepTable.create(self._store, self.spec, FORMAT, VERSION, sources=True, chunk_bytes=CHUNK_BYTES)
         self._store.sync()
 
     def _check_compatible(self) -> None:
@@ -153,18 +144,7 @@ class BufferStore:
 
     def _truncate_uncommitted(self) -> None:
         """Drop rows a crash left past the last commit (they were never acknowledged)."""
-        n, e = self.commit["steps"], self.commit["finals"]
-        for name, arr in self._arrays():
-            rows = e if name.startswith("final") else n
-            if arr.shape[0] != rows:
-                arr.resize((rows, *arr.shape[1:]))
-
-    def _arrays(self) -> Iterator[tuple[str, zarr.Array]]:
-        for f in self.spec.observation:
-            yield f"obs/{f.name}", self.group[f"obs/{f.name}"]
-            yield f"final/{f.name}", self.group[f"final/{f.name}"]
-        for name in ("action", *SCALARS, "final_index"):
-            yield name, self.group[name]
+        self.table.truncate(self.commit["steps"], self.commit["finals"])
 
     # ------------------------------------------------------------------ writing
 
@@ -185,16 +165,14 @@ class BufferStore:
         commit record replaced. If anything fails (an `OSError` such as ENOSPC, ...) every array is cut
         back to the committed length and the in-memory commit stays the one on disk, so a resend of the
         batch is stored once, at the right rows."""
-        rows, finals, discards = _prepare(self.spec, source, seq, items)
+        steps, discards = _check_batch(self.spec, source, seq, items)
+        n, e = self.commit["steps"], self.commit["finals"]
+        rows, finals = self.table.rows(steps, n)
         sources = list(self.commit["sources"])
         if source not in sources:
             sources.append(source)
-        sid = sources.index(source)
-        n, e = self.commit["steps"], self.commit["finals"]
         if rows:
-            rows["source"] = np.full(len(rows["step"]), sid, dtype=np.int32)
-        if finals:
-            finals["final_index"] = finals["final_index"] + n
+            rows["source"] = np.full(len(steps), sources.index(source), dtype=np.int32)
         new = {**self.commit, "sources": sources, "steps": n + len(rows.get("step", ())),
                "finals": e + len(finals.get("final_index", ())),
                "discards": [*self.commit["discards"], *([source, d] for d in discards)],
@@ -202,17 +180,14 @@ class BufferStore:
                                                                                    else {})}}}
         try:
             if rows:
-                for name, values in rows.items():
-                    _put_rows(self.group[name], n, values)
-                for name, values in finals.items():
-                    _put_rows(self.group[name], e, values)
+                self.table.put(rows, finals, n, e)
                 self._store.sync()
             self._write_commit(new)
         except BaseException:
             self._roll_back(new)
             raise
         self.commit = new
-        self._since_compact += len(rows.get("step", ()))
+        self._since_compact += len(steps)
         if self.capacities and self._since_compact >= self.compact_every:
             try:  # the batch is committed: a failed compaction must not make it look unstored
                 self.compact()
@@ -246,25 +221,22 @@ class BufferStore:
     def needed_rows(self) -> np.ndarray:
         """Sorted row numbers the buffers may still hold (see the module docstring); needs capacities."""
         assert self.capacities is not None
-        rows = _kept_rows(self.commit["steps"], self.holes)
-        cols = {name: self.group[name] for name in ("source", "episode", "step", "is_intervention", "terminated",
-                                                    "truncated")}
         margin = len(self.commit["discards"]) + 1
         keep = [deque(maxlen=c + margin) for c in self.capacities]  # (row, successor row), newest last
-        pending: dict[int, tuple[int, int, int, bool]] = {}
-        for start, stop in _blocks(rows):
-            v = {k: a[start:stop] for k, a in cols.items()}
-            for j in range(stop - start):
-                row, sid, ep, t = start + j, int(v["source"][j]), int(v["episode"][j]), int(v["step"][j])
-                human = bool(v["is_intervention"][j])
-                p = pending.pop(sid, None)
-                if p is not None and p[1] == ep and t == p[2] + 1:
-                    keep[0 if p[3] else 1].append((p[0], row))
-                if v["terminated"][j] or v["truncated"][j]:
+        linker: StepLinker[tuple[int, bool]] = StepLinker()  # (row, human)
+        ranges = kept_ranges(self.commit["steps"], self.holes)
+        names = ("source", "episode", "step", "is_intervention", "terminated", "truncated")
+        for start, v in self.table.column_blocks(names, ranges):
+            for j in range(len(v["step"])):
+                row, human, ended = start + j, bool(v["is_intervention"][j]), bool(v["terminated"][j] or
+                                                                                  v["truncated"][j])
+                before, _ = linker.link(int(v["source"][j]), int(v["episode"][j]), int(v["step"][j]), (row, human),
+                                        ended)
+                if before is not None:
+                    keep[0 if before[1] else 1].append((before[0], row))
+                if ended:
                     keep[0 if human else 1].append((row, row))
-                else:
-                    pending[sid] = (row, ep, t, human)
-        needed = {r for side in keep for pair in side for r in pair} | {p[0] for p in pending.values()}
+        needed = {r for side in keep for pair in side for r in pair} | {w[2][0] for w in linker.waiting.values()}
         return np.asarray(sorted(needed), dtype=np.int64)
 
     def compact(self) -> int:
@@ -275,13 +247,13 @@ class BufferStore:
         bounds = np.concatenate([[-1], needed, [n]])
         fresh = [(int(a) + 1, int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
                  if b - a - 1 >= self.min_hole]
-        holes = _merge([*self.holes, *fresh])
-        freed = _count(holes) - _count(self.holes)
+        holes = merge_ranges([*self.holes, *fresh])
+        freed = count_rows(holes) - count_rows(self.holes)
         if freed <= 0:
             return 0
         final_index = self.group["final_index"][: self.commit["finals"]]
-        dead = _in_holes(final_index, holes)
-        final_holes = _runs(np.flatnonzero(dead))
+        dead = in_ranges(final_index, holes)
+        final_holes = runs(np.flatnonzero(dead))
         generation = int(self.commit.get("holes_generation", 0)) + 1
         name = f"holes-{generation:06d}.json"
         atomic_write(self.path / name, json.dumps({"rows": holes, "finals": final_holes}).encode())
@@ -301,7 +273,7 @@ class BufferStore:
                 (self.path / name).unlink(missing_ok=True)
         if not self.holes:
             return
-        for name, arr in self._arrays():
+        for name, arr in self.table.arrays():
             holes = self.final_holes if name.startswith("final") else self.holes
             if not holes:
                 continue
@@ -313,8 +285,8 @@ class BufferStore:
             if len(present) == 0:
                 continue
             lo, hi = present * rows, np.minimum((present + 1) * rows, arr.shape[0]) - 1
-            first, last = _in_holes(lo, holes), _in_holes(hi, holes)
-            same = _hole_of(lo, holes) == _hole_of(hi, holes)
+            first, last = in_ranges(lo, holes), in_ranges(hi, holes)
+            same = range_index(lo, holes) == range_index(hi, holes)
             for c in present[first & last & same]:
                 target = chunk_dir / str(int(c))
                 if target.is_dir():
@@ -330,21 +302,16 @@ class BufferStore:
 
     def __len__(self) -> int:
         """Committed steps still on disk (outside holes)."""
-        return int(self.commit["steps"]) - _count(self.holes)
+        return int(self.commit["steps"]) - count_rows(self.holes)
 
     def replay(self) -> Iterator[tuple[str, Step | Discard]]:
         """Every committed step outside holes in arrival order as (source, step), then the discards."""
-        return _replay(self.group, self.spec, self.commit, self.holes)
+        return StoreSnapshot(self.path, self.table, self.commit, self.holes).replay()
 
 
-INT64 = (-(2**63), 2**63 - 1)
-
-
-def _prepare(spec: Spec, source: str, seq: int,
-             items: list[Step | Discard]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[int]]:
-    """Check a batch against the spec and the store's dtypes and turn it into the rows to write: the step
-    arrays, the final-observation arrays (with `final_index` relative to the batch) and the discarded
-    episodes. Raises `StoreInputError` naming the first bad item; nothing is written before this passes."""
+def _check_batch(spec: Spec, source: str, seq: int, items: list[Step | Discard]) -> tuple[list[Step], list[int]]:
+    """Check a batch against the spec and the store's dtypes; its steps and its discarded episodes.
+    Raises `StoreInputError` naming the first bad item; nothing is written before this passes."""
     if not isinstance(source, str) or not source:
         raise StoreInputError(f"source {source!r}: must be a non-empty string")
     if not 1 <= seq <= INT64[1]:
@@ -354,63 +321,55 @@ def _prepare(spec: Spec, source: str, seq: int,
     for i, item in enumerate(items):
         try:
             if isinstance(item, Discard):
-                discards.append(_int64(item.episode, "episode"))
+                discards.append(check_int64(item.episode, "episode"))
                 continue
-            _check_step(spec, item)
+            check_step(spec, item)
         except ValueError as exc:
             raise StoreInputError(f"batch {seq} item {i}: {exc}") from None
         steps.append(item)
-    if not steps:
-        return {}, {}, discards
-    rows = {f"obs/{f.name}": np.stack([s.obs[f.name] for s in steps]) for f in spec.observation}
-    rows["action"] = np.stack([s.action for s in steps]).astype(np.float32)
-    for name, dtype in SCALARS.items():
-        if name != "source":
-            rows[name] = np.asarray([getattr(s, name) for s in steps], dtype=dtype)
-    ended = [(i, s) for i, s in enumerate(steps) if s.final_obs is not None]
-    finals: dict[str, np.ndarray] = {}
-    if ended:
-        finals = {f"final/{f.name}": np.stack([s.final_obs[f.name] for _, s in ended]) for f in spec.observation}
-        finals["final_index"] = np.asarray([i for i, _ in ended], dtype=np.int64)
-    return rows, finals, discards
+    return steps, discards
 
 
-def _check_step(spec: Spec, step: Step) -> None:
-    for what, obs in (("observation", step.obs), ("final observation", step.final_obs)):
-        if obs is None:
-            continue
-        if set(obs) != set(spec.observation_names):
-            raise ValueError(f"{what} keys {sorted(obs)} differ from the spec's {list(spec.observation_names)}")
-        for f in spec.observation:
-            check_array(f, np.asarray(obs[f.name]))
-    action = np.asarray(step.action)
-    if action.shape != spec.action.shape or action.dtype.kind not in "fiu":
-        raise ValueError(f"action: {action.dtype}{list(action.shape)}, the spec says {spec.action.describe()}")
-    if not np.isfinite(action.astype(np.float32)).all():
-        raise ValueError("action: contains NaN or inf (as float32)")
-    if not np.isfinite(np.float32(step.reward)):
-        raise ValueError(f"reward {step.reward} is not a finite float32")
-    _int64(step.episode, "episode")
-    _int64(step.step, "step")
+@dataclass
+class StoreSnapshot:
+    """A store as of one commit, read-only (safe while a learner writes to it)."""
+
+    path: Path
+    table: StepTable
+    commit: dict
+    holes: Ranges
+
+    @property
+    def spec(self) -> Spec:
+        return self.table.spec
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.commit["sources"])
+
+    @property
+    def steps(self) -> int:
+        """Committed rows, including those inside holes."""
+        return int(self.commit["steps"])
+
+    def discarded(self) -> set[tuple[str, int]]:
+        return {(str(s), int(e)) for s, e in self.commit["discards"]}
+
+    def freed(self, rows: np.ndarray) -> np.ndarray:
+        """Per row number, True where compaction freed it (it reads back as zeros)."""
+        return in_ranges(np.asarray(rows, dtype=np.int64), self.holes)
+
+    def replay(self) -> Iterator[tuple[str, Step | Discard]]:
+        """Every committed step outside holes in arrival order as (source, step), then the discards."""
+        sources = self.commit["sources"]
+        for sid, step in self.table.steps(kept_ranges(self.steps, self.holes), self.commit["finals"]):
+            yield sources[sid], step
+        for source, episode in self.commit["discards"]:
+            yield source, Discard(int(episode))
 
 
-def _int64(value: int, what: str) -> int:
-    if not INT64[0] <= int(value) <= INT64[1]:
-        raise ValueError(f"{what} {value} does not fit the store's int64")
-    return int(value)
-
-
-def _put_rows(arr: zarr.Array, start: int, values: np.ndarray) -> None:
-    """Write `values` as rows `start..` of `arr` and make them its last rows (the array may be longer after a
-    failed append: what lies past `start` is not committed)."""
-    stop = start + len(values)
-    arr.resize((stop, *arr.shape[1:]))
-    arr[start:stop] = values
-
-
-def read_store(path: str | Path) -> tuple[Spec, Iterator[tuple[str, Step | Discard]], set[tuple[str, int]]]:
-    """Read-only view of a store up to its last commit (safe while a learner writes to it):
-    its spec, its (source, step) stream without the discards, and the discarded (source, episode)s."""
+def store_snapshot(path: str | Path) -> StoreSnapshot:
+    """The store at `path` up to its last commit, read-only."""
     path = Path(path)
     try:
         commit = json.loads((path / "commit.json").read_text())
@@ -419,16 +378,15 @@ def read_store(path: str | Path) -> tuple[Spec, Iterator[tuple[str, Step | Disca
                          "give <learner output-dir>/store") from None
     _check_commit(path, commit)
     g = zarr.open_group(str(path), mode="r")
-    spec = Spec.from_dict(g.attrs["spec"])
     holes, _ = _load_holes(path, commit)
-    items = (x for x in _replay(g, spec, commit, holes) if isinstance(x[1], Step))
-    return spec, items, {(str(s), int(e)) for s, e in commit["discards"]}
+    return StoreSnapshot(path, StepTable(g, Spec.from_dict(g.attrs["spec"])), commit, holes)
 
 
-def freed_rows(path: str | Path, commit: dict, rows: np.ndarray) -> np.ndarray:
-    """Per row number, True where compaction freed it (it reads back as zeros): for direct array readers."""
-    holes, _ = _load_holes(Path(path), commit)
-    return _in_holes(np.asarray(rows, dtype=np.int64), holes)
+def read_store(path: str | Path) -> tuple[Spec, Iterator[tuple[str, Step | Discard]], set[tuple[str, int]]]:
+    """Read-only view of a store up to its last commit (safe while a learner writes to it):
+    its spec, its (source, step) stream without the discards, and the discarded (source, episode)s."""
+    snap = store_snapshot(path)
+    return snap.spec, (x for x in snap.replay() if isinstance(x[1], Step)), snap.discarded()
 
 
 def _check_commit(path: Path, commit: dict) -> None:
@@ -450,80 +408,3 @@ def _load_holes(path: Path, commit: dict) -> tuple[list[list[int]], list[list[in
         raise StoreError(f"{path}: its hole list {name} vanished (the learner compacted the store while it "
                          "was being read); read it again") from None
     return [list(h) for h in data["rows"]], [list(h) for h in data["finals"]]
-
-
-def _replay(g: zarr.Group, spec: Spec, commit: dict, holes: list[list[int]]) -> Iterator[tuple[str, Step | Discard]]:
-    n, sources = commit["steps"], commit["sources"]
-    final_index = g["final_index"][: commit["finals"]]
-    final_at = {int(i): k for k, i in enumerate(final_index)}
-    for start, stop in _blocks(_kept_rows(n, holes)):
-        obs = {f.name: g[f"obs/{f.name}"][start:stop] for f in spec.observation}
-        action = g["action"][start:stop]
-        scalars = {name: g[name][start:stop] for name in SCALARS}
-        for j in range(stop - start):
-            k = final_at.get(start + j)
-            final = None if k is None else {f.name: g[f"final/{f.name}"][k] for f in spec.observation}
-            step = Step(obs={name: v[j] for name, v in obs.items()}, action=action[j],
-                        reward=float(scalars["reward"][j]), terminated=bool(scalars["terminated"][j]),
-                        truncated=bool(scalars["truncated"][j]),
-                        is_intervention=bool(scalars["is_intervention"][j]), episode=int(scalars["episode"][j]),
-                        step=int(scalars["step"][j]), final_obs=final)
-            yield sources[int(scalars["source"][j])], step
-    for source, episode in commit["discards"]:
-        yield source, Discard(int(episode))
-
-
-def _kept_rows(n: int, holes: list[list[int]]) -> list[tuple[int, int]]:
-    """The row ranges of [0, n) outside the (sorted, disjoint) holes."""
-    out, at = [], 0
-    for a, b in holes:
-        if a > at:
-            out.append((at, min(a, n)))
-        at = max(at, b)
-    if at < n:
-        out.append((at, n))
-    return [(a, b) for a, b in out if b > a]
-
-
-def _blocks(ranges: Iterable[tuple[int, int]], size: int = 4096) -> Iterator[tuple[int, int]]:
-    for a, b in ranges:
-        for start in range(a, b, size):
-            yield start, min(b, start + size)
-
-
-def _merge(ranges: list[tuple[int, int] | list[int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for a, b in sorted((int(a), int(b)) for a, b in ranges):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return out
-
-
-def _count(holes: list[list[int]]) -> int:
-    return sum(b - a for a, b in holes)
-
-
-def _in_holes(rows: np.ndarray, holes: list[list[int]]) -> np.ndarray:
-    if not holes:
-        return np.zeros(len(rows), dtype=bool)
-    starts = np.asarray([a for a, _ in holes])
-    ends = np.asarray([b for _, b in holes])
-    k = np.searchsorted(starts, rows, side="right") - 1
-    return (k >= 0) & (rows < ends[np.maximum(k, 0)])
-
-
-def _hole_of(rows: np.ndarray, holes: list[list[int]]) -> np.ndarray:
-    """Index of the hole at or before each row (only meaningful for rows inside a hole)."""
-    return np.searchsorted(np.asarray([a for a, _ in holes]), rows, side="right") - 1
-
-
-def _runs(idx: np.ndarray) -> list[list[int]]:
-    """Consecutive integers in sorted `idx` as [start, stop) ranges."""
-    if len(idx) == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(idx) != 1)
-    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
-    stops = np.concatenate([idx[breaks], [idx[-1]]]) + 1
-    return [[int(a), int(b)] for a, b in zip(starts, stops, strict=True)]

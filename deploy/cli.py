@@ -67,6 +67,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "hilrl outbox list --state-dir DIR, or hilrl outbox set-aside --state-dir DIR --seq N: moves batch N "
         "to DIR/outbox/set-aside/ (kept, never sent) so the actor sends the rest (see docs/troubleshooting.md).",
         "hilrl.deploy.outbox:OutboxConfig", "hilrl.deploy.outbox:run_outbox", verb="action"),
+    "encoder": Subcommand(
+        "pretrain a camera policy's image encoder on demos (for --algo.encoder-weights)",
+        "Behaviour-clone the demonstrations to pretrain the image encoder; writes the trunk for "
+        "hilrl learner --algo.freeze-encoder --algo.feature-views 2 --algo.encoder-weights FILE.",
+        "hilrl.deploy.encoder:EncoderConfig", "hilrl.deploy.encoder:run_encoder", logs=True),
     "record": Subcommand(
         "record human demonstrations to a file (seed a learner with: hilrl learner --demos FILE)",
         "Record human demonstrations to a file; seed a learner with it: hilrl learner --demos FILE.",

@@ -33,6 +33,15 @@ class DemoConfig:
     takeover_after: int = opt(50, "the scripted human takes over a policy episode after this many steps")
     eval_episodes: int = opt(50, "evaluation episodes (random block positions, no takeover, no noise)")
     seed: int = opt(0, "seed for learner, sim and evaluation")
+    sim_cameras: bool = opt(False, "the camera pipeline end to end: front + wrist cameras and agent_pos only (no block "
+                                   "position), a frozen encoder with cached features (the CPU route). Within a few "
+                                   "minutes on a CPU expect about 0 % success: it shows the pipeline, not a trained "
+                                   "policy (docs/camera-policy.md)")
+
+
+# --sim-cameras: the CPU route (frozen encoder, features cached per frame); small batches keep updates fast
+CAMERA_EVAL_EPISODES = 5
+CAMERA_LEARNER_ARGS = ("--algo.freeze-encoder", "--algo.feature-views", "2", "--batch-size", "64")
 
 
 def _spawn(args: list[str], log_path: Path, stdout_path: Path | None = None) -> subprocess.Popen:
@@ -83,14 +92,16 @@ def run_demo(cfg: DemoConfig) -> int:
     learner = _spawn(["learner", "--port", "0", "--output-dir", str(learner_dir), "--seed", str(cfg.seed),
                       "--torch-threads", "1", "--demo-episodes", str(cfg.demo_episodes),
                       "--offline-steps", str(cfg.offline_steps), "--publish-every", str(cfg.publish_every),
-                      "--keep-weight-versions", "100000"],
+                      "--keep-weight-versions", "100000",
+                      *(CAMERA_LEARNER_ARGS if cfg.sim_cameras else ())],
                      learner_log)
     actor = None
     try:
         address = _wait_for_address(learner, RunDir(learner_dir).address, learner_log)
         actor = _spawn(["actor", "--learner", address, "--env", "sim", "--fps", "0", "--actor-id", "sim-0",
                         "--state-dir", str(out / "actor-state"), "--seed", str(cfg.seed),
-                        "--takeover-after", str(cfg.takeover_after)], actor_log, out / "actor.summary.json")
+                        "--takeover-after", str(cfg.takeover_after),
+                        *(("--sim-cameras",) if cfg.sim_cameras else ())], actor_log, out / "actor.summary.json")
         status = _train(cfg, address, learner, actor, fetch_status)
     finally:
         actor_rc = _stop(actor) if actor is not None else None
@@ -148,8 +159,13 @@ def _evaluate_and_report(cfg: DemoConfig, out: Path, status: dict, actor_summary
               f"{cfg.train_minutes} min); see {out / 'learner.log'}", file=sys.stderr)
         return 1
     policy = load_policy_file(policy_path)
-    with SimPickCube(seed=cfg.seed + 10_000) as env:
-        result = evaluate(policy, env, cfg.eval_episodes, seed=cfg.seed + 10_000)
+    episodes = cfg.eval_episodes
+    if cfg.sim_cameras and episodes > CAMERA_EVAL_EPISODES:  # rendering + an encoder pass per step: minutes each
+        print(f"--sim-cameras: evaluating {CAMERA_EVAL_EPISODES} episodes, not {episodes}, to stay within the "
+              f"demo's time (each costs up to 100 rendered steps with a ResNet pass)", flush=True)
+        episodes = CAMERA_EVAL_EPISODES
+    with SimPickCube(seed=cfg.seed + 10_000, cameras=cfg.sim_cameras) as env:
+        result = evaluate(policy, env, episodes, seed=cfg.seed + 10_000)
     summary = {
         "episodes": actor_summary["episodes"],
         "demo_episodes": actor_summary.get("demo_episodes"),

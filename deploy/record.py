@@ -23,8 +23,8 @@ class RecordConfig:
 
 def record(cfg: RecordConfig) -> int:
     from hilrl.actor.envs import make_env
-    from hilrl.actor.loop import PolicyRunner
-    from hilrl.buffers.assembler import Step
+    from hilrl.actor.loop import Decision, run_episode
+    from hilrl.actor.policy_runner import PolicyRunner
     from hilrl.buffers.recording import StepRecorder
 
     env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise)
@@ -32,17 +32,12 @@ def record(cfg: RecordConfig) -> int:
     successes = steps = 0
     with StepRecorder(cfg.output, env.spec) as recorder:
         for episode in tqdm(range(cfg.episodes), desc="recording", unit="ep"):
-            obs, done, t = env.reset(), False, 0
+            obs = env.reset()
             human.reset(demonstrating=True)
-            while not done:
-                action = clamp(human.action(obs))
-                next_obs, reward, terminated, truncated, info = env.step(action)
-                done = terminated or truncated
-                recorder.add(Step(obs, action, reward, terminated, truncated, True, episode, t,
-                                  next_obs if done else None))
-                obs, t = next_obs, t + 1
-            successes += int(info.get("success", False))
-            steps += t
+            result = run_episode(env, obs, lambda o, t: Decision(clamp(human.action(o)), human=True), episode,
+                                 record=recorder.add)
+            successes += int(result.success)
+            steps += result.steps
     env.close()
     print(json.dumps({"output": str(cfg.output), "episodes": cfg.episodes, "steps": steps,
                       "success_rate": successes / max(cfg.episodes, 1)}))

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hilrl.hardware.arm import Arm, EndEffector
 from hilrl.hardware.sim import SimPickCube
 
 
-class OffsetArm:
+class OffsetArm(Arm):
     """`SimPickCube` (same spec, reset, step, close) whose executed xyz motion is shifted by a constant."""
 
     def __init__(self, env: SimPickCube, action_offset: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
@@ -44,6 +45,9 @@ class OffsetArm:
             raise ValueError(f"action must have shape (4,), got {executed.shape}")
         executed[:3] += self.action_offset
         return self.env.step(executed)
+
+    def end_effector(self) -> EndEffector:
+        return self.env.end_effector()
 
     def close(self) -> None:
         self.env.close()

@@ -16,8 +16,10 @@ Observations (float32):
 Cameras (``cameras=True``, uint8 ``(128, 128, 3)`` each, HWC RGB): ``front`` (a fixed view of the
 table) and ``wrist`` (the hand camera), rendered by gym-hil with MuJoCo (``MUJOCO_GL=egl`` headless)
 with shadows off: about 8x faster than with shadows (measured here ~5 vs ~0.65 steps/s on a busy
-2-core box; ~25 vs ~3 on an idle one). The two state features stay in the observation (the scripted
-expert reads the block position from ``environment_state``).
+2-core box; ~25 vs ~3 on an idle one). With cameras, ``environment_state`` is *privileged* (a real
+arm does not know where the block is): it leaves the observation and the spec (``privileged=False``,
+the default with cameras), so it never reaches the stream, the store or the policy; the scripted
+human, who sees the scene as a person would, reads it from `scene()` instead.
 
 Action (float32, 4): ``[dx, dy, dz, g]`` in ``[-1, 1]^3 x [0, 2]``; anything outside is clipped.
 ``dx, dy, dz`` move the Cartesian target of the operational-space controller by 0.025 m per unit
@@ -49,6 +51,7 @@ import numpy as np  # noqa: E402
 from gym_hil.wrappers.hil_wrappers import DEFAULT_EE_STEP_SIZE, EEActionWrapper  # noqa: E402
 
 from hilrl.buffers.spec import Feature, Spec  # noqa: E402
+from hilrl.hardware.arm import Arm, EndEffector  # noqa: E402
 
 ENV_ID = "gym_hil/PandaPickCubeBase-v0"
 ACTION_LOW = (-1.0, -1.0, -1.0, 0.0)
@@ -61,6 +64,7 @@ QPOS = slice(0, 7)
 QVEL = slice(7, 14)
 GRIPPER = 14
 TCP = slice(15, 18)
+TARGET_BOUNDS = (np.array([0.2, -0.3, 0.0]), np.array([0.6, 0.3, 0.5]))  # gym-hil clips its EE target to these
 GRIPPER_CLOSED = 255.0
 CAMERAS = ("front", "wrist")  # gym-hil's two cameras (its "handcam_rgb" is called "wrist" in its observation)
 IMAGE_SHAPE = (128, 128, 3)
@@ -103,12 +107,20 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-class SimPickCube:
-    """The gym-hil Panda pick-cube task, state observations, 4-d end-effector action."""
+def pinch_point(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """The sim's end-effector position (metres) in an observation."""
+    return np.asarray(obs["agent_pos"][TCP], dtype=np.float64)
 
-    def __init__(self, seed: int | None = None, max_steps: int = 100, cameras: bool = False) -> None:
+
+class SimPickCube(Arm):
+    """The gym-hil Panda pick-cube task, state observations, 4-d end-effector action (an `Arm`: it
+    holds with the middle of its bounds, needs no go, and knows its pinch point from the observation)."""
+
+    def __init__(self, seed: int | None = None, max_steps: int = 100, cameras: bool = False,
+                 privileged: bool | None = None) -> None:
         self.max_steps = int(max_steps)
         self.cameras = CAMERAS if cameras else ()
+        self.privileged = not cameras if privileged is None else privileged  # environment_state in the spec
         self._rng = np.random.default_rng(seed)
         with contextlib.nullcontext() if cameras else _rendering_disabled():
             base = gym.make(
@@ -126,7 +138,7 @@ class SimPickCube:
         self.spec = Spec(
             observation=(
                 Feature("agent_pos", "float32", (AGENT_POS_DIM,)),
-                Feature("environment_state", "float32", (3,)),
+                *((Feature("environment_state", "float32", (3,)),) if self.privileged else ()),
                 *(Feature(name, "uint8", IMAGE_SHAPE) for name in self.cameras),
             ),
             action=Feature("action", "float32", (4,), ACTION_LOW, ACTION_HIGH),
@@ -164,6 +176,17 @@ class SimPickCube:
         truncated = not terminated and self._steps >= self.max_steps
         self._needs_reset = terminated or truncated
         return self._observation(obs), float(reward), terminated, truncated, {"success": success}
+
+    def scene(self) -> dict[str, np.ndarray]:
+        """What a person watching the arm knows and the observation may not hold: the block position
+        (``environment_state``), for the scripted human only."""
+        return {"environment_state": np.asarray(self._env.unwrapped._data.sensor("block_pos").data,
+                                                dtype=np.float32).copy()}
+
+    def end_effector(self) -> EndEffector:
+        """The pinch point (``agent_pos[TCP]``); gym-hil moves its own target by each delta (clipped to
+        `TARGET_BOUNDS`), and the arm lags behind that target by ~2 cm."""
+        return EndEffector(pinch_point, STEP_SIZE_M, "commanded", TARGET_BOUNDS)
 
     def close(self) -> None:
         self._env.close()

@@ -1,7 +1,7 @@
 """SO-101 / SO-100 follower arms through lerobot's ``SO101Follower`` / ``SO100Follower``.
 
-:class:`SOArm` has the sim's shape (``spec``, ``reset``, ``step``, ``hold_action``, ``close``) so the
-actor drives it like :class:`hilrl.hardware.sim.SimPickCube`. Its spec is derived from lerobot's
+:class:`SOArm` is an `Arm` (:mod:`hilrl.hardware.arm`) like :class:`hilrl.hardware.sim.SimPickCube`, so the
+actor drives both alike. Its spec is derived from lerobot's
 ``observation_features`` / ``action_features`` (the ``*.pos`` joints, in lerobot's motor order:
 shoulder_pan, shoulder_lift, elbow_flex, wrist_flex, wrist_roll, gripper; degrees, gripper 0..100):
 
@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hilrl.buffers.spec import Feature, Spec
+from hilrl.hardware.arm import Arm, EndEffector
 from hilrl.hardware.cameras import IMAGE_SIZE, Camera, CameraSpec
 from hilrl.hardware.ports import describe_ports, port_exists
 
@@ -116,7 +117,7 @@ def spec_from_features(observation_features: dict, action_features: dict, camera
     return Spec(observation=(state, *images), action=action)
 
 
-class SOArm:
+class SOArm(Arm):
     """A connected SO-10x follower (+ cameras) behind the sim's interface."""
 
     def __init__(self, cfg: ArmConfig, robot: Any = None, kinematics: Any = None) -> None:
@@ -133,7 +134,6 @@ class SOArm:
         self._steps = 0
         self.needs_go = True  # the actor waits for the operator's go before every episode
         self.ee_actions = cfg.action_mode == "ee"
-        self.ee_step_m = cfg.ee_step_m
         if cfg.rest_pose is not None and len(cfg.rest_pose) != len(self.joint_keys):
             raise ArmError(f"rest pose needs {len(self.joint_keys)} joint positions ({', '.join(self.motor_names)}), "
                            f"got {len(cfg.rest_pose)}")
@@ -236,6 +236,10 @@ class SOArm:
             half = (cal.range_max - cal.range_min) / 2 * 360 / (resolution - 1)
             low[i], high[i] = max(-half, -JOINT_LIMIT_DEG), min(half, JOINT_LIMIT_DEG)
         return low.astype(np.float32), high.astype(np.float32)
+
+    def end_effector(self) -> EndEffector | None:
+        """Ee mode: the measured end effector (forward kinematics) that lerobot adds each delta to."""
+        return EndEffector(self.ee_position, self.cfg.ee_step_m) if self.ee_actions else None
 
     def ee_position(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """End-effector xyz (metres, base frame) by lerobot's forward kinematics (ee mode only)."""

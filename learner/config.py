@@ -66,8 +66,11 @@ class LearnerConfig(ServerSecurity):
                                                              "to `wandb sync` later")
     plot_q_every: int = opt(5000, "TensorBoard figure of Q along the newest stored episodes every N updates "
                                   "(state policies with single-step critics; 0 = never)")
-    human_capacity: int = opt(200_000, "transitions kept in the human buffer")
-    policy_capacity: int = opt(500_000, "transitions kept in the policy buffer")
+    human_capacity: int | None = opt(None, "transitions kept in the human buffer; none = auto: 200000 for state "
+                                           "specs, camera specs share 40 percent of available memory 2:5 with the "
+                                           "policy buffer (logged at adoption)")
+    policy_capacity: int | None = opt(None, "transitions kept in the policy buffer; none = auto: 500000 for state "
+                                            "specs, see --human-capacity for camera specs")
     hidden: tuple[int, ...] = opt((256, 256), "hidden layer sizes of actor and critics")
     encoder: Literal["resnet10", "resnet18"] = opt("resnet10", "image encoder of camera policies (the spec's uint8 "
                                                                "HxWx3 features); see also --algo.freeze-encoder")
@@ -77,3 +80,8 @@ class LearnerConfig(ServerSecurity):
     stream_buffer_mb: int = opt(32, "MiB of batches read ahead per actor stream before gRPC flow control holds "
                                     "the actor back")
     algo: TD3Config = field(default_factory=TD3Config, metadata={"help": "TD3 / TD3+BC hyper-parameters"})
+
+    def __post_init__(self) -> None:
+        if self.chunk > 1 and self.algo.feature_views:
+            raise ValueError(f"--algo.feature-views caches features for one-step TD3 only; it cannot be combined "
+                             f"with --chunk {self.chunk} (use --chunk 1, or drop --algo.feature-views)")

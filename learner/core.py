@@ -7,7 +7,6 @@ Thread-safe; the gRPC service calls into it from many threads and the training l
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -19,19 +18,23 @@ from pathlib import Path
 import numpy as np
 
 from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
+from hilrl.buffers.durable import link_replace
 from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
-from hilrl.buffers.replay import DualBuffer, dual_buffer_nbytes
+from hilrl.buffers.replay import DualBuffer, default_frame_capacity, dual_buffer_nbytes
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.buffers.store import BufferStore, StoreError, atomic_write, read_store
 from hilrl.learner.config import LearnerConfig
+from hilrl.learner.features import cached_feature_bytes
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
 from hilrl.learner.rundir import RunDir
+from hilrl.learner.tensor_blob import EncodedWeights
 
 log = logging.getLogger(__name__)
 
 WAITING, OFFLINE, ONLINE = "waiting_for_demos", "offline", "online"
+FILES_WAIT_S = 1.0  # publish: how long the weight files wait for the subscribers to be sent the new version
 DATASET = "dataset:"  # store source prefix of seeded demonstration files (not actors)
 
 
@@ -66,6 +69,26 @@ def available_memory() -> int | None:
     return None
 
 
+STATE_CAPACITIES = (200_000, 500_000)  # human, policy: the state-spec defaults
+CAMERA_MEMORY_SHARE = 0.4  # of available memory, for camera-spec buffers with automatic capacities
+
+
+def buffer_capacities(spec: Spec, human: int | None, policy: int | None, available: int | None,
+                      cached_bytes_per_frame: int = 0) -> tuple[int, int]:
+    """--human-capacity / --policy-capacity, where None (auto) is 200k / 500k for state specs, and for camera
+    specs what fits in 40 % of available memory, 2:5 like the state defaults (never more than those), counting
+    the feature cache's bytes per frame (learner/features.py) when it is on."""
+    if not spec.image_features or available is None:
+        return (STATE_CAPACITIES[0] if human is None else human, STATE_CAPACITIES[1] if policy is None else policy)
+    per = dual_buffer_nbytes(spec, 1000, 1000) / 2000  # bytes per transition of capacity
+    per += cached_bytes_per_frame * default_frame_capacity(1000) / 1000
+    budget = CAMERA_MEMORY_SHARE * available - per * ((human or 0) + (policy or 0))
+    fits = max(2, int(budget / per) - 2)  # - 2: each ring rounds its frame slack up
+    auto_human = min(STATE_CAPACITIES[0], max(1, fits * 2 // 7))
+    auto_policy = min(STATE_CAPACITIES[1], max(1, fits - auto_human if human is None else fits))
+    return (auto_human if human is None else human, auto_policy if policy is None else policy)
+
+
 @dataclass
 class ActorRecord:
     actor_id: str
@@ -83,13 +106,6 @@ class ActorRecord:
     instance_id: str = ""  # the actor's state directory (its seq counter) whose batches are stored under this id
     session_id: str = ""  # the actor process of the newest Hello
     streams: int = 0  # live transition streams
-
-
-@dataclass
-class PublishedWeights:
-    version: int
-    blob: bytes
-    sha256: str
 
 
 class LearnerCore:
@@ -118,12 +134,12 @@ class LearnerCore:
         self.demo_episodes = 0
         self._demo_keys: set[int] = set()
         self.online_transitions = 0  # transitions received since the online stage began
-        self.weights = PublishedWeights(0, b"", "")
-        self.normalization: dict[str, np.ndarray] = {}
+        self.weights = EncodedWeights(0, b"", "")
         self.run_id = ""
         self.episode_events: list[dict] = []  # drained by the training loop for logging
         self.store_problem = ""  # why the newest append failed (disk full, ...); "" while storing works
         self._peer_session: dict[str, str] = {}  # connection -> actor process of its newest Hello
+        self._subscribers: dict[object, int] = {}  # live weight streams -> the newest version each was sent
         self.stopping = False
 
     # ------------------------------------------------------------------ start-up
@@ -170,31 +186,37 @@ class LearnerCore:
             version = json.loads(version_path.read_text())["version"]
             policy_path = self.run_dir.policy
             blob = policy_path.read_bytes() if policy_path.exists() else b""
-            self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
+            self.weights = replace(EncodedWeights.of(blob), version=version)
 
     def _adopt_spec(self, spec: Spec) -> None:
         if self.spec is not None:
             return
-        need, have = dual_buffer_nbytes(spec, self.cfg.human_capacity, self.cfg.policy_capacity), available_memory()
+        have = available_memory()
+        human_capacity, policy_capacity = buffer_capacities(spec, self.cfg.human_capacity, self.cfg.policy_capacity,
+                                                            have, cached_feature_bytes(spec, self.cfg))
+        need = dual_buffer_nbytes(spec, human_capacity, policy_capacity)
+        if self.cfg.human_capacity is None or self.cfg.policy_capacity is None:
+            log.info("buffer capacities: human %d, policy %d transitions (%.1f GiB; automatic for %s specs)",
+                     human_capacity, policy_capacity, need / 2**30, "camera" if spec.image_features else "state")
         if have is not None and need > 0.9 * have:
-            per = need / (self.cfg.human_capacity + self.cfg.policy_capacity)
+            per = need / (human_capacity + policy_capacity)
             fits = int(0.6 * have / per)
             raise BuffersTooLarge(
                 f"the replay buffers for this observation spec ({per / 1e3:.1f} kB per transition) need "
-                f"{need / 2**30:.1f} GiB for --human-capacity {self.cfg.human_capacity} + --policy-capacity "
-                f"{self.cfg.policy_capacity}, but only {have / 2**30:.1f} GiB of memory is available; start the "
+                f"{need / 2**30:.1f} GiB for --human-capacity {human_capacity} + --policy-capacity "
+                f"{policy_capacity}, but only {have / 2**30:.1f} GiB of memory is available; start the "
                 f"learner with capacities that add up to about {fits} transitions or fewer "
                 f"(e.g. --human-capacity {fits // 3} --policy-capacity {fits - fits // 3})")
         # All or nothing: the buffers, then the store, then spec.json (the run's record of its spec); a failure
         # on the way (StoreError: another spec's store is there; OSError: disk full, ...) leaves no spec adopted
         # and removes a store this call created, so the next Hello (or start) finds the learner as it was.
-        buffers = DualBuffer(spec, self.cfg.human_capacity, self.cfg.policy_capacity)
+        buffers = DualBuffer(spec, human_capacity, policy_capacity)
         store_dir = self.run_dir.store
         fresh = not (store_dir / "commit.json").exists()
         store = None
         try:
             store = BufferStore(store_dir, spec,  # disk bounded by the buffer capacities
-                                capacities=(self.cfg.human_capacity, self.cfg.policy_capacity))
+                                capacities=(human_capacity, policy_capacity))
             atomic_write(self.run_dir.spec, json.dumps(spec.to_dict(), indent=2).encode())
         except BaseException:
             if fresh and store_dir.exists():
@@ -256,8 +278,7 @@ class LearnerCore:
             record.session_id = session_id
             self._peer_session[peer] = session_id
             return {"run_id": self.run_id, "policy_config": self.policy_config(), "stage": self.stage,
-                    "weight_version": self.weights.version, "last_acked_seq": record.last_seq,
-                    "normalization": dict(self.normalization)}
+                    "weight_version": self.weights.version, "last_acked_seq": record.last_seq}
 
     def _check_identity(self, actor_id: str, instance_id: str, session_id: str) -> None:
         record = self.actors.get(actor_id)
@@ -293,10 +314,6 @@ class LearnerCore:
                 record = self.actors[actor_id]
                 record.streams = max(0, record.streams - 1)
                 record.connected = record.streams > 0
-
-    def ingest(self, actor_id: str, seq: int, items: list[Step | Discard], weight_version_applied: int) -> bool:
-        """Store one batch from an actor; returns True when it had been stored before (duplicate)."""
-        return self.ingest_batches(actor_id, [(seq, items)], weight_version_applied)[0]
 
     def ingest_batches(self, actor_id: str, batches: list[tuple[int, list[Step | Discard]]],
                        weight_version_applied: int) -> list[bool]:
@@ -395,23 +412,40 @@ class LearnerCore:
             self._published.notify_all()
         log.info("stage -> %s", stage)
 
-    def publish(self, blob: bytes) -> int:
-        """Make new actor weights visible; the version counter is persisted before it is used."""
+    def publish(self, weights: EncodedWeights | bytes) -> int:
+        """Make new actor weights visible (encoded and hashed once; every subscriber streams the same bytes).
+
+        The version counter is persisted before it is used. The weight files are written after the version
+        is visible, once every weight subscriber has been sent it (at most `FILES_WAIT_S` later), so the disk
+        writes do not compete with the streaming; a crash in between leaves the previous policy file under
+        the new version number until the next publish."""
+        if not isinstance(weights, EncodedWeights):
+            weights = EncodedWeights.of(weights)
         version = self.weights.version + 1
         atomic_write(self.run_dir.weights_version, json.dumps({"version": version}).encode())
-        atomic_write(self.run_dir.policy, blob)
-        self.run_dir.weight_history.mkdir(exist_ok=True)
-        atomic_write(self.run_dir.weight_file(version), blob)
-        for old in self.run_dir.weight_files()[: -self.cfg.keep_weight_versions]:
-            old.unlink(missing_ok=True)
         with self.lock:
-            self.weights = PublishedWeights(version, blob, hashlib.sha256(blob).hexdigest())
+            self.weights = replace(weights, version=version)
             self.lock.notify_all()
             self._published.notify_all()
+            self.lock.wait_for(lambda: all(v >= version for v in self._subscribers.values()), timeout=FILES_WAIT_S)
+        self.run_dir.weight_history.mkdir(exist_ok=True)
+        atomic_write(self.run_dir.weight_file(version), weights.data)
+        link_replace(self.run_dir.weight_file(version), self.run_dir.policy)
+        for old in self.run_dir.weight_files()[: -self.cfg.keep_weight_versions]:
+            old.unlink(missing_ok=True)
         return version
 
+    def subscriber_has(self, subscriber: object, version: int | None) -> None:
+        """A weight stream (``subscriber``) has been sent ``version``; None: the stream ended."""
+        with self.lock:
+            if version is None:
+                self._subscribers.pop(subscriber, None)
+            else:
+                self._subscribers[subscriber] = version
+            self.lock.notify_all()
+
     def wait_for_change(self, stage_seen: str | None, version_seen: int,
-                        timeout: float) -> tuple[str, PublishedWeights]:
+                        timeout: float) -> tuple[str, EncodedWeights]:
         """Block until the stage or the published version differs from what a subscriber has."""
         with self.lock:
             self._published.wait_for(lambda: self.stopping or self.stage != stage_seen
@@ -448,11 +482,6 @@ class LearnerCore:
         """The update just counted was an offline (TD3+BC on demonstrations) one."""
         self.offline_steps_done += 1
 
-    def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
-        """The state statistics the policy normalises with (sent to actors in Hello, kept in the state file)."""
-        with self.lock:
-            self.normalization = {"obs_mean": mean, "obs_std": std}
-
     def take_episode_events(self) -> list[dict]:
         """The episode ends stored since the last call (for logging), oldest first."""
         with self.lock:
@@ -487,8 +516,8 @@ class LearnerCore:
                 "demo_episodes": self.demo_episodes,
                 "demo_episodes_needed": self.cfg.demo_episodes,
                 "buffers": {
-                    "human": _buffer_status(human, self.cfg.human_capacity),
-                    "policy": _buffer_status(policy, self.cfg.policy_capacity),
+                    "human": _buffer_status(human, self.cfg.human_capacity or 0),
+                    "policy": _buffer_status(policy, self.cfg.policy_capacity or 0),
                 },
                 "actors": [
                     {"id": a.actor_id, "transitions_received": a.transitions, "last_acked_seq": a.last_seq,
@@ -509,14 +538,14 @@ class LearnerCore:
         with self.lock:
             state = {"stage": self.stage, "learner_step": self.learner_step,
                      "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
-                     "actors": [asdict(a) | {"connected": False} for a in self.actors.values()],
-                     "normalization": {k: v.tolist() for k, v in self.normalization.items()}}
+                     "actors": [asdict(a) | {"connected": False} for a in self.actors.values()]}
         atomic_write(path or self.run_dir.state, json.dumps(state, indent=2).encode())
 
     def load_state(self) -> None:
-        """Stage, step counters and normalisation of a previous run (see `save_state`), if it saved any: the
-        run's learner_state.json, or the latest checkpoint's copy when that is newer (a kill after the checkpoint
-        was renamed into place, before the run's file was replaced)."""
+        """Stage and step counters of a previous run (see `save_state`), if it saved any: the run's
+        learner_state.json, or the latest checkpoint's copy when that is newer (a kill after the checkpoint was
+        renamed into place, before the run's file was replaced). (The normalisation statistics live in the
+        policy and the training checkpoint; an older state file's copy is ignored.)"""
         states = [json.loads(p.read_text()) for p in (self.run_dir.state, self.run_dir.checkpoint_state())
                   if p is not None and p.exists()]
         if not states:
@@ -525,7 +554,6 @@ class LearnerCore:
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]
-        self.normalization = {k: np.asarray(v, dtype=np.float32) for k, v in state["normalization"].items()}
 
 
 def store_failure(exc: OSError, store: Path) -> str:

@@ -22,6 +22,7 @@ a critic part.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,12 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from hilrl.learner.encoders import ENCODERS, CameraHeads, ImageEncoder, feature_map_shape
 from hilrl.learner.residual import base_action_index, residual_normalization
+from hilrl.learner.tensor_blob import EncodedWeights, decode, encode
 
 STD_EPS = 1e-3  # lower clamp on the per-feature state std
 
@@ -321,15 +321,47 @@ def policy_to_safetensors_bytes(policy: Policy) -> bytes:
     Exactly ``policy.state_dict()``: the actor (and, for a camera policy, the image encoder and the
     actor's camera heads) and the statistics; critics never travel.
     """
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
-    return st_save(tensors, metadata={"policy_config": json.dumps(policy.cfg.to_dict())})
+    return bytes(_encode_policy(policy))
 
 
-def policy_from_safetensors_bytes(cfg: PolicyConfig, data: bytes) -> Policy:
-    """Inverse of `policy_to_safetensors_bytes` (eval mode, no grad); strict: keys and shapes must match."""
-    policy = Policy(cfg)
-    policy.load_state_dict(st_load(data), strict=True)
+def encode_policy(policy: Policy) -> EncodedWeights:
+    """What the learner publishes: `policy_to_safetensors_bytes` without the copy into ``bytes``, hashed once."""
+    return EncodedWeights.of(_encode_policy(policy))
+
+
+def _encode_policy(policy: Policy) -> memoryview:
+    return encode(policy.state_dict(), {"policy_config": json.dumps(policy.cfg.to_dict())})
+
+
+def policy_from_safetensors_bytes(cfg: PolicyConfig, data: bytes | bytearray) -> Policy:
+    """Inverse of `policy_to_safetensors_bytes` (eval mode, no grad); strict: keys, shapes and dtypes must
+    match. A ``bytearray`` is used in place (the policy's tensors are views into it)."""
+    return policy_from_tensors(cfg, decode(data)[0])
+
+
+def policy_from_tensors(cfg: PolicyConfig, tensors: dict[str, Tensor]) -> Policy:
+    """A `Policy` whose state is ``tensors`` themselves (not copies), built without random initialisation:
+    the modules are created on the meta device and the tensors assigned. Strict like `load_state_dict`."""
+    with torch.device("meta"):
+        policy = Policy(cfg)
+    for name, want in policy.state_dict().items():
+        have = tensors.get(name)
+        if have is not None and have.dtype != want.dtype:
+            raise ValueError(f"{name}: dtype {have.dtype}, expected {want.dtype}")
+    policy.load_state_dict(tensors, strict=True, assign=True)
+    for module_name, module in policy.named_modules():  # non-persistent buffers (constants) are not in the state
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_meta:
+                module._buffers[name] = _constants(json.dumps(cfg.to_dict()))[f"{module_name}.{name}".lstrip(".")]
     return policy.eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=4)
+def _constants(cfg_json: str) -> dict[str, Tensor]:
+    """The non-persistent buffers of a `Policy` of this config (e.g. the image encoder's ImageNet statistics)."""
+    policy = Policy(PolicyConfig.from_dict(json.loads(cfg_json)))
+    persistent = policy.state_dict()
+    return {k: v for k, v in policy.named_buffers() if k not in persistent}
 
 
 def load_policy_file(path: str | Path) -> Policy:
@@ -339,4 +371,4 @@ def load_policy_file(path: str | Path) -> Policy:
     if "policy_config" not in metadata:
         raise ValueError(f"{path} carries no policy_config metadata; is it a hilrl policy file?")
     cfg = PolicyConfig.from_dict(json.loads(metadata["policy_config"]))
-    return policy_from_safetensors_bytes(cfg, Path(path).read_bytes())
+    return policy_from_safetensors_bytes(cfg, bytearray(Path(path).read_bytes()))

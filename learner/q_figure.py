@@ -11,7 +11,6 @@ Q1(s, pi(s)) (its value of what the policy would do), the reward, and the steps 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from hilrl.buffers.spec import Spec
+    from hilrl.buffers.step_table import StepTable
     from hilrl.learner.networks import Critic, Policy
 
 
@@ -44,39 +44,36 @@ class Episode:
 # ---------------------------------------------------------------------- reading episodes
 
 
-def _episodes_from_group(g: Any, spec: Spec, n_rows: int, sources: list[str] | None = None,
-                         discarded: set[tuple[str, int]] | frozenset = frozenset(), start: int = 0,
-                         dropped: np.ndarray | None = None) -> list[Episode]:
-    """Split rows [start, n_rows) of a recording/store group into complete episodes, in order of their end
-    (an episode whose first step lies before `start`, or with rows the store has dropped, is left out).
-    `dropped`: per row in [start, n_rows), True where a bounded store freed the row (a hole)."""
+def _episodes(table: StepTable, start: int, stop: int, sources: list[str] | None = None,
+              discarded: set[tuple[str, int]] | frozenset = frozenset(),
+              freed: np.ndarray | None = None) -> list[Episode]:
+    """The complete episodes within rows [start, stop) of a step table, in order of their end (an episode begun
+    before `start` or with rows a bounded store freed is left out). `freed`: per row, True where it was freed."""
+    from hilrl.buffers.assembler import episode_runs
     from hilrl.buffers.spec import state_vector
 
-    rows_ = slice(start, n_rows)
-    obs = {f.name: g[f"obs/{f.name}"][rows_] for f in spec.state_features}  # never the (large) images
-    states = state_vector(obs, spec)
-    actions = np.asarray(g["action"][rows_], dtype=np.float32)
-    reward = np.asarray(g["reward"][rows_], dtype=np.float32)
-    terminated = np.asarray(g["terminated"][rows_])
-    ended = terminated | np.asarray(g["truncated"][rows_])
-    human = np.asarray(g["is_intervention"][rows_], dtype=bool)
-    episode = np.asarray(g["episode"][rows_])
-    step = np.asarray(g["step"][rows_])
-    source = np.asarray(g["source"][rows_]) if sources is not None else np.zeros(len(episode), np.int64)
-    rows: dict[tuple[str, int], list[int]] = {}
+    spec = table.spec
+    obs = [f"obs/{f.name}" for f in spec.state_features]  # never the (large) images
+    v = table.read([*obs, "action", *table.scalars], start, stop)
+    states = state_vector({f.name: v[f"obs/{f.name}"] for f in spec.state_features}, spec)
+    actions = np.asarray(v["action"], dtype=np.float32)
+    reward = np.asarray(v["reward"], dtype=np.float32)
+    terminated = np.asarray(v["terminated"])
+    ended = terminated | np.asarray(v["truncated"])
+    human = np.asarray(v["is_intervention"], dtype=bool)
+    episode, step = np.asarray(v["episode"]), np.asarray(v["step"])
+    source = np.asarray(v["source"]) if sources is not None else np.zeros(len(episode), np.int64)
+    kept = np.flatnonzero(~freed) if freed is not None else np.arange(len(episode))
     out: list[Episode] = []
-    for i in range(len(episode)):
-        if dropped is not None and dropped[i]:
-            continue
-        key = (sources[int(source[i])] if sources is not None else "", int(episode[i]))
-        rows.setdefault(key, []).append(i)
-        if ended[i]:
-            idx = np.asarray(rows.pop(key))
-            if key in discarded or not np.array_equal(step[idx], np.arange(len(idx))):
-                continue  # discarded, begun before `start`, or partly freed by the store
-            name = f"{key[0]} ep {key[1]}" if key[0] else f"ep {key[1]}"
-            out.append(Episode(name, states[idx], actions[idx], reward[idx], human[idx],
-                               bool(terminated[i] and reward[i] > 0)))
+    stream = ((int(source[i]), int(episode[i]), int(step[i]), bool(ended[i])) for i in kept)
+    for sid, run, closed in episode_runs(stream):
+        idx = kept[run]
+        name = sources[sid] if sources is not None else ""
+        if not closed or step[idx[0]] != 0 or (name, int(episode[idx[0]])) in discarded:
+            continue  # still going, begun before `start` or partly freed, or discarded
+        title = f"{name} ep {episode[idx[0]]}" if name else f"ep {episode[idx[0]]}"
+        out.append(Episode(title, states[idx], actions[idx], reward[idx], human[idx],
+                           bool(terminated[idx[-1]] and reward[idx[-1]] > 0)))
     return out
 
 
@@ -84,31 +81,23 @@ def read_recording_episodes(path: Path) -> tuple[Spec, list[Episode]]:
     """The complete episodes of a step recording."""
     from hilrl.buffers.recording import open_recording
 
-    spec, g = open_recording(path)
-    return spec, _episodes_from_group(g, spec, int(g["action"].shape[0]))
+    table = open_recording(path)
+    return table.spec, _episodes(table, 0, len(table))
 
 
 def read_store_episodes(path: Path, tail_rows: int | None = None) -> tuple[Spec, list[Episode]]:
     """The complete, non-discarded episodes of a learner buffer store, read-only (up to its last commit);
     with `tail_rows`, only those within its last `tail_rows` steps."""
-    import zarr
+    from hilrl.buffers.store import StoreError, store_snapshot
 
-    from hilrl.buffers.spec import Spec
-    from hilrl.buffers.store import FORMAT, freed_rows
-
-    commit_path = Path(path) / "commit.json"
-    if not commit_path.exists():
-        raise ValueError(f"{path}: no learner buffer store there (no commit.json); give <learner output-dir>/store")
-    commit = json.loads(commit_path.read_text())
-    if commit.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a hilrl buffer store (format {commit.get('format')!r})")
-    g = zarr.open_group(str(path), mode="r")
-    spec = Spec.from_dict(g.attrs["spec"])
-    discarded = {(str(s), int(e)) for s, e in commit["discards"]}
-    n = int(commit["steps"])
+    try:
+        snap = store_snapshot(path)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    n = snap.steps
     start = 0 if tail_rows is None else max(0, n - tail_rows)
-    dropped = freed_rows(path, commit, np.arange(start, n))  # rows a bounded store freed read back as zeros
-    return spec, _episodes_from_group(g, spec, n, list(commit["sources"]), discarded, start, dropped)
+    freed = snap.freed(np.arange(start, n))  # rows a bounded store freed read back as zeros
+    return snap.spec, _episodes(snap.table, start, n, snap.sources, snap.discarded(), freed)
 
 
 def q_series(policy: Policy, critic: Critic, episode: Episode) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from hilrl.buffers.store import StoreError
 from hilrl.learner.core import ActorIdTaken, ActorInUse, BuffersTooLarge, LearnerCore, ReservedActorId, SpecMismatch
 from hilrl.learner.limits import ByteBudget, ServerLimits, StreamSlots
+from hilrl.learner.tensor_blob import EncodedWeights
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
@@ -65,9 +66,9 @@ def add_to_server(service: LearnerService, server: grpc.Server) -> None:
         "StreamTransitions": grpc.stream_stream_rpc_method_handler(
             service.StreamTransitions, request_deserializer=_parser(pb.TransitionBatch),
             response_serializer=ser(pb.Ack)),
-        "SubscribeWeights": grpc.unary_stream_rpc_method_handler(
+        "SubscribeWeights": grpc.unary_stream_rpc_method_handler(  # weight chunks come serialized already
             service.SubscribeWeights, request_deserializer=_parser(pb.SubscribeRequest),
-            response_serializer=ser(pb.LearnerEvent)),
+            response_serializer=_serialize),
         "GetStatus": grpc.unary_unary_rpc_method_handler(
             service.GetStatus, request_deserializer=_parser(pb.StatusRequest),
             response_serializer=ser(pb.StatusReply)),
@@ -118,7 +119,6 @@ class LearnerService(pb_grpc.LearnerServicer):
             weight_version=info["weight_version"],
             last_acked_seq=info["last_acked_seq"],
             stage=codec.STAGE_VALUES[info["stage"]],
-            normalization=codec.encode_tensor_map(info["normalization"]),
             max_message_bytes=min(filter(None, (request.max_message_bytes, self.core.cfg.max_message_mb << 20))),
         )
 
@@ -187,41 +187,31 @@ class LearnerService(pb_grpc.LearnerServicer):
         return None
 
     def SubscribeWeights(self, request: pb.SubscribeRequest,
-                         context: grpc.ServicerContext) -> Iterator[pb.LearnerEvent]:
+                         context: grpc.ServicerContext) -> Iterator[pb.LearnerEvent | bytes]:
         _reject_malformed(request, context)
         if refused := self.subscriptions.enter():
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+        stage_seen: str | None = None
+        have = request.have_version
+        me = object()  # this stream, for the core's "every subscriber has been sent the new version" wait
+        self.core.subscriber_has(me, have)
         try:
-            stage_seen: str | None = None
-            have = request.have_version
             while context.is_active() and not self.core.stopping:
                 stage, weights = self.core.wait_for_change(stage_seen, have, timeout=1.0)
                 if stage != stage_seen:
                     stage_seen = stage
                     yield pb.LearnerEvent(stage=codec.STAGE_VALUES[stage])
                 if weights.version > have:
-                    yield from weight_chunks(weights.version, weights.sha256, weights.blob)
+                    yield from weight_chunks(weights)
                     have = weights.version
+                    self.core.subscriber_has(me, have)
         finally:
+            self.core.subscriber_has(me, None)
             self.subscriptions.leave()
 
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         _reject_malformed(request, context)
-        s = self.core.status()
-        return pb.StatusReply(
-            protocol_version=codec.PROTOCOL_VERSION,
-            run_id=s["run_id"],
-            stage=codec.STAGE_VALUES[s["stage"]],
-            learner_step=s["learner_step"],
-            offline_steps=s["offline_steps"],
-            weight_version=s["weight_version"],
-            human=pb.BufferStatus(**s["buffers"]["human"]),
-            policy=pb.BufferStatus(**s["buffers"]["policy"]),
-            actors=[pb.ActorStatus(**a) for a in s["actors"]],
-            demo_episodes=s["demo_episodes"],
-            demo_episodes_needed=s["demo_episodes_needed"],
-            store_problem=s["store_problem"],
-        )
+        return codec.encode_status(self.core.status())
 
 
 def _store_failed(exc: OSError, problem: str) -> tuple[grpc.StatusCode, str]:
@@ -231,12 +221,33 @@ def _store_failed(exc: OSError, problem: str) -> tuple[grpc.StatusCode, str]:
     return (grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE), f"learner {problem}"
 
 
-def weight_chunks(version: int, sha256: str, blob: bytes) -> Iterator[pb.LearnerEvent]:
-    total = len(blob)
-    for offset in range(0, max(total, 1), WEIGHT_CHUNK_BYTES):
-        chunk = pb.WeightsChunk(version=version, sha256=sha256, total_size=total, offset=offset,
-                                data=blob[offset:offset + WEIGHT_CHUNK_BYTES])
-        yield pb.LearnerEvent(weights=chunk)
+def weight_chunks(weights: EncodedWeights) -> Iterator[bytes]:
+    """One version as serialized `LearnerEvent`s, each a slice of its one encoded buffer naming the version, total
+    size and sha256. Framed by hand (a message is the concatenation of its encoded fields), so each chunk's bytes
+    are copied once, straight from the buffer, instead of into a message and again out of it."""
+    total = len(weights.data)
+    for offset, data in weights.chunks(WEIGHT_CHUNK_BYTES):
+        head = pb.WeightsChunk(version=weights.version, sha256=weights.sha256, total_size=total,
+                               offset=offset).SerializeToString()
+        head += _DATA_TAG + _varint(len(data))
+        yield b"".join((_WEIGHTS_TAG, _varint(len(head) + len(data)), head, data))
+
+
+_DATA_TAG = bytes([pb.WeightsChunk.DATA_FIELD_NUMBER << 3 | 2])  # field 5, length-delimited
+_WEIGHTS_TAG = bytes([pb.LearnerEvent.WEIGHTS_FIELD_NUMBER << 3 | 2])  # field 2, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _serialize(message: Message | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 _END = object()

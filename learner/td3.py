@@ -70,6 +70,16 @@ class TD3Config:
                                                "file with torchvision ResNet key names; none = random init")
     image_pad: int = option(4, "camera policies: DrQ random-shift augmentation, pixels of replicate padding "
                                "(0 = no augmentation)")
+    feature_views: int = option(0, "camera policies with --algo.freeze-encoder: cache each frame's encoder features "
+                                   "once, as N views (the frame and N-1 DrQ shifts, float16), and reuse them in "
+                                   "every update (learner/features.py); 0 = encode every batch")
+
+    def __post_init__(self) -> None:
+        if self.feature_views < 0:
+            raise ValueError(f"--algo.feature-views must be >= 0, got {self.feature_views}")
+        if self.feature_views and not self.freeze_encoder:
+            raise ValueError("--algo.feature-views caches the features of a fixed encoder: it needs "
+                             "--algo.freeze-encoder (a trained encoder changes its features every update)")
 
 
 @dataclass
@@ -154,10 +164,13 @@ class TD3:
         """Augmented feature maps of the batch's ``images`` and ``next_images`` (None, None for state policies).
 
         Trainable encoder: ``s`` with autograd (the critic loss trains the encoder), ``s'`` without.
-        Frozen encoder: both in one call without autograd.
+        Frozen encoder: both in one call without autograd. A batch that already carries "fmaps" and
+        "next_fmaps" (a `FeatureCache`'s) is used as it is.
         """
         if self.encoder is None:
             return None, None
+        if "fmaps" in batch:  # cached features of the frozen encoder (learner/features.py)
+            return batch["fmaps"], batch["next_fmaps"]
         pad, gen = self.cfg.image_pad, self.generator
 
         def stacked(key: str) -> Tensor:

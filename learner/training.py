@@ -29,7 +29,8 @@ from hilrl.buffers.spec import Spec
 from hilrl.buffers.torch_batch import state_tensor, to_torch
 from hilrl.learner.chunked import ChunkedTD3
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
-from hilrl.learner.networks import compute_state_stats, policy_to_safetensors_bytes
+from hilrl.learner.features import FeatureCache, cached_batch, dual_indices, feature_cache
+from hilrl.learner.networks import compute_state_stats, encode_policy
 from hilrl.learner.td3 import TD3
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class Trainer:
             torch.set_num_threads(self.cfg.torch_threads)
         self.rng = np.random.default_rng(self.cfg.seed)
         self.td3: TD3 | None = None
+        self.features: FeatureCache | None = None  # --algo.feature-views
         self.writer = None
         self.run_dir = core.run_dir
         self._last_report = 0.0
@@ -208,6 +210,7 @@ class Trainer:
         assert core.spec is not None
         algo = ChunkedTD3 if self.cfg.chunk > 1 else TD3  # --chunk h > 1: action-chunked critic (chunked.py)
         self.td3 = algo(core.policy_config(), self.cfg.algo, self.device, seed=self.cfg.seed)
+        self.features = feature_cache(self.td3, self.cfg.chunk)
         low, high = np.array(core.spec.action.low), np.array(core.spec.action.high)
         self.td3.set_normalization(np.zeros(core.spec.state_dim), np.ones(core.spec.state_dim), low, high)
         latest = self.run_dir.latest_checkpoint()
@@ -220,7 +223,6 @@ class Trainer:
         assert states is not None and self.core.spec is not None
         mean, std = compute_state_stats(states)
         self.td3.set_normalization(mean, std, self.core.spec.action.low, self.core.spec.action.high)
-        self.core.set_normalization(mean, std)
         log.info("normalisation from %d human transitions; offline TD3+BC for %d updates",
                  len(states), self.cfg.offline_steps)
         self.core.set_stage(OFFLINE)
@@ -234,6 +236,12 @@ class Trainer:
             self._note_mix()
         if cfg.chunk > 1:
             return self._sample_chunks(human_only)
+        if self.features is not None:  # --algo.feature-views: cached frozen-encoder features
+            assert core.buffers is not None and core.spec is not None
+            buffers = core.buffers
+            return cached_batch(self.features, lambda: dual_indices(buffers, cfg.batch_size, cfg.human_ratio,
+                                                                    self.rng, human_only), core.spec, core.lock,
+                                self.rng)
         with core.lock:
             assert core.buffers is not None and core.spec is not None
             if human_only:
@@ -311,8 +319,7 @@ class Trainer:
 
     def _publish(self, checkpoint: bool = True) -> None:
         assert self.td3 is not None
-        blob = policy_to_safetensors_bytes(self.td3.policy)
-        version = self.core.publish(blob)
+        version = self.core.publish(encode_policy(self.td3.policy))
         self._published_step = self.core.learner_step
         if checkpoint:
             self.checkpoint()  # training state, stage and actor records consistent with the newest version

@@ -162,3 +162,28 @@ def _decode_transition(t: pb.Transition, spec: Spec, what: str) -> Step:
         step=int(t.step),
         final_obs=decode_observation(t.final_observation, spec, f"{what}.final_observation") if ends else None,
     )
+
+
+STATUS_SCALARS = ("learner_step", "offline_steps", "weight_version", "demo_episodes", "demo_episodes_needed")
+
+
+def encode_status(status: Mapping) -> pb.StatusReply:
+    """The learner's status (``LearnerCore.status()``) as a StatusReply; `decode_status` is its inverse."""
+    return pb.StatusReply(
+        protocol_version=PROTOCOL_VERSION, run_id=status["run_id"], store_problem=status["store_problem"],
+        stage=STAGE_VALUES[status["stage"]], **{k: status[k] for k in STATUS_SCALARS},
+        human=pb.BufferStatus(**status["buffers"]["human"]), policy=pb.BufferStatus(**status["buffers"]["policy"]),
+        actors=[pb.ActorStatus(**a) for a in status["actors"]])
+
+
+def decode_status(reply: pb.StatusReply) -> dict:
+    """A StatusReply as the dict ``LearnerCore.status()`` returns (what `hilrl status` prints), plus the
+    learner's protocol version; float fields rounded to 2 decimals."""
+    def fields(message) -> dict:
+        return {f.name: round(v, 2) if isinstance(v := getattr(message, f.name), float) else v
+                for f in message.DESCRIPTOR.fields}
+
+    return {"stage": STAGE_NAMES.get(reply.stage, "unknown"), **{k: getattr(reply, k) for k in STATUS_SCALARS},
+            "buffers": {"human": fields(reply.human), "policy": fields(reply.policy)},
+            "actors": [fields(a) for a in reply.actors], "run_id": reply.run_id,
+            "store_problem": reply.store_problem, "protocol_version": reply.protocol_version}

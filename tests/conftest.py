@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,8 +129,22 @@ class Link:
 
     def __init__(self, policy) -> None:
         self.stage, self.fatal, self.actor_id, self.weight_version_applied = "online", None, "t", 0
+        self.loop_stats = None
+        self.connected = threading.Event()
+        self.connected.set()
         self._policy = (1, policy)
 
     def take_policy(self):
         new, self._policy = self._policy, None
         return new
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one CPU thread for the test (2-core CI runners; other tests run alongside)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -185,17 +185,10 @@ def test_schedule_labels_human_and_policy_episodes(tmp_path: Path, caplog) -> No
                         "next: policy episode 1/2", "next: policy episode 2/2"]
 
 
-class ConnectedLink(Link):
-    def __init__(self, policy: Policy) -> None:
-        super().__init__(policy)
-        self.connected = threading.Event()
-        self.connected.set()
-
-
 def test_learner_lost_keep_runs_the_last_policy_on(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     env = SimPickCube(seed=3)
-    link = ConnectedLink(idle_policy(env.spec))
+    link = Link(idle_policy(env.spec))
     env.close()
     loop, env, state, outbox = make_loop(tmp_path, ScriptedHuman({14: HumanEvents(end="failure")}), link, fps=20,
                                          batch_steps=2, learner_lost_after_s=0.3, on_learner_lost="keep")
@@ -211,7 +204,7 @@ def test_learner_lost_keep_runs_the_last_policy_on(tmp_path: Path, caplog) -> No
 def test_learner_lost_hold_ends_the_episode_and_waits_until_it_is_back(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     env = SimPickCube(seed=3)
-    link = ConnectedLink(idle_policy(env.spec))
+    link = Link(idle_policy(env.spec))
     env.close()
     loop, env, state, outbox = make_loop(tmp_path, ScriptedHuman({40: HumanEvents(end="failure")}), link, fps=20,
                                          batch_steps=2, learner_lost_after_s=0.3, on_learner_lost="hold",
@@ -393,3 +386,19 @@ def test_a_detector_without_its_camera_is_refused_before_the_first_episode(tmp_p
         ActorLoop(cfg, env, ScriptedHuman({}), Link(idle_policy(env.spec)), Outbox(tmp_path / "o"),
                   StateDir(tmp_path / "s", "t"), threading.Event())
     env.close()
+
+
+def test_a_checkpoint_run_writes_no_outbox_and_logs_no_error(tmp_path: Path, caplog) -> None:
+    """``--checkpoint`` (no learner): the stand-ins take every step quietly (the old one lacked the outbox's
+    ``stage``, and the writer logged a traceback for every step)."""
+    from hilrl.actor.standalone import CheckpointLink, LocalEpisodes, NullOutbox
+
+    caplog.set_level(logging.WARNING)
+    env = SimPickCube(seed=3, max_steps=20)
+    cfg = ActorConfig(fps=0, max_episodes=2, exploration_noise=0.0, seed=0)
+    loop = ActorLoop(cfg, env, ScriptedHuman({}), CheckpointLink(idle_policy(env.spec)), NullOutbox(),
+                     LocalEpisodes(), threading.Event(), standalone=True)
+    summary = loop.run()
+    env.close()
+    assert summary["episodes"] == 2 and summary["steps"] > 2 and summary["unacked"] == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]

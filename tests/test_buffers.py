@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hilrl.buffers.assembler import EpisodeAssembler, Step
+from hilrl.buffers.assembler import EpisodeAssembler, Step, StepLinker, episode_runs
 from hilrl.buffers.replay import DualBuffer, ReplayBuffer, Transition
 from hilrl.buffers.spec import Feature, Spec, state_vector
 
@@ -68,6 +68,25 @@ def test_final_observation_is_required_at_an_episode_end() -> None:
 
 def transition(v: float, key: int = 0, human: bool = False) -> Transition:
     return Transition(o(v), np.array([0.5], np.float32), 1.0, o(v + 1), False, False, key, human)
+
+
+def test_episode_runs_split_interleaved_streams_at_ends_restarts_and_the_end_of_input() -> None:
+    stream = [("a", 0, 0, False), ("b", 5, 0, False), ("a", 0, 1, True), ("b", 5, 1, False),
+              ("a", 1, 0, False), ("b", 5, 0, False),  # b restarted: steps 0-1 are orphaned
+              ("b", 5, 1, False), ("a", 1, 2, False)]  # a skipped a step
+    assert list(episode_runs(stream)) == [("a", [0, 2], True), ("b", [1, 3], False), ("a", [4], False),
+                                          ("b", [5, 6], False), ("a", [7], False)]
+
+
+def test_step_linker_links_only_the_next_step_of_the_same_episode_and_forgets_discards() -> None:
+    linker: StepLinker[str] = StepLinker()
+    assert linker.link("a", 0, 0, "s0", False) == (None, None)
+    assert linker.link("a", 0, 1, "s1", False) == ("s0", None)
+    assert linker.link("a", 1, 2, "t2", False) == (None, "s1")  # another episode: s1 never gets a successor
+    linker.forget("a", 0)
+    assert "a" in linker.waiting
+    linker.forget("a", 1)
+    assert linker.link("a", 1, 3, "t3", True) == (None, None) and not linker.waiting
 
 
 def test_ring_buffer_overwrites_oldest_and_keeps_dtypes() -> None:

@@ -29,14 +29,7 @@ HW = 64  # smoke-size images keep CI fast; the benchmark and the sim use 128x128
 CAMS = ("front", "wrist")
 CPU = torch.device("cpu")
 LOW, HIGH = np.array([-1, -1, -1, 0], np.float32), np.array([1, 1, 1, 2], np.float32)
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cam_cfg(hw: int = HW, encoder: str = "resnet10") -> PolicyConfig:
@@ -285,12 +278,13 @@ def test_trainer_batches_reach_the_device_as_stored(tmp_path: Path):
 
 @pytest.mark.e2e
 def test_camera_learner_and_sim_actor_over_grpc(spawn, tmp_path: Path):
-    """A real learner and a real sim actor with --sim-cameras: demos, offline updates, weights, online updates."""
+    """A real learner and a real sim actor with --sim-cameras: demos, offline updates, weights, online updates;
+    the CPU route (frozen encoder, cached features) and no privileged state in the stream."""
     port, out = free_port(), tmp_path / "learner"
     learner = spawn("learner", "--port", str(port), "--output-dir", str(out), "--demo-episodes", "1",
                     "--offline-steps", "2", "--publish-every", "2", "--batch-size", "4", "--hidden", "16,16",
                     "--human-capacity", "400", "--policy-capacity", "400", "--torch-threads", "1",
-                    "--algo.image-pad", "4", name="learner")
+                    "--algo.image-pad", "4", "--algo.freeze-encoder", "--algo.feature-views", "2", name="learner")
     actor = spawn("actor", "--learner", f"127.0.0.1:{port}", "--env", "sim", "--sim-cameras", "--fps", "0",
                   "--state-dir", str(tmp_path / "actor"), "--seed", "0", "--takeover-after", "3",
                   "--max-episodes", "3", name="actor")
@@ -308,6 +302,7 @@ def test_camera_learner_and_sim_actor_over_grpc(spawn, tmp_path: Path):
     assert summary["weight_version"] >= 1 and summary["episodes"] == 3  # the actor ran the camera policy
     spec = json.loads((out / "spec.json").read_text())
     assert {"name": "front", "dtype": "uint8", "shape": [128, 128, 3]} in spec["observation"]
+    assert "environment_state" not in {f["name"] for f in spec["observation"]}  # never sent with cameras
     assert learner.stop() == 0
     from safetensors import safe_open
 

@@ -14,8 +14,9 @@ from conftest import Link, free_port, train_online
 
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.human import HumanEvents
-from hilrl.actor.loop import ActorLoop, PolicyRunner
+from hilrl.actor.loop import ActorLoop
 from hilrl.actor.outbox import Outbox, StateDir
+from hilrl.actor.policy_runner import PolicyRunner
 from hilrl.buffers.assembler import Step
 from hilrl.buffers.replay import DualBuffer, ReplayBuffer, Transition
 from hilrl.buffers.sequences import gather_sequences, sample_sequences

@@ -13,6 +13,8 @@ from conftest import free_port, run_hilrl
     ("actor", ["--learner", "--env", "--actor-id", "--fps", "--max-episodes", "--state-dir"]),
     ("status", ["--learner"]),
     ("demo", ["--train-minutes", "--eval-episodes"]),
+    ("encoder", ["--demos", "--output", "--steps"]),
+    ("learner", ["--algo.feature-views", "--algo.freeze-encoder", "--human-capacity"]),
 ])
 def test_every_subcommand_explains_its_options(command: str, expected: list[str]) -> None:
     r = run_hilrl(command, "--help")

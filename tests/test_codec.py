@@ -121,3 +121,14 @@ def test_spec_mismatch_names_each_difference() -> None:
     assert "'front' is missing" in problem and "'wrist' is unexpected" in problem
     assert "state: float32[5]" in problem and "state: float32[6]" in problem
     assert SPEC.mismatch(SPEC) is None
+
+
+def test_status_round_trips_through_its_reply() -> None:
+    actor = {"id": "arm", "transitions_received": 7, "last_acked_seq": 3, "weight_version_applied": 2,
+             "policy_lag": 1, "connected": True, "episodes": 2, "interventions": 4, "loop_period_p50_ms": 100.25,
+             "loop_period_p99_ms": 120.5, "overruns": 1, "watchdog_holds": 0, "safety_clamps": 5}
+    status = {"run_id": "r", "store_problem": "", "stage": "online", "learner_step": 10, "offline_steps": 4,
+              "weight_version": 3, "demo_episodes": 2, "demo_episodes_needed": 2,
+              "buffers": {"human": {"size": 5, "capacity": 10}, "policy": {"size": 0, "capacity": 20}},
+              "actors": [actor]}
+    assert codec.decode_status(codec.encode_status(status)) == status | {"protocol_version": codec.PROTOCOL_VERSION}

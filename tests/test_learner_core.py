@@ -45,9 +45,9 @@ def test_duplicate_batches_are_acknowledged_but_stored_once(tmp_path: Path) -> N
     c = core(tmp_path)
     c.hello("a", SPEC)
     batch = steps(0, 4, human=True)
-    assert c.ingest("a", 1, batch[:2], 0) is False
-    assert c.ingest("a", 1, batch[:2], 0) is True  # resent after a reconnect
-    assert c.ingest("a", 2, batch[2:], 0) is False
+    assert c.ingest_batches("a", [(1, batch[:2])], 0)[0] is False
+    assert c.ingest_batches("a", [(1, batch[:2])], 0)[0] is True  # resent after a reconnect
+    assert c.ingest_batches("a", [(2, batch[2:])], 0)[0] is False
     s = c.status()
     assert s["buffers"]["human"]["size"] == 4 and s["actors"][0]["transitions_received"] == 4
     assert s["actors"][0]["last_acked_seq"] == 2 and s["demo_episodes"] == 1
@@ -56,9 +56,9 @@ def test_duplicate_batches_are_acknowledged_but_stored_once(tmp_path: Path) -> N
 def test_discarded_episode_leaves_the_buffer_and_the_demo_count(tmp_path: Path) -> None:
     c = core(tmp_path)
     c.hello("a", SPEC)
-    c.ingest("a", 1, steps(0, 3, human=True), 0)
-    c.ingest("a", 2, steps(1, 2, human=False)[:1], 0)  # one policy step of episode 1 still waits for its successor
-    c.ingest("a", 3, [Discard(1), Discard(0)], 0)
+    c.ingest_batches("a", [(1, steps(0, 3, human=True))], 0)
+    c.ingest_batches("a", [(2, steps(1, 2, human=False)[:1])], 0)  # one policy step: waits for its successor
+    c.ingest_batches("a", [(3, [Discard(1), Discard(0)])], 0)
     s = c.status()
     assert s["buffers"]["human"]["size"] == 0 and s["buffers"]["policy"]["size"] == 0 and s["demo_episodes"] == 0
 
@@ -69,7 +69,7 @@ def test_weight_versions_persist_and_never_repeat(tmp_path: Path) -> None:
     assert c.publish(b"one") == 1 and c.publish(b"two") == 2
     c.save_state()
     resumed = core(tmp_path, resume=True)
-    assert resumed.weights.version == 2 and resumed.weights.blob == b"two"
+    assert resumed.weights.version == 2 and resumed.weights.data == b"two"
     assert resumed.publish(b"three") == 3
     assert sorted(p.name for p in (tmp_path / "out" / "weights").iterdir())[-1] == "v000003.safetensors"
 
@@ -77,16 +77,17 @@ def test_weight_versions_persist_and_never_repeat(tmp_path: Path) -> None:
 def test_resume_rebuilds_buffers_and_actor_records_from_the_store(tmp_path: Path) -> None:
     c = core(tmp_path)
     c.hello("a", SPEC)
-    c.ingest("a", 1, steps(0, 3, human=True), 0)
-    c.ingest("a", 2, steps(1, 4, human=False), 0)
-    c.ingest("a", 3, steps(2, 2, human=False)[:1], 0)  # an episode still in progress
+    c.ingest_batches("a", [(1, steps(0, 3, human=True))], 0)
+    c.ingest_batches("a", [(2, steps(1, 4, human=False))], 0)
+    c.ingest_batches("a", [(3, steps(2, 2, human=False)[:1])], 0)  # an episode still in progress
     before = c.status()
     resumed = core(tmp_path, resume=True)
     after = resumed.status()
     assert after["buffers"] == before["buffers"] and after["demo_episodes"] == 1
     assert after["actors"][0]["last_acked_seq"] == 3 and after["actors"][0]["transitions_received"] == 7
-    assert resumed.ingest("a", 3, steps(2, 2, human=False)[:1], 0) is True  # resent after the crash: dropped
-    resumed.ingest("a", 4, steps(2, 2, human=False)[1:], 0)  # the rest of the episode completes it
+    resent = steps(2, 2, human=False)[:1]
+    assert resumed.ingest_batches("a", [(3, resent)], 0) == [True]  # resent after the crash: dropped
+    resumed.ingest_batches("a", [(4, steps(2, 2, human=False)[1:])], 0)  # the rest of the episode completes it
     assert resumed.status()["buffers"]["policy"]["size"] == 6
 
 
@@ -94,7 +95,7 @@ def test_camera_buffers_that_cannot_fit_are_refused_with_capacities_that_would(t
     cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
                              Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
     monkeypatch.setattr(core_module, "available_memory", lambda: 8 * 2**30)  # an 8 GiB machine
-    c = core(tmp_path)  # default capacities: 200k + 500k transitions, ~76 GiB of frames for two cameras
+    c = core(tmp_path, human_capacity=200_000, policy_capacity=500_000)  # ~76 GiB of frames for two cameras
     with pytest.raises(BuffersTooLarge, match=r"need 7\d\.\d GiB .*--human-capacity 200000.*only 8\.0 GiB") as err:
         c.hello("a", cams)
     fits = int(str(err.value).split("about ")[1].split()[0])
@@ -103,3 +104,25 @@ def test_camera_buffers_that_cannot_fit_are_refused_with_capacities_that_would(t
     small = core(tmp_path / "small", human_capacity=fits // 3, policy_capacity=fits - fits // 3)
     small.hello("a", cams)
     assert small.buffers is not None and small.spec == cams
+
+
+def test_default_capacities_size_camera_buffers_from_memory_and_keep_state_defaults(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
+                             Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
+    monkeypatch.setattr(core_module, "available_memory", lambda: 24 * 2**30)  # a 24 GiB machine
+    c = core(tmp_path)  # default (automatic) capacities: a two-camera actor is accepted
+    c.hello("a", cams)
+    human, policy = c.buffers.human.capacity, c.buffers.policy.capacity
+    assert 20_000 < human < 30_000 and policy == pytest.approx(2.5 * human, rel=0.01)
+    assert core_module.dual_buffer_nbytes(cams, human, policy) <= 0.4 * 24 * 2**30
+    assert core_module.buffer_capacities(SPEC, None, None, 24 * 2**30) == (200_000, 500_000)
+    assert core_module.buffer_capacities(cams, 1000, None, 24 * 2**30)[0] == 1000
+
+
+def test_automatic_camera_capacities_leave_room_for_the_feature_cache() -> None:
+    cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
+                             Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
+    plain = core_module.buffer_capacities(cams, None, None, 24 * 2**30)
+    cached = core_module.buffer_capacities(cams, None, None, 24 * 2**30, 2 * 2 * 512 * 4 * 4 * 2)
+    assert 0.55 < sum(cached) / sum(plain) < 0.65  # 98 kB of pixels + 64 kB of features per frame

@@ -151,8 +151,8 @@ def test_a_mid_offline_checkpoint_counts_the_update_it_follows(tmp_path: Path, m
     core.open()
     core.hello("a", spec)
     obs = [{"x": np.full(3, t, np.float32)} for t in range(4)]
-    core.ingest("a", 1, [Step(obs[t], np.zeros(1, np.float32), 0.0, False, t == 2, True, 0, t,
-                              obs[3] if t == 2 else None) for t in range(3)], 0)
+    core.ingest_batches("a", [(1, [Step(obs[t], np.zeros(1, np.float32), 0.0, False, t == 2, True, 0, t,
+                              obs[3] if t == 2 else None) for t in range(3)])], 0)[0]
     stop = threading.Event()
     thread = threading.Thread(target=Trainer(core).run, args=(stop,), daemon=True)
     thread.start()

@@ -114,7 +114,7 @@ def test_a_stored_batch_does_not_wake_weight_subscribers(tmp_path: Path) -> None
     waiter.start()
     time.sleep(0.2)
     for seq in range(1, 21):
-        c.ingest("a", seq, steps(seq, 2, human=True), 0)
+        c.ingest_batches("a", [(seq, steps(seq, 2, human=True))], 0)
     woken = reads[0]
     c.publish(b"weights")
     waiter.join(timeout=5)

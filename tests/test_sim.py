@@ -129,3 +129,22 @@ def test_expert_takeover_after_random_actions(env: SimPickCube) -> None:
             outcomes.append(run_expert(env, expert, obs)[0])
     assert len(outcomes) >= 8
     assert sum(outcomes) >= 0.8 * len(outcomes), outcomes
+
+
+def test_cameras_keep_the_block_position_out_of_the_observation_and_give_it_to_the_scripted_human() -> None:
+    from hilrl.actor.envs import make_env
+
+    env, human = make_env("sim", seed=0, demo_noise=0.0, cameras=True)
+    try:
+        names = [f.name for f in env.spec.observation]
+        assert names == ["agent_pos", "front", "wrist"]  # no privileged environment_state
+        obs = env.reset()
+        assert "environment_state" not in obs
+        block = env.scene()["environment_state"]
+        assert block.shape == (3,) and abs(float(block[2]) - 0.02) < 0.01
+        human.reset(demonstrating=True)
+        assert human.action(obs).shape == (4,)  # the expert acts from obs + what it sees of the scene
+    finally:
+        env.close()
+    with SimPickCube(seed=0, cameras=True, privileged=True) as full:  # opt-in, e.g. for an asymmetric critic
+        assert [f.name for f in full.spec.observation][1] == "environment_state"

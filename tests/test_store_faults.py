@@ -36,7 +36,7 @@ def assert_consistent(store: BufferStore, expected: list[tuple[str, Step]]) -> N
     """The arrays (in memory and on disk) end at the commit, and a reopened store replays `expected`."""
     n, e = store.commit["steps"], store.commit["finals"]
     on_disk = zarr.open_group(str(store.path), mode="r")
-    for name, arr in store._arrays():
+    for name, arr in store.table.arrays():
         rows = e if name.startswith("final") else n
         assert arr.shape[0] == rows, f"{name}: {arr.shape[0]} rows in memory, the commit says {rows}"
         assert on_disk[name].shape[0] == rows, f"{name}: {on_disk[name].shape[0]} rows on disk, the commit says {rows}"
@@ -120,20 +120,20 @@ def test_a_failed_commit_write_and_the_resend_store_the_batch_once(
     c = core(tmp_path)
     c.hello("a", CORE_SPEC)
     first, second = core_steps(0, 3, human=True), core_steps(1, 4, human=True)
-    assert c.ingest("a", 1, first, 0) is False
+    assert c.ingest_batches("a", [(1, first)], 0)[0] is False
     fail_commit_write(monkeypatch, after_rename)
     with pytest.raises(OSError):
-        c.ingest("a", 2, second, 0)
+        c.ingest_batches("a", [(2, second)], 0)
     assert c.status()["store_problem"].startswith("not storing")
     # the resend: a duplicate when the record did reach the disk, stored now when it did not
-    assert c.ingest("a", 2, second, 0) is after_rename
+    assert c.ingest_batches("a", [(2, second)], 0)[0] is after_rename
     assert c.status()["store_problem"] == "" or after_rename
-    assert c.ingest("a", 3, core_steps(2, 2, human=True), 0) is False
+    assert c.ingest_batches("a", [(3, core_steps(2, 2, human=True))], 0)[0] is False
     assert c.status()["store_problem"] == ""
     store = c.store
     n = store.commit["steps"]
     assert n == 9 and all(arr.shape[0] == (store.commit["finals"] if name.startswith("final") else n)
-                          for name, arr in store._arrays())
+                          for name, arr in store.table.arrays())
     stored = [(s.episode, s.step) for _, s in BufferStore(store.path, CORE_SPEC).replay() if isinstance(s, Step)]
     assert stored == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1)]
     assert c.status()["buffers"]["human"]["size"] == 9 and c.status()["actors"][0]["last_acked_seq"] == 3

@@ -22,14 +22,7 @@ from td3_legacy import LegacyChunkedTD3, LegacyTD3  # noqa: E402
 S, A, B = 7, 3, 64
 CPU = torch.device("cpu")
 TOL = {"rtol": 1e-5, "atol": 1e-5}
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(cls: type, cfg: PolicyConfig, seed: int = 3, **algo: float) -> TD3:

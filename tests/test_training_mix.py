@@ -47,7 +47,7 @@ class Feeder:
                               False, last, is_human, self.episode, t, self.obs() if last else None))
         self.seq += 1
         self.episode += 1
-        assert self.core.ingest("actor-0", self.seq, steps, 0) is False
+        assert self.core.ingest_batches("actor-0", [(self.seq, steps)], 0)[0] is False
 
 
 @pytest.fixture

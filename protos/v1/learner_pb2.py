@@ -24,21 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhilrl/protos/v1/learner.proto\x12\x08hilrl.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"P\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0b\n\x03low\x18\x04 \x03(\x01\x12\x0c\n\x04high\x18\x05 \x03(\x01\"Q\n\x04Spec\x12&\n\x0bobservation\x18\x01 \x03(\x0b\x32\x11.hilrl.v1.Feature\x12!\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x11.hilrl.v1.Feature\"\x9c\x01\n\x0cHelloRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08\x61\x63tor_id\x18\x02 \x01(\t\x12\x1c\n\x04spec\x18\x03 \x01(\x0b\x32\x0e.hilrl.v1.Spec\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xc5\x02\n\nHelloReply\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x1a\n\x12policy_config_json\x18\x03 \x01(\t\x12\x16\n\x0eweight_version\x18\x04 \x01(\x04\x12\x16\n\x0elast_acked_seq\x18\x05 \x01(\x04\x12\x1e\n\x05stage\x18\x06 \x01(\x0e\x32\x0f.hilrl.v1.Stage\x12>\n\rnormalization\x18\x07 \x03(\x0b\x32\'.hilrl.v1.HelloReply.NormalizationEntry\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x04\x1a\x46\n\x12NormalizationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hilrl.v1.Tensor:\x02\x38\x01\"\xb1\x03\n\nTransition\x12:\n\x0bobservation\x18\x01 \x03(\x0b\x32%.hilrl.v1.Transition.ObservationEntry\x12 \n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x10.hilrl.v1.Tensor\x12\x0e\n\x06reward\x18\x03 \x01(\x02\x12\x12\n\nterminated\x18\x04 \x01(\x08\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x12\x17\n\x0fis_intervention\x18\x06 \x01(\x08\x12\x0f\n\x07\x65pisode\x18\x07 \x01(\x04\x12\x0c\n\x04step\x18\x08 \x01(\r\x12\x45\n\x11\x66inal_observation\x18\t \x03(\x0b\x32*.hilrl.v1.Transition.FinalObservationEntry\x1a\x44\n\x10ObservationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hilrl.v1.Tensor:\x02\x38\x01\x1aI\n\x15\x46inalObservationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hilrl.v1.Tensor:\x02\x38\x01\"!\n\x0e\x44iscardEpisode\x12\x0f\n\x07\x65pisode\x18\x01 \x01(\x04\"g\n\x04Item\x12*\n\ntransition\x18\x01 \x01(\x0b\x32\x14.hilrl.v1.TransitionH\x00\x12+\n\x07\x64iscard\x18\x02 \x01(\x0b\x32\x18.hilrl.v1.DiscardEpisodeH\x00\x42\x06\n\x04kind\"\x92\x01\n\x0fTransitionBatch\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1d\n\x05items\x18\x03 \x03(\x0b\x32\x0e.hilrl.v1.Item\x12\x1e\n\x16weight_version_applied\x18\x04 \x01(\x04\x12!\n\x04loop\x18\x05 \x01(\x0b\x32\x13.hilrl.v1.LoopStats\"\x89\x01\n\tLoopStats\x12\x15\n\rperiod_p50_ms\x18\x01 \x01(\x02\x12\x15\n\rperiod_p99_ms\x18\x02 \x01(\x02\x12\r\n\x05ticks\x18\x03 \x01(\x04\x12\x10\n\x08overruns\x18\x04 \x01(\x04\x12\x16\n\x0ewatchdog_holds\x18\x05 \x01(\x04\x12\x15\n\rsafety_clamps\x18\x06 \x01(\x04\"%\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\":\n\x10SubscribeRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\"a\n\x0cWeightsChunk\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"c\n\x0cLearnerEvent\x12 \n\x05stage\x18\x01 \x01(\x0e\x32\x0f.hilrl.v1.StageH\x00\x12)\n\x07weights\x18\x02 \x01(\x0b\x32\x16.hilrl.v1.WeightsChunkH\x00\x42\x06\n\x04kind\"\x0f\n\rStatusRequest\"@\n\x0c\x42ufferStatus\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x04\x12\x10\n\x08\x65pisodes\x18\x03 \x01(\x04\"\xb8\x02\n\x0b\x41\x63torStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1c\n\x14transitions_received\x18\x02 \x01(\x04\x12\x16\n\x0elast_acked_seq\x18\x03 \x01(\x04\x12\x1e\n\x16weight_version_applied\x18\x04 \x01(\x04\x12\x12\n\npolicy_lag\x18\x05 \x01(\x04\x12\x11\n\tconnected\x18\x06 \x01(\x08\x12\x10\n\x08\x65pisodes\x18\x07 \x01(\x04\x12\x15\n\rinterventions\x18\x08 \x01(\x04\x12\x1a\n\x12loop_period_p50_ms\x18\t \x01(\x02\x12\x1a\n\x12loop_period_p99_ms\x18\n \x01(\x02\x12\x10\n\x08overruns\x18\x0b \x01(\x04\x12\x16\n\x0ewatchdog_holds\x18\x0c \x01(\x04\x12\x15\n\rsafety_clamps\x18\r \x01(\x04\"\xde\x02\n\x0bStatusReply\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x1e\n\x05stage\x18\x03 \x01(\x0e\x32\x0f.hilrl.v1.Stage\x12\x14\n\x0clearner_step\x18\x04 \x01(\x04\x12\x15\n\roffline_steps\x18\x05 \x01(\x04\x12\x16\n\x0eweight_version\x18\x06 \x01(\x04\x12%\n\x05human\x18\x07 \x01(\x0b\x32\x16.hilrl.v1.BufferStatus\x12&\n\x06policy\x18\x08 \x01(\x0b\x32\x16.hilrl.v1.BufferStatus\x12%\n\x06\x61\x63tors\x18\t \x03(\x0b\x32\x15.hilrl.v1.ActorStatus\x12\x15\n\rdemo_episodes\x18\n \x01(\x04\x12\x1c\n\x14\x64\x65mo_episodes_needed\x18\x0b \x01(\x04\x12\x15\n\rstore_problem\x18\x0c \x01(\t*`\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x1b\n\x17STAGE_WAITING_FOR_DEMOS\x10\x01\x12\x11\n\rSTAGE_OFFLINE\x10\x02\x12\x10\n\x0cSTAGE_ONLINE\x10\x03\x32\x8a\x02\n\x07Learner\x12\x35\n\x05Hello\x12\x16.hilrl.v1.HelloRequest\x1a\x14.hilrl.v1.HelloReply\x12\x41\n\x11StreamTransitions\x12\x19.hilrl.v1.TransitionBatch\x1a\r.hilrl.v1.Ack(\x01\x30\x01\x12H\n\x10SubscribeWeights\x12\x1a.hilrl.v1.SubscribeRequest\x1a\x16.hilrl.v1.LearnerEvent0\x01\x12;\n\tGetStatus\x12\x17.hilrl.v1.StatusRequest\x1a\x15.hilrl.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhilrl/protos/v1/learner.proto\x12\x08hilrl.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"P\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0b\n\x03low\x18\x04 \x03(\x01\x12\x0c\n\x04high\x18\x05 \x03(\x01\"Q\n\x04Spec\x12&\n\x0bobservation\x18\x01 \x03(\x0b\x32\x11.hilrl.v1.Feature\x12!\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x11.hilrl.v1.Feature\"\x9c\x01\n\x0cHelloRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08\x61\x63tor_id\x18\x02 \x01(\t\x12\x1c\n\x04spec\x18\x03 \x01(\x0b\x32\x0e.hilrl.v1.Spec\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xd2\x01\n\nHelloReply\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x1a\n\x12policy_config_json\x18\x03 \x01(\t\x12\x16\n\x0eweight_version\x18\x04 \x01(\x04\x12\x16\n\x0elast_acked_seq\x18\x05 \x01(\x04\x12\x1e\n\x05stage\x18\x06 \x01(\x0e\x32\x0f.hilrl.v1.Stage\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x04J\x04\x08\x07\x10\x08R\rnormalization\"\xb1\x03\n\nTransition\x12:\n\x0bobservation\x18\x01 \x03(\x0b\x32%.hilrl.v1.Transition.ObservationEntry\x12 \n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x10.hilrl.v1.Tensor\x12\x0e\n\x06reward\x18\x03 \x01(\x02\x12\x12\n\nterminated\x18\x04 \x01(\x08\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x12\x17\n\x0fis_intervention\x18\x06 \x01(\x08\x12\x0f\n\x07\x65pisode\x18\x07 \x01(\x04\x12\x0c\n\x04step\x18\x08 \x01(\r\x12\x45\n\x11\x66inal_observation\x18\t \x03(\x0b\x32*.hilrl.v1.Transition.FinalObservationEntry\x1a\x44\n\x10ObservationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hilrl.v1.Tensor:\x02\x38\x01\x1aI\n\x15\x46inalObservationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hilrl.v1.Tensor:\x02\x38\x01\"!\n\x0e\x44iscardEpisode\x12\x0f\n\x07\x65pisode\x18\x01 \x01(\x04\"g\n\x04Item\x12*\n\ntransition\x18\x01 \x01(\x0b\x32\x14.hilrl.v1.TransitionH\x00\x12+\n\x07\x64iscard\x18\x02 \x01(\x0b\x32\x18.hilrl.v1.DiscardEpisodeH\x00\x42\x06\n\x04kind\"\x92\x01\n\x0fTransitionBatch\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1d\n\x05items\x18\x03 \x03(\x0b\x32\x0e.hilrl.v1.Item\x12\x1e\n\x16weight_version_applied\x18\x04 \x01(\x04\x12!\n\x04loop\x18\x05 \x01(\x0b\x32\x13.hilrl.v1.LoopStats\"\x89\x01\n\tLoopStats\x12\x15\n\rperiod_p50_ms\x18\x01 \x01(\x02\x12\x15\n\rperiod_p99_ms\x18\x02 \x01(\x02\x12\r\n\x05ticks\x18\x03 \x01(\x04\x12\x10\n\x08overruns\x18\x04 \x01(\x04\x12\x16\n\x0ewatchdog_holds\x18\x05 \x01(\x04\x12\x15\n\rsafety_clamps\x18\x06 \x01(\x04\"%\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\":\n\x10SubscribeRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\"a\n\x0cWeightsChunk\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"c\n\x0cLearnerEvent\x12 \n\x05stage\x18\x01 \x01(\x0e\x32\x0f.hilrl.v1.StageH\x00\x12)\n\x07weights\x18\x02 \x01(\x0b\x32\x16.hilrl.v1.WeightsChunkH\x00\x42\x06\n\x04kind\"\x0f\n\rStatusRequest\">\n\x0c\x42ufferStatus\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x04J\x04\x08\x03\x10\x04R\x08\x65pisodes\"\xb8\x02\n\x0b\x41\x63torStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1c\n\x14transitions_received\x18\x02 \x01(\x04\x12\x16\n\x0elast_acked_seq\x18\x03 \x01(\x04\x12\x1e\n\x16weight_version_applied\x18\x04 \x01(\x04\x12\x12\n\npolicy_lag\x18\x05 \x01(\x04\x12\x11\n\tconnected\x18\x06 \x01(\x08\x12\x10\n\x08\x65pisodes\x18\x07 \x01(\x04\x12\x15\n\rinterventions\x18\x08 \x01(\x04\x12\x1a\n\x12loop_period_p50_ms\x18\t \x01(\x02\x12\x1a\n\x12loop_period_p99_ms\x18\n \x01(\x02\x12\x10\n\x08overruns\x18\x0b \x01(\x04\x12\x16\n\x0ewatchdog_holds\x18\x0c \x01(\x04\x12\x15\n\rsafety_clamps\x18\r \x01(\x04\"\xde\x02\n\x0bStatusReply\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x1e\n\x05stage\x18\x03 \x01(\x0e\x32\x0f.hilrl.v1.Stage\x12\x14\n\x0clearner_step\x18\x04 \x01(\x04\x12\x15\n\roffline_steps\x18\x05 \x01(\x04\x12\x16\n\x0eweight_version\x18\x06 \x01(\x04\x12%\n\x05human\x18\x07 \x01(\x0b\x32\x16.hilrl.v1.BufferStatus\x12&\n\x06policy\x18\x08 \x01(\x0b\x32\x16.hilrl.v1.BufferStatus\x12%\n\x06\x61\x63tors\x18\t \x03(\x0b\x32\x15.hilrl.v1.ActorStatus\x12\x15\n\rdemo_episodes\x18\n \x01(\x04\x12\x1c\n\x14\x64\x65mo_episodes_needed\x18\x0b \x01(\x04\x12\x15\n\rstore_problem\x18\x0c \x01(\t*`\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x1b\n\x17STAGE_WAITING_FOR_DEMOS\x10\x01\x12\x11\n\rSTAGE_OFFLINE\x10\x02\x12\x10\n\x0cSTAGE_ONLINE\x10\x03\x32\x8a\x02\n\x07Learner\x12\x35\n\x05Hello\x12\x16.hilrl.v1.HelloRequest\x1a\x14.hilrl.v1.HelloReply\x12\x41\n\x11StreamTransitions\x12\x19.hilrl.v1.TransitionBatch\x1a\r.hilrl.v1.Ack(\x01\x30\x01\x12H\n\x10SubscribeWeights\x12\x1a.hilrl.v1.SubscribeRequest\x1a\x16.hilrl.v1.LearnerEvent0\x01\x12;\n\tGetStatus\x12\x17.hilrl.v1.StatusRequest\x1a\x15.hilrl.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hilrl.protos.v1.learner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HELLOREPLY_NORMALIZATIONENTRY']._loaded_options = None
-  _globals['_HELLOREPLY_NORMALIZATIONENTRY']._serialized_options = b'8\001'
   _globals['_TRANSITION_OBSERVATIONENTRY']._loaded_options = None
   _globals['_TRANSITION_OBSERVATIONENTRY']._serialized_options = b'8\001'
   _globals['_TRANSITION_FINALOBSERVATIONENTRY']._loaded_options = None
   _globals['_TRANSITION_FINALOBSERVATIONENTRY']._serialized_options = b'8\001'
-  _globals['_STAGE']._serialized_start=2664
-  _globals['_STAGE']._serialized_end=2760
+  _globals['_STAGE']._serialized_start=2547
+  _globals['_STAGE']._serialized_end=2643
   _globals['_TENSOR']._serialized_start=43
   _globals['_TENSOR']._serialized_end=95
   _globals['_FEATURE']._serialized_start=97
@@ -48,39 +46,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLOREQUEST']._serialized_start=263
   _globals['_HELLOREQUEST']._serialized_end=419
   _globals['_HELLOREPLY']._serialized_start=422
-  _globals['_HELLOREPLY']._serialized_end=747
-  _globals['_HELLOREPLY_NORMALIZATIONENTRY']._serialized_start=677
-  _globals['_HELLOREPLY_NORMALIZATIONENTRY']._serialized_end=747
-  _globals['_TRANSITION']._serialized_start=750
-  _globals['_TRANSITION']._serialized_end=1183
-  _globals['_TRANSITION_OBSERVATIONENTRY']._serialized_start=1040
-  _globals['_TRANSITION_OBSERVATIONENTRY']._serialized_end=1108
-  _globals['_TRANSITION_FINALOBSERVATIONENTRY']._serialized_start=1110
-  _globals['_TRANSITION_FINALOBSERVATIONENTRY']._serialized_end=1183
-  _globals['_DISCARDEPISODE']._serialized_start=1185
-  _globals['_DISCARDEPISODE']._serialized_end=1218
-  _globals['_ITEM']._serialized_start=1220
-  _globals['_ITEM']._serialized_end=1323
-  _globals['_TRANSITIONBATCH']._serialized_start=1326
-  _globals['_TRANSITIONBATCH']._serialized_end=1472
-  _globals['_LOOPSTATS']._serialized_start=1475
-  _globals['_LOOPSTATS']._serialized_end=1612
-  _globals['_ACK']._serialized_start=1614
-  _globals['_ACK']._serialized_end=1651
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1653
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1711
-  _globals['_WEIGHTSCHUNK']._serialized_start=1713
-  _globals['_WEIGHTSCHUNK']._serialized_end=1810
-  _globals['_LEARNEREVENT']._serialized_start=1812
-  _globals['_LEARNEREVENT']._serialized_end=1911
-  _globals['_STATUSREQUEST']._serialized_start=1913
-  _globals['_STATUSREQUEST']._serialized_end=1928
-  _globals['_BUFFERSTATUS']._serialized_start=1930
-  _globals['_BUFFERSTATUS']._serialized_end=1994
-  _globals['_ACTORSTATUS']._serialized_start=1997
-  _globals['_ACTORSTATUS']._serialized_end=2309
-  _globals['_STATUSREPLY']._serialized_start=2312
-  _globals['_STATUSREPLY']._serialized_end=2662
-  _globals['_LEARNER']._serialized_start=2763
-  _globals['_LEARNER']._serialized_end=3029
+  _globals['_HELLOREPLY']._serialized_end=632
+  _globals['_TRANSITION']._serialized_start=635
+  _globals['_TRANSITION']._serialized_end=1068
+  _globals['_TRANSITION_OBSERVATIONENTRY']._serialized_start=925
+  _globals['_TRANSITION_OBSERVATIONENTRY']._serialized_end=993
+  _globals['_TRANSITION_FINALOBSERVATIONENTRY']._serialized_start=995
+  _globals['_TRANSITION_FINALOBSERVATIONENTRY']._serialized_end=1068
+  _globals['_DISCARDEPISODE']._serialized_start=1070
+  _globals['_DISCARDEPISODE']._serialized_end=1103
+  _globals['_ITEM']._serialized_start=1105
+  _globals['_ITEM']._serialized_end=1208
+  _globals['_TRANSITIONBATCH']._serialized_start=1211
+  _globals['_TRANSITIONBATCH']._serialized_end=1357
+  _globals['_LOOPSTATS']._serialized_start=1360
+  _globals['_LOOPSTATS']._serialized_end=1497
+  _globals['_ACK']._serialized_start=1499
+  _globals['_ACK']._serialized_end=1536
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1538
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1596
+  _globals['_WEIGHTSCHUNK']._serialized_start=1598
+  _globals['_WEIGHTSCHUNK']._serialized_end=1695
+  _globals['_LEARNEREVENT']._serialized_start=1697
+  _globals['_LEARNEREVENT']._serialized_end=1796
+  _globals['_STATUSREQUEST']._serialized_start=1798
+  _globals['_STATUSREQUEST']._serialized_end=1813
+  _globals['_BUFFERSTATUS']._serialized_start=1815
+  _globals['_BUFFERSTATUS']._serialized_end=1877
+  _globals['_ACTORSTATUS']._serialized_start=1880
+  _globals['_ACTORSTATUS']._serialized_end=2192
+  _globals['_STATUSREPLY']._serialized_start=2195
+  _globals['_STATUSREPLY']._serialized_end=2545
+  _globals['_LEARNER']._serialized_start=2646
+  _globals['_LEARNER']._serialized_end=2912
 # @@protoc_insertion_point(module_scope)

@@ -67,21 +67,13 @@ class HelloRequest(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., actor_id: _Optional[str] = ..., spec: _Optional[_Union[Spec, _Mapping]] = ..., max_message_bytes: _Optional[int] = ..., instance_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("protocol_version", "run_id", "policy_config_json", "weight_version", "last_acked_seq", "stage", "normalization", "max_message_bytes")
-    class NormalizationEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: Tensor
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    __slots__ = ("protocol_version", "run_id", "policy_config_json", "weight_version", "last_acked_seq", "stage", "max_message_bytes")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     LAST_ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
-    NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     run_id: str
@@ -89,9 +81,8 @@ class HelloReply(_message.Message):
     weight_version: int
     last_acked_seq: int
     stage: Stage
-    normalization: _containers.MessageMap[str, Tensor]
     max_message_bytes: int
-    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., policy_config_json: _Optional[str] = ..., weight_version: _Optional[int] = ..., last_acked_seq: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., normalization: _Optional[_Mapping[str, Tensor]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., policy_config_json: _Optional[str] = ..., weight_version: _Optional[int] = ..., last_acked_seq: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class Transition(_message.Message):
     __slots__ = ("observation", "action", "reward", "terminated", "truncated", "is_intervention", "episode", "step", "final_observation")
@@ -216,14 +207,12 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BufferStatus(_message.Message):
-    __slots__ = ("size", "capacity", "episodes")
+    __slots__ = ("size", "capacity")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
-    EPISODES_FIELD_NUMBER: _ClassVar[int]
     size: int
     capacity: int
-    episodes: int
-    def __init__(self, size: _Optional[int] = ..., capacity: _Optional[int] = ..., episodes: _Optional[int] = ...) -> None: ...
+    def __init__(self, size: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class ActorStatus(_message.Message):
     __slots__ = ("id", "transitions_received", "last_acked_seq", "weight_version_applied", "policy_lag", "connected", "episodes", "interventions", "loop_period_p50_ms", "loop_period_p99_ms", "overruns", "watchdog_holds", "safety_clamps")

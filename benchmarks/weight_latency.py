@@ -1,0 +1,136 @@
+"""Weight latency: publish -> applied on the actor, over real gRPC on loopback.
+
+The learner side is the real one, in this process: `LearnerCore` (its durable weight files) behind
+`LearnerService` on a real gRPC server with the product's channel options. The actor side is a real
+`LearnerLink` in another process (Hello, weight subscription, sha256 check, building the `Policy`), polled
+by a stand-in control loop every 1 ms. Each sample is the time from the learner starting to publish (what
+`Trainer._publish` does: encode the policy, `LearnerCore.publish`) until `take_policy()` on the actor returns
+that version. Policies of ~1 M and ~10 M parameters (state-only MLPs, 18-d state, 4-d action).
+
+Run: ``python benchmarks/weight_latency.py`` (about 1 min) or ``--quick``; ``--json`` writes the figures.
+Before/after in one run: also run it with an older checkout first on PYTHONPATH (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from transport_throughput import MAX_MESSAGE_MB, _learner_server
+from transport_throughput import STATE_SPEC as SPEC
+
+SIZES = {"1M": (1024, 1024), "10M": (3200, 3200)}
+
+
+def _actor(target: str, state_dir: str, ready, applied) -> None:
+    import torch
+
+    from hilrl.actor.link import LearnerLink
+    from hilrl.actor.outbox import Outbox
+
+    torch.set_num_threads(1)
+    link = LearnerLink(target, "weights-bench", SPEC, Outbox(Path(state_dir)), MAX_MESSAGE_MB)
+    link.start()
+    link.connected.wait(60)
+    ready.set()
+    while not link.stop.is_set():
+        new = link.take_policy()
+        if new is not None:
+            applied.put((new[0], time.time()))
+        time.sleep(0.001)
+
+
+def publish(core, policy) -> int:
+    """What the trainer does to publish (learner/training.py `Trainer._publish`, without the checkpoint)."""
+    try:
+        from hilrl.learner.networks import encode_policy
+    except ImportError:  # a checkout from before weights were encoded once (a before/after comparison)
+        from hilrl.learner.networks import policy_to_safetensors_bytes as encode_policy
+    return core.publish(encode_policy(policy))
+
+
+def measure(hidden: tuple[int, ...], repeats: int, work: Path) -> dict:
+    """publish -> applied samples (ms) for one policy size, and how long `publish` itself blocks the trainer."""
+    import torch
+
+    from hilrl.learner.networks import Policy, PolicyConfig
+
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(SPEC.state_dim, SPEC.action_dim, hidden))
+    params = sum(p.numel() for p in policy.parameters())
+    out = work / f"run-{params}"
+    core, server, address = _learner_server(out, None, hidden)  # the transport benchmark's real learner server
+    ctx = mp.get_context("spawn")
+    ready, applied = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_actor, args=(address, str(work / f"state-{params}"), ready, applied), daemon=True)
+    proc.start()
+    deadline = time.monotonic() + 120
+    while not ready.is_set():
+        if proc.exitcode is not None or time.monotonic() > deadline:
+            raise RuntimeError("the actor process failed to connect (see its traceback above)")
+        time.sleep(0.05)
+    latency, blocking = [], []
+    for i in range(repeats + 1):  # the first also waits for the weight subscription to open: not counted
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(0.001)
+        t0 = time.time()
+        version = publish(core, policy)
+        t1 = time.time()
+        while True:
+            v, t = applied.get(timeout=120)
+            if v == version:
+                break
+        if i:
+            latency.append((t - t0) * 1e3)
+            blocking.append((t1 - t0) * 1e3)
+        time.sleep(0.2)  # a trainer publishes every N updates, not back to back
+    proc.kill()
+    proc.join()
+    server.stop(grace=None).wait()
+    shutil.rmtree(out, ignore_errors=True)
+    return {"parameters": params, "samples": len(latency),
+            "applied_p50_ms": round(float(np.percentile(latency, 50)), 1),
+            "applied_p90_ms": round(float(np.percentile(latency, 90)), 1),
+            "publish_blocks_trainer_p50_ms": round(float(np.percentile(blocking, 50)), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 publishes per size instead of 20")
+    parser.add_argument("--repeats", type=int, default=None, help="publishes per size (default 20, quick 5)")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before/after)")
+    args = parser.parse_args()
+    repeats = args.repeats or (5 if args.quick else 20)
+    work = Path(tempfile.mkdtemp(prefix="hilrl-weights-"))
+    rows = {}
+    try:
+        print(f"load before: {os.getloadavg()[0]:.2f}")
+        print("| policy | parameters | publish -> applied p50 ms | p90 ms | publish blocks the trainer p50 ms |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for name in args.sizes:
+            r = measure(SIZES[name], repeats, work)
+            rows[name] = r
+            print(f"| {name} | {r['parameters']:,} | {r['applied_p50_ms']} | {r['applied_p90_ms']} "
+                  f"| {r['publish_blocks_trainer_p50_ms']} |", flush=True)
+        load = os.getloadavg()[0]
+        print(f"load after: {load:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        runs = json.loads(args.json.read_text()) if args.json.exists() else {}
+        runs[args.label or time.strftime("%Y-%m-%dT%H:%M:%S")] = {"load_1min": round(load, 2), "sizes": rows}
+        args.json.write_text(json.dumps(runs, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Pretrain a camera policy's image encoder by behaviour cloning on the demonstrations (no hub weights needed).
+
+The CPU route freezes the encoder (``--algo.freeze-encoder``, features cached with
+``--algo.feature-views``), so its filters must already see what matters: a randomly initialised
+ResNet does not. Hub weights (ImageNet ResNet-10) cannot be downloaded everywhere, so hilrl trains
+its own: a `Policy` (encoder + camera heads + actor MLP) learns to reproduce the human actions of the
+demonstrations from the cameras and the proprioceptive state, with DrQ shifts on the images; only the
+encoder's trunk is kept, as a safetensors file with torchvision ResNet key names, which the learner
+loads with ``--algo.encoder-weights FILE``.
+
+The targets are the demonstrated actions and nothing else: no simulator state, no block position,
+no auxiliary loss on privileged information (docs/camera-policy.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from hilrl.buffers.durable import atomic_path
+from hilrl.buffers.spec import state_vector
+from hilrl.learner.encoders import random_shift
+from hilrl.learner.networks import Policy, compute_state_stats, policy_config_for
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_encoder(spec: Any, buffer: Any, out: str | Path, steps: int = 2000, batch_size: int = 64,
+                     lr: float = 3e-4, encoder: str = "resnet10", pad: int = 4, seed: int = 0,
+                     device: str | torch.device = "cpu") -> dict[str, float]:
+    """Behaviour-clone the demonstrations in ``buffer`` (a `ReplayBuffer`) for ``steps`` Adam steps and write
+    the trained trunk to ``out`` (safetensors). Returns the first and last BC losses and the seconds taken."""
+    if not spec.image_features:
+        raise ValueError("encoder pretraining needs a spec with camera images")
+    if len(buffer) == 0:
+        raise ValueError("encoder pretraining needs demonstrations (the buffer is empty)")
+    device = torch.device(device)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = Policy(policy_config_for(spec, (256, 256), encoder))
+    states = buffer.valid_slice(tuple(f.name for f in spec.state_features))
+    mean, std = compute_state_stats(state_vector(states, spec))
+    policy.set_normalization(mean, std, spec.action.low, spec.action.high)
+    policy = policy.to(device).train()
+    opt = torch.optim.Adam(list(policy.encoder.parameters()) + list(policy.actor.parameters()), lr=lr)
+    started, first, loss_value = time.monotonic(), float("nan"), float("nan")
+    cameras = tuple(f.name for f in spec.image_features)
+    for step in range(steps):
+        batch = buffer.gather(buffer.sample_indices(batch_size, rng))
+        obs = batch["obs"]
+        state = torch.as_tensor(state_vector(obs, spec), device=device)
+        images = {c: random_shift(torch.as_tensor(obs[c]).to(device), pad, gen) for c in cameras}
+        target = policy.normalize_action(torch.as_tensor(batch["action"], device=device)).clamp(-1.0, 1.0)
+        pred = policy.actor(policy.normalize_state(state), policy.encode(images))
+        loss = F.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_value = float(loss.detach())
+        if step == 0:
+            first = loss_value
+        if step % 200 == 0:
+            log.info("encoder pretraining: step %d/%d, BC loss %.4f", step, steps, loss_value)
+    trunk = {k: v.detach().to("cpu").contiguous() for k, v in policy.encoder.trunk.state_dict().items()}
+    with atomic_path(Path(out)) as tmp:
+        save_file(trunk, tmp)
+    return {"first_loss": first, "last_loss": loss_value, "seconds": time.monotonic() - started}

@@ -1,0 +1,184 @@
+"""Published weights: encoded once (plain safetensors), chunked, joined and hashed on the actor, decoded without
+copies into a policy equal to one loaded the ordinary way; malformed or corrupted weights never replace a policy."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from hilrl.actor.link import LearnerLink
+from hilrl.actor.outbox import Outbox
+from hilrl.buffers.spec import Feature, Spec
+from hilrl.learner.config import LearnerConfig
+from hilrl.learner.core import LearnerCore
+from hilrl.learner.networks import (
+    Policy,
+    PolicyConfig,
+    encode_policy,
+    policy_from_safetensors_bytes,
+    policy_to_safetensors_bytes,
+)
+from hilrl.learner.service import WEIGHT_CHUNK_BYTES, weight_chunks
+from hilrl.learner.tensor_blob import BlobError, EncodedWeights, WeightAssembler, decode, encode
+from hilrl.protos.v1 import learner_pb2 as pb
+
+TENSORS = {"u8": torch.arange(5, dtype=torch.uint8), "f32": torch.randn(3, 4), "flag": torch.tensor([True, False]),
+           "f64": torch.randn(3, dtype=torch.float64), "empty": torch.empty(0, 2), "bf16": torch.randn(3).bfloat16(),
+           "i64": torch.tensor([-1, 2**40])}
+
+
+def test_encoding_is_safetensors_both_ways() -> None:
+    ours = bytes(encode(TENSORS, {"k": "v"}))
+    theirs = st_load(ours)
+    assert set(theirs) == set(TENSORS) and all(torch.equal(theirs[k], TENSORS[k]) for k in TENSORS)
+    for blob in (ours, bytearray(ours), st_save(TENSORS, {"k": "v"}), bytearray(st_save(TENSORS))):
+        tensors, metadata = decode(blob)
+        assert all(torch.equal(tensors[k], TENSORS[k]) and tensors[k].dtype == TENSORS[k].dtype for k in TENSORS)
+    assert decode(ours)[1] == {"k": "v"}
+
+
+def test_decoding_a_bytearray_views_it_without_copies() -> None:
+    buffer = bytearray(encode({"w": torch.randn(1000)}))
+    w = decode(buffer)[0]["w"]
+    base = torch.frombuffer(buffer, dtype=torch.uint8).data_ptr()
+    assert base <= w.data_ptr() < base + len(buffer)
+
+
+def _blob(header: dict, data: bytes = b"") -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+@pytest.mark.parametrize("blob", [
+    b"", b"\x00" * 7, struct.pack("<Q", 10**9) + b"{}", struct.pack("<Q", 4) + b"nope",
+    _blob([]),  # type: ignore[arg-type]
+    _blob({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4),  # 4 bytes for 2 floats
+    _blob({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 4),  # past the end
+    _blob({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+           "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8),  # overlap + gap
+    _blob({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8),  # trailing bytes
+    _blob({"a": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8),  # unknown dtype
+    _blob({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4),
+    _blob({"a": {"dtype": "F32"}}, b"\0" * 4),
+])
+def test_malformed_blobs_are_refused(blob: bytes) -> None:
+    with pytest.raises(BlobError):
+        decode(blob)
+
+
+def _reference_load(cfg: PolicyConfig, blob: bytes) -> Policy:
+    """The previous way: a randomly initialised policy, the safetensors library's tensors copied in."""
+    policy = Policy(cfg)
+    policy.load_state_dict(st_load(blob), strict=True)
+    return policy.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("cfg", [
+    PolicyConfig(6, 2, (16, 16)),
+    PolicyConfig(6, 2, (16,), chunk=3),
+    PolicyConfig(6, 2, (16,), residual_scale=0.1, base_action_index=4),
+    PolicyConfig(3, 2, (16,), cameras=("front",), image_shape=(32, 32, 3), image_feature_dim=8),
+], ids=["state", "chunked", "residual", "camera"])
+def test_decoded_policy_equals_the_ordinary_load(cfg: PolicyConfig) -> None:
+    torch.manual_seed(0)
+    policy = Policy(cfg)
+    low, high = -np.ones(cfg.action_dim), np.ones(cfg.action_dim) * 2
+    policy.set_normalization(np.arange(cfg.state_dim), np.linspace(0.5, 2, cfg.state_dim), low, high)
+    blob = policy_to_safetensors_bytes(policy)
+    ours, reference = policy_from_safetensors_bytes(cfg, bytearray(blob)), _reference_load(cfg, blob)
+    assert not ours.training and not any(p.requires_grad for p in ours.parameters())
+    assert dict(ours.named_buffers()).keys() == dict(reference.named_buffers()).keys()
+    for (name, a), (_, b) in zip(ours.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    state = torch.randn(5, cfg.state_dim)
+    images = {"front": torch.randint(0, 255, (5, 32, 32, 3), dtype=torch.uint8)} if cfg.cameras else None
+    assert torch.equal(ours(state, images), reference(state, images))
+
+
+def test_a_wrong_shape_or_dtype_is_refused() -> None:
+    blob = policy_to_safetensors_bytes(Policy(PolicyConfig(6, 2, (16,))))
+    with pytest.raises(RuntimeError):
+        policy_from_safetensors_bytes(PolicyConfig(6, 2, (8,)), blob)
+    doubled = {k: v.double() for k, v in st_load(blob).items()}
+    with pytest.raises(ValueError, match="dtype"):
+        policy_from_safetensors_bytes(PolicyConfig(6, 2, (16,)), bytes(encode(doubled)))
+
+
+def _chunks(weights: EncodedWeights) -> list:
+    return [pb.LearnerEvent.FromString(event).weights for event in weight_chunks(weights)]
+
+
+def test_hand_framed_chunks_are_the_messages_protobuf_would_write() -> None:
+    data = bytes(range(256)) * (WEIGHT_CHUNK_BYTES // 100)
+    weights = EncodedWeights.of(data, version=300)
+    framed = list(weight_chunks(weights))
+    expected = [pb.LearnerEvent(weights=pb.WeightsChunk(version=300, sha256=weights.sha256, total_size=len(data),
+                                                        offset=o, data=data[o:o + WEIGHT_CHUNK_BYTES]))
+                for o in range(0, len(data), WEIGHT_CHUNK_BYTES)]
+    assert [pb.LearnerEvent.FromString(f) for f in framed] == expected
+
+
+def test_chunks_join_into_the_published_bytes_and_a_bad_hash_is_refused() -> None:
+    data = bytes(np.random.default_rng(0).integers(0, 256, 2 * WEIGHT_CHUNK_BYTES + 17, dtype=np.uint8))
+    weights = EncodedWeights(3, data, EncodedWeights.of(data).sha256)
+    chunks = _chunks(weights)
+    assert len(chunks) == 3 and b"".join(c.data for c in chunks) == data
+    assembler = WeightAssembler()
+    results = [assembler.add(c.version, c.offset, c.total_size, c.data, c.sha256) for c in chunks]
+    assert results[:2] == [None, None] and results[2] == data
+    with pytest.raises(BlobError, match="sha256"):
+        for c in chunks:
+            assembler.add(c.version, c.offset, c.total_size, c.data, "0" * 64)
+    with pytest.raises(BlobError, match="does not follow"):  # a chunk missing
+        for c in (chunks[0], chunks[2]):
+            assembler.add(c.version, c.offset, c.total_size, c.data, c.sha256)
+    assert assembler.add(3, chunks[1].offset, len(data), chunks[1].data, weights.sha256) is None  # dropped quietly
+    empty = _chunks(EncodedWeights.of(b"", version=4))
+    assert len(empty) == 1 and WeightAssembler().add(4, 0, 0, b"", empty[0].sha256) == bytearray()
+
+
+def test_corrupted_or_malformed_weights_are_rejected_and_the_old_policy_kept(tmp_path: Path, caplog) -> None:
+    spec = Spec(observation=(Feature("s", "float32", (3,)),), action=Feature("action", "float32", (2,), (-1, -1),
+                                                                               (1, 1)))
+    link = LearnerLink("127.0.0.1:1", "a", spec, Outbox(tmp_path))
+    link.policy_config = PolicyConfig(3, 2, (8,))
+    good = policy_to_safetensors_bytes(Policy(link.policy_config))
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0xFF
+
+    def send(version: int, data: bytes, sha256: str) -> None:
+        assembler = WeightAssembler()
+        for chunk in _chunks(EncodedWeights(version, data, sha256)):
+            link._receive(assembler, chunk)
+
+    send(2, bytes(flipped), EncodedWeights.of(good).sha256)  # a byte flipped in transit
+    truncated = good[: len(good) // 2]
+    send(3, truncated, EncodedWeights.of(truncated).sha256)  # hash fine, blob unusable
+    assert link.take_policy() is None
+    assert "failed the sha256 check" in caplog.text and "could not be loaded" in caplog.text
+    send(4, good, EncodedWeights.of(good).sha256)
+    version, _ = link.take_policy()
+    assert version == 4
+    link.channel.close()
+
+
+def test_publish_serves_the_encoded_version_and_writes_its_files(tmp_path: Path) -> None:
+    core = LearnerCore(LearnerConfig(output_dir=tmp_path, keep_weight_versions=2))
+    core.open()
+    policy = Policy(PolicyConfig(6, 2, (16,)))
+    encoded = [encode_policy(policy) for _ in range(3)]
+    assert [core.publish(e) for e in encoded] == [1, 2, 3]
+    assert core.weights == EncodedWeights(3, encoded[2].data, encoded[2].sha256)
+    assert core.run_dir.policy.read_bytes() == encoded[2].data
+    assert [p.name for p in core.run_dir.weight_files()] == [core.run_dir.weight_file(v).name for v in (2, 3)]
+    core.save_state()
+    resumed = LearnerCore(LearnerConfig(output_dir=tmp_path, resume=True))
+    resumed.open()
+    assert resumed.weights == core.weights
