@@ -6,7 +6,9 @@ left. The directory is locked (flock) so two actors can never share one.
 
 The batch still being filled (fewer than ``--batch-steps`` steps) lives in a journal,
 `outbox/open.items`: every step is appended to it as it is recorded (length-prefixed protobuf
-items, flushed to the OS, not fsynced), and the journal is emptied when its batch is written. An
+items, flushed to the OS, not fsynced), and the journal is emptied when its batch is written. The
+journal opens with a header naming the seq its batch will take, so a journal left by a kill between
+writing that batch and deleting the journal is recognised (its seq is used) and not stored twice. An
 actor killed mid-batch (SIGKILL, OOM, a crash) loses none of its executed steps: the restarted
 actor turns the journal into a batch before it starts (:meth:`Outbox.recover_journal`). A power
 cut can still lose the unsynced tail of the journal; every complete batch is fsynced.
@@ -35,6 +37,8 @@ ITEM_OVERHEAD = 6  # an item's field tag and length prefix inside a batch
 SAVE_ATTEMPTS = 120  # seconds an episode start waits for actor.json to be writable before the actor gives up
 SET_ASIDE = "set-aside"  # batches the operator set aside (`hilrl outbox set-aside`); never sent, never deleted
 _LENGTH = struct.Struct("<I")
+_HEADER = struct.Struct("<4sQ")  # journal header: magic, the seq its batch will take
+_MAGIC = b"HJ\x00\x01"
 
 
 class StateDirInUse(RuntimeError):
@@ -200,14 +204,13 @@ class Outbox:
     def ack(self, seq: int) -> None:
         """The learner stored every batch up to `seq`: forget them."""
         with self._cond:
-            done = [s for s in self._pending if s <= seq]
-            for s in done:
+            if seq > self.last_acked:  # first: a kill after deleting batches must not let their seqs be reused
+                atomic_write(self.dir / "acked.json", json.dumps({"seq": seq}).encode())
+                self.last_acked = seq
+                self._next_seq = max(self._next_seq, seq + 1)
+            for s in [s for s in self._pending if s <= seq]:
                 self.nbytes -= self._pending.pop(s).ByteSize()
                 (self.dir / f"{s:012d}.batch").unlink(missing_ok=True)
-            if seq > self.last_acked:
-                self.last_acked = seq
-                atomic_write(self.dir / "acked.json", json.dumps({"seq": seq}).encode())
-                self._next_seq = max(self._next_seq, seq + 1)
             self._cond.notify_all()
 
     def first_pending(self) -> int | None:
@@ -226,7 +229,10 @@ class Outbox:
         data = item.SerializeToString()
         with self._cond:
             if self._journal is None:
+                fresh = not self._journal_path.exists() or self._journal_path.stat().st_size == 0
                 self._journal = open(self._journal_path, "ab")  # noqa: SIM115 - kept open across steps
+                if fresh:
+                    self._journal.write(_HEADER.pack(_MAGIC, self._next_seq))
             self._journal.write(_LENGTH.pack(len(data)) + data)
             self._journal.flush()
 
@@ -240,6 +246,12 @@ class Outbox:
         """Turn the journal a killed actor left into a batch of `actor_id` (sent like any other); returns
         how many items it held. Call once at start, before anything is staged."""
         items = read_journal(self._journal_path)
+        seq = journal_seq(self._journal_path)
+        if items and seq is not None and seq < self._next_seq:  # killed after writing (some of) its batch parts
+            written = sum(len(self._pending[s].items) for s in range(seq, self._next_seq) if s in self._pending)
+            log.warning("%s: %d of its %d items were written as batches from seq %d before the kill; not storing "
+                        "them twice", self._journal_path, min(written, len(items)), len(items), seq)
+            items = items[written:]
         if items:
             self.put(pb.TransitionBatch(actor_id=actor_id, items=items))
         else:
@@ -274,7 +286,7 @@ def read_journal(path: Path) -> list[pb.Item]:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return []
-    items, at = [], 0
+    items, at = [], _HEADER.size if data[:len(_MAGIC)] == _MAGIC else 0
     while at + _LENGTH.size <= len(data):
         (n,) = _LENGTH.unpack_from(data, at)
         if at + _LENGTH.size + n > len(data):
@@ -290,6 +302,17 @@ def read_journal(path: Path) -> list[pb.Item]:
         log.warning("%s: %d bytes at the end are an incomplete record (cut by the kill) and are dropped",
                     path, len(data) - at)
     return items
+
+
+def journal_seq(path: Path) -> int | None:
+    """The seq the journal's batch takes (its header), or None for a journal without one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+    except FileNotFoundError:
+        return None
+    magic, seq = _HEADER.unpack(head) if len(head) == _HEADER.size else (b"", 0)
+    return seq if magic == _MAGIC else None
 
 
 class OutboxWriter:

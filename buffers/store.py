@@ -258,9 +258,9 @@ class BufferStore:
         name = f"holes-{generation:06d}.json"
         atomic_write(self.path / name, json.dumps({"rows": holes, "finals": final_holes}).encode())
         old = self.commit.get("holes")
-        self.commit.update(holes=name, holes_generation=generation)
-        self._write_commit()  # the commit point: from here on these rows are gone
-        self.holes, self.final_holes = holes, final_holes
+        commit = {**self.commit, "holes": name, "holes_generation": generation}
+        self._write_commit(commit)  # the commit point: from here on these rows are gone (a failure: still here)
+        self.commit, self.holes, self.final_holes = commit, holes, final_holes
         if old:
             (self.path / old).unlink(missing_ok=True)
         self._collect_garbage()

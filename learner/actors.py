@@ -19,6 +19,10 @@ class ActorIdTaken(Exception):
     """The actor id's stored batches came from another state directory; the text says what to do."""
 
 
+class ReservedActorId(ValueError):
+    """The actor id is in a namespace the learner uses itself (seeded demonstrations); the text says what to do."""
+
+
 @dataclass
 class ActorRecord:
     actor_id: str

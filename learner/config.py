@@ -75,6 +75,10 @@ class LearnerConfig(ServerSecurity):
     encoder: Literal["resnet10", "resnet18"] = opt("resnet10", "image encoder of camera policies (the spec's uint8 "
                                                                "HxWx3 features); see also --algo.freeze-encoder")
     max_message_mb: int = opt(16, "largest gRPC message accepted or sent, in MiB")
+    max_actors: int = opt(32, "actors served at once (each holds two streams); more are refused and retry "
+                              "(see learner/limits.py)")
+    stream_buffer_mb: int = opt(32, "MiB of batches read ahead per actor stream before gRPC flow control holds "
+                                    "the actor back")
     algo: TD3Config = field(default_factory=TD3Config, metadata={"help": "TD3 / TD3+BC hyper-parameters"})
 
     def __post_init__(self) -> None:

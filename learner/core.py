@@ -21,7 +21,7 @@ from hilrl.buffers.recording import RecordingError
 from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.buffers.store import BufferStore, StoreError, atomic_write, read_store
-from hilrl.learner.actors import ActorRecord, ActorTable
+from hilrl.learner.actors import ActorRecord, ActorTable, ReservedActorId
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.features import cached_feature_bytes
 from hilrl.learner.memory import size_buffers
@@ -48,7 +48,11 @@ class LearnerCore:
                              f"combined with --chunk {cfg.chunk} (one base action per observation)")
         self.cfg = cfg
         self.run_dir = RunDir(cfg.output_dir)
-        self.lock = threading.Condition()
+        mutex = threading.RLock()
+        self.lock = threading.Condition(mutex)
+        # Weight subscribers wait on their own condition (same mutex): a stored batch (notifying `lock`) does not
+        # wake every subscriber, only a new stage, new weights or the shutdown do.
+        self._published = threading.Condition(mutex)
         # One store writer at a time (the store's row order is the buffers' order), without the core lock:
         # the fsyncs of one actor's batch must not stall training, status, Hello or the weight streams.
         self._ingest_lock = threading.Lock()
@@ -165,6 +169,9 @@ class LearnerCore:
         """Register an actor; raises SpecMismatch when its spec differs from the learner's, ActorInUse when another
         actor process streams under `actor_id` now, ActorIdTaken when another state directory's batches are
         stored under it (`instance_id`/`session_id` empty: an actor that does not say; not checked)."""
+        if actor_id.startswith(DATASET):  # the store keeps no seq for these sources: resends would be stored again
+            raise ReservedActorId(f"actor id {actor_id!r} starts with {DATASET!r}, which names seeded demonstration "
+                                  "files in this learner's store; give the actor another --actor-id")
         with self.lock:
             self.actors.check_identity(actor_id, instance_id, session_id)
             if problem := residual_mismatch(spec, self.cfg.residual):
@@ -282,6 +289,7 @@ class LearnerCore:
             if stage == ONLINE:
                 self.online_transitions = 0
             self.lock.notify_all()
+            self._published.notify_all()
         log.info("stage -> %s", stage)
 
     def publish(self, weights: EncodedWeights | bytes) -> int:
@@ -298,6 +306,7 @@ class LearnerCore:
         with self.lock:
             self.weights = replace(weights, version=version)
             self.lock.notify_all()
+            self._published.notify_all()
             self.lock.wait_for(lambda: all(v >= version for v in self._subscribers.values()), timeout=FILES_WAIT_S)
         self.run_dir.write_weights(version, weights.data, self.cfg.keep_weight_versions)
         return version
@@ -315,8 +324,8 @@ class LearnerCore:
                         timeout: float) -> tuple[str, EncodedWeights]:
         """Block until the stage or the published version differs from what a subscriber has."""
         with self.lock:
-            self.lock.wait_for(lambda: self.stopping or self.stage != stage_seen
-                               or self.weights.version > version_seen, timeout=timeout)
+            self._published.wait_for(lambda: self.stopping or self.stage != stage_seen
+                                     or self.weights.version > version_seen, timeout=timeout)
             return self.stage, self.weights
 
     def normalization_states(self) -> np.ndarray | None:
@@ -362,6 +371,7 @@ class LearnerCore:
         with self.lock:
             self.stopping = True
             self.lock.notify_all()
+            self._published.notify_all()
 
     # ------------------------------------------------------------------ status
 
@@ -387,21 +397,25 @@ class LearnerCore:
 
     # ------------------------------------------------------------------ persistence
 
-    def save_state(self) -> None:
-        """Stage and training counters (buffers, demo count and actor records live in the store)."""
+    def save_state(self, path: Path | None = None) -> None:
+        """Stage and training counters (buffers, demo count and actor records live in the store), to the run's
+        learner_state.json or to `path` (a checkpoint's own copy, written before the checkpoint is renamed)."""
         with self.lock:
             state = {"stage": self.stage, "learner_step": self.learner_step,
                      "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
                      "actors": self.actors.saved()}
-        atomic_write(self.run_dir.state, json.dumps(state, indent=2).encode())
+        atomic_write(path or self.run_dir.state, json.dumps(state, indent=2).encode())
 
     def load_state(self) -> None:
-        """Stage and step counters of a previous run (see `save_state`), if it saved any. (The normalisation
-        statistics live in the policy and the training checkpoint; an older state file's copy is ignored.)"""
-        path = self.run_dir.state
-        if not path.exists():
+        """Stage and step counters of a previous run (see `save_state`), if it saved any: the run's
+        learner_state.json, or the latest checkpoint's copy when that is newer (a kill after the checkpoint was
+        renamed into place, before the run's file was replaced). (The normalisation statistics live in the
+        policy and the training checkpoint; an older state file's copy is ignored.)"""
+        states = [json.loads(p.read_text()) for p in (self.run_dir.state, self.run_dir.checkpoint_state())
+                  if p is not None and p.exists()]
+        if not states:
             return
-        state = json.loads(path.read_text())
+        state = max(states, key=lambda st: st["learner_step"])
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]

@@ -142,6 +142,11 @@ class RunDir:
         done = self.complete_checkpoints()
         return done[-1] if done else None
 
+    def checkpoint_state(self) -> Path | None:
+        """The learner state saved inside the latest complete checkpoint (None when there is none)."""
+        latest = self.latest_checkpoint()
+        return None if latest is None else latest / self.state.name
+
     @staticmethod
     def is_complete(checkpoint: Path) -> bool:
         return (checkpoint / DONE).exists()

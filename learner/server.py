@@ -17,6 +17,7 @@ from hilrl.buffers.durable import atomic_write
 from hilrl.learner.auth import BearerTokenServerInterceptor
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.core import LearnerCore
+from hilrl.learner.limits import ServerLimits
 from hilrl.learner.memory import BuffersTooLarge
 from hilrl.learner.service import SERVICE_NAME, LearnerService, add_to_server
 from hilrl.learner.training import Trainer
@@ -59,24 +60,26 @@ def check_security(cfg: LearnerConfig) -> Security:
     return Security(credentials, token, warning)
 
 
-def serve(cfg: LearnerConfig) -> int:
-    security = check_security(cfg)
-    if security.warning:
-        log.warning("!" * 20 + " %s " + "!" * 20, security.warning)
-    core = LearnerCore(cfg)
-    try:
-        core.open()
-    except BuffersTooLarge as exc:
-        raise SystemExit(f"hilrl learner: {exc}") from None
-    if cfg.resume:
-        log.info("resumed %s: stage %s, learner step %d, weights v%d", cfg.output_dir, core.stage,
-                 core.learner_step, core.weights.version)
+@dataclass
+class Built:
+    """A started learner server (not yet announced in the run directory)."""
 
+    server: grpc.Server
+    port: int
+    service: LearnerService
+    health: health.HealthServicer
+    limits: ServerLimits
+
+
+def build_server(cfg: LearnerConfig, core: LearnerCore, security: Security) -> Built:
+    """The gRPC server for `core`, sized by --max-actors (see learner/limits.py), listening and serving."""
+    limits = ServerLimits(cfg.max_actors, cfg.stream_buffer_mb << 20)
     interceptors = [BearerTokenServerInterceptor(security.token)] if security.token else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="grpc"),
                          options=channel_options(cfg.max_message_mb, cfg.keepalive_s, server=True),
-                         interceptors=interceptors)
-    add_to_server(LearnerService(core), server)
+                         interceptors=interceptors, maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
+    service = LearnerService(core, limits)
+    add_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bind = f"{cfg.host}:{cfg.port}"
@@ -89,6 +92,23 @@ def serve(cfg: LearnerConfig) -> int:
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Built(server, port, service, health_servicer, limits)
+
+
+def serve(cfg: LearnerConfig) -> int:
+    security = check_security(cfg)
+    if security.warning:
+        log.warning("!" * 20 + " %s " + "!" * 20, security.warning)
+    core = LearnerCore(cfg)
+    try:
+        core.open()
+    except BuffersTooLarge as exc:
+        raise SystemExit(f"hilrl learner: {exc}") from None
+    if cfg.resume:
+        log.info("resumed %s: stage %s, learner step %d, weights v%d", cfg.output_dir, core.stage,
+                 core.learner_step, core.weights.version)
+    built = build_server(cfg, core, security)
+    server, port, health_servicer = built.server, built.port, built.health
     address = f"{cfg.host}:{port}"
     atomic_write(core.run_dir.address, json.dumps({"address": address, "pid": os.getpid()}).encode())
     mode = ("mutual TLS" if cfg.tls_ca else "TLS") if security.credentials else "plaintext"

@@ -19,8 +19,9 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from hilrl.buffers.store import StoreError
-from hilrl.learner.actors import ActorIdTaken, ActorInUse
+from hilrl.learner.actors import ActorIdTaken, ActorInUse, ReservedActorId
 from hilrl.learner.core import LearnerCore, SpecMismatch
+from hilrl.learner.limits import ByteBudget, ServerLimits, StreamSlots
 from hilrl.learner.memory import BuffersTooLarge
 from hilrl.learner.tensor_blob import EncodedWeights
 from hilrl.protos import codec
@@ -78,8 +79,11 @@ def add_to_server(service: LearnerService, server: grpc.Server) -> None:
 
 
 class LearnerService(pb_grpc.LearnerServicer):
-    def __init__(self, core: LearnerCore) -> None:
+    def __init__(self, core: LearnerCore, limits: ServerLimits | None = None) -> None:
         self.core = core
+        self.limits = limits or ServerLimits()
+        self.streams = StreamSlots(self.limits.max_actors, "transition streams")
+        self.subscriptions = StreamSlots(self.limits.max_actors, "weight subscriptions")
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         _reject_malformed(request, context)
@@ -92,7 +96,7 @@ class LearnerService(pb_grpc.LearnerServicer):
         try:
             spec = codec.decode_spec(request.spec)
             info = self.core.hello(request.actor_id, spec, request.instance_id, request.session_id, context.peer())
-        except codec.DecodeError as exc:
+        except (codec.DecodeError, ReservedActorId) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except (SpecMismatch, ActorIdTaken) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
@@ -125,9 +129,11 @@ class LearnerService(pb_grpc.LearnerServicer):
         """Store and acknowledge batches in order. Batches that are already waiting in the stream when the
         store is free are stored together (one store commit, one round of fsyncs; see `_queued_groups`), so
         an actor catching up after a partition or a learner restart is not held to one commit per batch."""
+        if refused := self.streams.enter():
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         actor_id = None
         try:
-            for group in _queued_groups(request_iterator, context):
+            for group in _queued_groups(request_iterator, context, self.limits.stream_buffer_bytes):
                 stored: list[tuple[int, list]] = []
                 error: tuple[grpc.StatusCode, str] | None = None
                 for batch in group:
@@ -168,6 +174,7 @@ class LearnerService(pb_grpc.LearnerServicer):
                     log.warning("actor %s: %s", getattr(group[0], "actor_id", "?"), error[1])
                     context.abort(*error)
         finally:
+            self.streams.leave()
             if actor_id is not None:
                 self.core.disconnected(actor_id, context.peer())
 
@@ -184,6 +191,8 @@ class LearnerService(pb_grpc.LearnerServicer):
     def SubscribeWeights(self, request: pb.SubscribeRequest,
                          context: grpc.ServicerContext) -> Iterator[pb.LearnerEvent | bytes]:
         _reject_malformed(request, context)
+        if refused := self.subscriptions.enter():
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         stage_seen: str | None = None
         have = request.have_version
         me = object()  # this stream, for the core's "every subscriber has been sent the new version" wait
@@ -200,6 +209,7 @@ class LearnerService(pb_grpc.LearnerServicer):
                     self.core.subscriber_has(me, have)
         finally:
             self.core.subscriber_has(me, None)
+            self.subscriptions.leave()
 
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         _reject_malformed(request, context)
@@ -247,13 +257,20 @@ GROUP_MAX_BATCHES = 16
 GROUP_MAX_BYTES = 32 << 20
 
 
-def _queued_groups(requests: Iterator, context: grpc.ServicerContext) -> Iterator[list]:
+def _queued_groups(requests: Iterator, context: grpc.ServicerContext,
+                   buffer_bytes: int = ServerLimits.stream_buffer_bytes) -> Iterator[list]:
     """The stream's messages in order, as lists: each list is the next message plus those already queued
     behind it from the same actor (at most GROUP_MAX_BATCHES / GROUP_MAX_BYTES). A reader thread keeps up
-    to GROUP_MAX_BATCHES messages queued, so gRPC flow control still holds back a fast sender."""
+    to GROUP_MAX_BATCHES messages and `buffer_bytes` queued (the group being stored included), so gRPC
+    flow control still holds back a fast sender and a stream's memory stays bounded."""
     queued: queue.Queue = queue.Queue(maxsize=GROUP_MAX_BATCHES)
+    budget = ByteBudget(buffer_bytes)
 
     def put(item: object) -> bool:
+        size = item.ByteSize() if isinstance(item, Message) else 0
+        while size and not budget.take(size, timeout=0.5):
+            if not context.is_active():
+                return False
         while context.is_active():
             try:
                 queued.put(item, timeout=0.5)
@@ -273,7 +290,9 @@ def _queued_groups(requests: Iterator, context: grpc.ServicerContext) -> Iterato
 
     threading.Thread(target=read, name="stream-reader", daemon=True).start()
     carry: object = None
+    held = 0  # bytes of the group handed out last, released when the caller asks for the next one
     while True:
+        budget.give(held)
         first = carry if carry is not None else _get(queued, context)
         carry = None
         if first is _END or first is None:
@@ -291,6 +310,7 @@ def _queued_groups(requests: Iterator, context: grpc.ServicerContext) -> Iterato
                     break
                 group.append(message)
                 size += message.ByteSize()
+        held = sum(m.ByteSize() for m in group if isinstance(m, Message))
         yield group
 
 

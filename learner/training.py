@@ -365,6 +365,7 @@ class Trainer:
             tmp = self.run_dir.checkpoint_tmp(self.core.learner_step)
             shutil.rmtree(tmp, ignore_errors=True)
             self.td3.save(tmp)
+            self.core.save_state(tmp / self.run_dir.state.name)  # the counters that match these weights
             self.run_dir.mark_complete(tmp)
             replace_dir(tmp, path)  # fsyncs every file (DONE included) and both directories
         self.core.save_state()
