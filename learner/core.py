@@ -20,7 +20,7 @@ from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
 from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.spec import Spec, state_vector
-from hilrl.buffers.store import BufferStore, StoreError, atomic_write, read_store
+from hilrl.buffers.store import BufferStore, StoreError, read_store
 from hilrl.learner.actors import ActorRecord, ActorTable, ReservedActorId
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.features import cached_feature_bytes
@@ -404,18 +404,16 @@ class LearnerCore:
             state = {"stage": self.stage, "learner_step": self.learner_step,
                      "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
                      "actors": self.actors.saved()}
-        atomic_write(path or self.run_dir.state, json.dumps(state, indent=2).encode())
+        self.run_dir.write_state(state, path)
 
     def load_state(self) -> None:
         """Stage and step counters of a previous run (see `save_state`), if it saved any: the run's
         learner_state.json, or the latest checkpoint's copy when that is newer (a kill after the checkpoint was
         renamed into place, before the run's file was replaced). (The normalisation statistics live in the
         policy and the training checkpoint; an older state file's copy is ignored.)"""
-        states = [json.loads(p.read_text()) for p in (self.run_dir.state, self.run_dir.checkpoint_state())
-                  if p is not None and p.exists()]
-        if not states:
+        state = self.run_dir.read_state()
+        if state is None:
             return
-        state = max(states, key=lambda st: st["learner_step"])
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]

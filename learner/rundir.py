@@ -147,6 +147,17 @@ class RunDir:
         latest = self.latest_checkpoint()
         return None if latest is None else latest / self.state.name
 
+    def read_state(self) -> dict | None:
+        """The newest saved learner state (by learner step): learner_state.json or the latest checkpoint's copy
+        (newer after a kill between renaming the checkpoint into place and replacing the run's file); None: none."""
+        states = [json.loads(p.read_text()) for p in (self.state, self.checkpoint_state())
+                  if p is not None and p.exists()]
+        return max(states, key=lambda st: st["learner_step"]) if states else None
+
+    def write_state(self, state: dict, path: Path | None = None) -> None:
+        """learner_state.json, or its copy at `path` (inside a checkpoint that is being written)."""
+        atomic_write(path or self.state, json.dumps(state, indent=2).encode())
+
     @staticmethod
     def is_complete(checkpoint: Path) -> bool:
         return (checkpoint / DONE).exists()
