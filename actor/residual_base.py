@@ -37,7 +37,11 @@ Base = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 class ResidualBaseEnv(Arm):
-    """The `Arm` ``env`` with ``base_action`` added to every observation (reset, step and the final observation)."""
+    """The `Arm` ``env`` with ``base_action`` added to every observation (reset, step and the final observation).
+
+    Its surface is the `Arm` protocol (hardware/arm.py) and `drop_plan`, nothing more: the arm's other
+    attributes (a sim's ``scene``, a real arm's ``cameras``, ...) are not forwarded; reach them on ``env``.
+    """
 
     def __init__(self, env: Arm, base: Base, reset_base: Callable[[], None] | None = None) -> None:
         if BASE_ACTION in env.spec.observation_names:
@@ -62,11 +66,6 @@ class ResidualBaseEnv(Arm):
 
     def joint_limits(self) -> tuple[np.ndarray, np.ndarray] | None:
         return self.env.joint_limits()
-
-    def __getattr__(self, name: str) -> Any:  # everything else (max_steps, cameras, ...) is the env's
-        if name == "env":
-            raise AttributeError(name)
-        return getattr(self.env, name)
 
     def _with_base(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         action = np.asarray(self.base(obs), dtype=np.float32).reshape(self.low.shape)

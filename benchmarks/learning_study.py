@@ -52,7 +52,7 @@ from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.spec import state_vector
 from hilrl.hardware.perturb import make_sim
 from hilrl.learner.config import LearnerConfig
-from hilrl.learner.core import STATE_CAPACITIES
+from hilrl.learner.memory import STATE_CAPACITIES
 from hilrl.learner.networks import PolicyConfig, compute_state_stats
 from hilrl.learner.td3 import TD3, TD3Config
 from hilrl.learner.training import bc_weight_schedule

@@ -9,23 +9,22 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import threading
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
-from hilrl.buffers.durable import link_replace
 from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
-from hilrl.buffers.replay import DualBuffer, default_frame_capacity, dual_buffer_nbytes
+from hilrl.buffers.replay import DualBuffer
 from hilrl.buffers.spec import Spec, state_vector
-from hilrl.buffers.store import BufferStore, StoreError, atomic_write, read_store
+from hilrl.buffers.store import BufferStore, StoreError, read_store
+from hilrl.learner.actors import ActorRecord, ActorTable, ReservedActorId
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.features import cached_feature_bytes
+from hilrl.learner.memory import size_buffers
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
 from hilrl.learner.rundir import RunDir
@@ -40,72 +39,6 @@ DATASET = "dataset:"  # store source prefix of seeded demonstration files (not a
 
 class SpecMismatch(Exception):
     """An actor's spec differs from the learner's; the text names every difference."""
-
-
-class ActorInUse(Exception):
-    """Another actor process streams under the same actor id right now; the text says what to do."""
-
-
-class ActorIdTaken(Exception):
-    """The actor id's stored batches came from another state directory; the text says what to do."""
-
-
-class ReservedActorId(ValueError):
-    """The actor id is in a namespace the learner uses itself (seeded demonstrations); the text says what to do."""
-
-
-class BuffersTooLarge(Exception):
-    """The replay buffers for a spec would not fit in this machine's memory; the text says what to set."""
-
-
-def available_memory() -> int | None:
-    """Bytes the kernel says can be allocated without swapping (MemAvailable), or None when unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-STATE_CAPACITIES = (200_000, 500_000)  # human, policy: the state-spec defaults
-CAMERA_MEMORY_SHARE = 0.4  # of available memory, for camera-spec buffers with automatic capacities
-
-
-def buffer_capacities(spec: Spec, human: int | None, policy: int | None, available: int | None,
-                      cached_bytes_per_frame: int = 0) -> tuple[int, int]:
-    """--human-capacity / --policy-capacity, where None (auto) is 200k / 500k for state specs, and for camera
-    specs what fits in 40 % of available memory, 2:5 like the state defaults (never more than those), counting
-    the feature cache's bytes per frame (learner/features.py) when it is on."""
-    if not spec.image_features or available is None:
-        return (STATE_CAPACITIES[0] if human is None else human, STATE_CAPACITIES[1] if policy is None else policy)
-    per = dual_buffer_nbytes(spec, 1000, 1000) / 2000  # bytes per transition of capacity
-    per += cached_bytes_per_frame * default_frame_capacity(1000) / 1000
-    budget = CAMERA_MEMORY_SHARE * available - per * ((human or 0) + (policy or 0))
-    fits = max(2, int(budget / per) - 2)  # - 2: each ring rounds its frame slack up
-    auto_human = min(STATE_CAPACITIES[0], max(1, fits * 2 // 7))
-    auto_policy = min(STATE_CAPACITIES[1], max(1, fits - auto_human if human is None else fits))
-    return (auto_human if human is None else human, auto_policy if policy is None else policy)
-
-
-@dataclass
-class ActorRecord:
-    actor_id: str
-    last_seq: int = 0
-    transitions: int = 0
-    episodes: int = 0
-    interventions: int = 0
-    weight_version_applied: int = 0
-    connected: bool = False
-    loop_period_p50_ms: float = 0.0  # the actor's control-loop health, from its newest batch
-    loop_period_p99_ms: float = 0.0
-    overruns: int = 0
-    watchdog_holds: int = 0
-    safety_clamps: int = 0
-    instance_id: str = ""  # the actor's state directory (its seq counter) whose batches are stored under this id
-    session_id: str = ""  # the actor process of the newest Hello
-    streams: int = 0  # live transition streams
 
 
 class LearnerCore:
@@ -127,7 +60,7 @@ class LearnerCore:
         self.buffers: DualBuffer | None = None
         self.store: BufferStore | None = None
         self.assembler = EpisodeAssembler()
-        self.actors: dict[str, ActorRecord] = {}
+        self.actors = ActorTable()
         self.stage = WAITING
         self.learner_step = 0
         self.offline_steps_done = 0
@@ -138,7 +71,6 @@ class LearnerCore:
         self.run_id = ""
         self.episode_events: list[dict] = []  # drained by the training loop for logging
         self.store_problem = ""  # why the newest append failed (disk full, ...); "" while storing works
-        self._peer_session: dict[str, str] = {}  # connection -> actor process of its newest Hello
         self._subscribers: dict[object, int] = {}  # live weight streams -> the newest version each was sent
         self.stopping = False
 
@@ -153,20 +85,17 @@ class LearnerCore:
         if self.cfg.resume and not marker.exists():
             log.warning("--resume: no learner run in %s yet; starting a fresh one", self.run_dir.root)
         self.run_dir.root.mkdir(parents=True, exist_ok=True)
-        if marker.exists():
-            self.run_id = json.loads(marker.read_text())["run_id"]
-        else:
-            self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
-            atomic_write(marker, json.dumps({"run_id": self.run_id}).encode())
-        spec_path = self.run_dir.spec
+        self.run_id = self.run_dir.read_run_id() or self.run_dir.start_run()
         try:
+            stored = self.run_dir.read_spec()
             if self.cfg.spec_file is not None:
                 spec = Spec.from_dict(json.loads(Path(self.cfg.spec_file).read_text()))
-                if spec_path.exists() and (problem := Spec.from_dict(json.loads(spec_path.read_text())).mismatch(spec)):
-                    raise SystemExit(f"--spec-file {self.cfg.spec_file} differs from this run's {spec_path}: {problem}")
+                if stored is not None and (problem := stored.mismatch(spec)):
+                    raise SystemExit(f"--spec-file {self.cfg.spec_file} differs from this run's {self.run_dir.spec}: "
+                                     f"{problem}")
                 self._adopt_spec(spec)
-            elif spec_path.exists():
-                self._adopt_spec(Spec.from_dict(json.loads(spec_path.read_text())))
+            elif stored is not None:
+                self._adopt_spec(stored)
             elif (self.run_dir.store / "commit.json").exists():  # stopped between creating the store and spec.json
                 self._adopt_spec(read_store(self.run_dir.store)[0])
         except (StoreError, ValueError, OSError) as exc:
@@ -181,32 +110,15 @@ class LearnerCore:
             if self.store is not None:
                 self._replay_store()
                 self.online_transitions = 0
-        version_path = self.run_dir.weights_version
-        if version_path.exists():
-            version = json.loads(version_path.read_text())["version"]
-            policy_path = self.run_dir.policy
-            blob = policy_path.read_bytes() if policy_path.exists() else b""
+        if (published := self.run_dir.read_published()) is not None:
+            version, blob = published
             self.weights = replace(EncodedWeights.of(blob), version=version)
 
     def _adopt_spec(self, spec: Spec) -> None:
         if self.spec is not None:
             return
-        have = available_memory()
-        human_capacity, policy_capacity = buffer_capacities(spec, self.cfg.human_capacity, self.cfg.policy_capacity,
-                                                            have, cached_feature_bytes(spec, self.cfg))
-        need = dual_buffer_nbytes(spec, human_capacity, policy_capacity)
-        if self.cfg.human_capacity is None or self.cfg.policy_capacity is None:
-            log.info("buffer capacities: human %d, policy %d transitions (%.1f GiB; automatic for %s specs)",
-                     human_capacity, policy_capacity, need / 2**30, "camera" if spec.image_features else "state")
-        if have is not None and need > 0.9 * have:
-            per = need / (human_capacity + policy_capacity)
-            fits = int(0.6 * have / per)
-            raise BuffersTooLarge(
-                f"the replay buffers for this observation spec ({per / 1e3:.1f} kB per transition) need "
-                f"{need / 2**30:.1f} GiB for --human-capacity {human_capacity} + --policy-capacity "
-                f"{policy_capacity}, but only {have / 2**30:.1f} GiB of memory is available; start the "
-                f"learner with capacities that add up to about {fits} transitions or fewer "
-                f"(e.g. --human-capacity {fits // 3} --policy-capacity {fits - fits // 3})")
+        human_capacity, policy_capacity = size_buffers(spec, self.cfg.human_capacity, self.cfg.policy_capacity,
+                                                       cached_feature_bytes(spec, self.cfg))
         # All or nothing: the buffers, then the store, then spec.json (the run's record of its spec); a failure
         # on the way (StoreError: another spec's store is there; OSError: disk full, ...) leaves no spec adopted
         # and removes a store this call created, so the next Hello (or start) finds the learner as it was.
@@ -217,7 +129,7 @@ class LearnerCore:
         try:
             store = BufferStore(store_dir, spec,  # disk bounded by the buffer capacities
                                 capacities=(human_capacity, policy_capacity))
-            atomic_write(self.run_dir.spec, json.dumps(spec.to_dict(), indent=2).encode())
+            self.run_dir.write_spec(spec)
         except BaseException:
             if fresh and store_dir.exists():
                 (store_dir / "commit.json").unlink(missing_ok=True)  # the next BufferStore starts it over
@@ -261,7 +173,7 @@ class LearnerCore:
             raise ReservedActorId(f"actor id {actor_id!r} starts with {DATASET!r}, which names seeded demonstration "
                                   "files in this learner's store; give the actor another --actor-id")
         with self.lock:
-            self._check_identity(actor_id, instance_id, session_id)
+            self.actors.check_identity(actor_id, instance_id, session_id)
             if problem := residual_mismatch(spec, self.cfg.residual):
                 raise SpecMismatch(f"actor {actor_id!r}: {problem}")
             if self.spec is None:
@@ -272,48 +184,19 @@ class LearnerCore:
                 if problem:
                     raise SpecMismatch(f"actor {actor_id!r} spec does not match the learner's "
                                        f"({self.run_dir.spec}): {problem}")
-            record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
-            record.connected = True
-            record.instance_id = instance_id or record.instance_id
-            record.session_id = session_id
-            self._peer_session[peer] = session_id
+            record = self.actors.hello(actor_id, instance_id, session_id, peer)
             return {"run_id": self.run_id, "policy_config": self.policy_config(), "stage": self.stage,
                     "weight_version": self.weights.version, "last_acked_seq": record.last_seq}
-
-    def _check_identity(self, actor_id: str, instance_id: str, session_id: str) -> None:
-        record = self.actors.get(actor_id)
-        if record is None:
-            return
-        if session_id and record.streams > 0 and record.session_id and record.session_id != session_id:
-            raise ActorInUse(f"actor id {actor_id!r} is streaming to this learner right now from another actor "
-                             f"process; two actors must not share an id: give this one its own --actor-id, or stop "
-                             "the other one")
-        if instance_id and record.instance_id and record.instance_id != instance_id and record.last_seq > 0:
-            raise ActorIdTaken(f"actor id {actor_id!r} already has batches up to seq {record.last_seq} stored from "
-                               f"another actor state directory (instance {record.instance_id}; this one is "
-                               f"{instance_id}: a new, wiped or copied --state-dir); its sequence numbers would be "
-                               "taken for those: give this actor its own --actor-id")
 
     def stream_started(self, actor_id: str, peer: str) -> None:
         """A transition stream of `actor_id` began on the connection `peer`; raises ActorInUse when another actor
         process said Hello under this id since this connection did."""
         with self.lock:
-            record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
-            session = self._peer_session.get(peer)
-            if session is not None and record.session_id and session != record.session_id:
-                raise ActorInUse(f"actor id {actor_id!r} was taken over by another actor process (its Hello came "
-                                 "after this one's); two actors must not share an id: give this one its own "
-                                 "--actor-id, or stop the other one")
-            record.streams += 1
-            record.connected = True
+            self.actors.stream_started(actor_id, peer)
 
     def disconnected(self, actor_id: str, peer: str = "") -> None:
         with self.lock:
-            self._peer_session.pop(peer, None)
-            if actor_id in self.actors:
-                record = self.actors[actor_id]
-                record.streams = max(0, record.streams - 1)
-                record.connected = record.streams > 0
+            self.actors.disconnected(actor_id, peer)
 
     def ingest_batches(self, actor_id: str, batches: list[tuple[int, list[Step | Discard]]],
                        weight_version_applied: int) -> list[bool]:
@@ -325,7 +208,7 @@ class LearnerCore:
         """
         with self._ingest_lock:  # last_seq only changes under this lock, so the checks below stay true
             with self.lock:
-                record = self.actors.setdefault(actor_id, ActorRecord(actor_id))
+                record = self.actors.record(actor_id)
                 record.weight_version_applied = weight_version_applied
                 last, duplicates, items = record.last_seq, [], []
                 for seq, batch_items in batches:
@@ -390,13 +273,10 @@ class LearnerCore:
         """Rebuild buffers, demo count and actor records from the store (on --resume)."""
         assert self.store is not None
         for source, item in self.store.replay():
-            record = None if source.startswith(DATASET) else self.actors.setdefault(source, ActorRecord(source))
+            record = None if source.startswith(DATASET) else self.actors.record(source)
             self._apply(source, [item], record)
-        instances = self.store.instances()
-        for source, last_seq in self.store.last_seqs().items():
-            if not source.startswith(DATASET):
-                record = self.actors.setdefault(source, ActorRecord(source))
-                record.last_seq, record.instance_id = last_seq, instances.get(source, "")
+        self.actors.restored({source: last_seq for source, last_seq in self.store.last_seqs().items()
+                              if not source.startswith(DATASET)}, self.store.instances())
         self.episode_events.clear()
         log.info("replayed %d stored steps: human %d, policy %d transitions, %d demo episodes", len(self.store),
                  len(self.buffers.human), len(self.buffers.policy), self.demo_episodes)
@@ -422,17 +302,13 @@ class LearnerCore:
         if not isinstance(weights, EncodedWeights):
             weights = EncodedWeights.of(weights)
         version = self.weights.version + 1
-        atomic_write(self.run_dir.weights_version, json.dumps({"version": version}).encode())
+        self.run_dir.write_weights_version(version)
         with self.lock:
             self.weights = replace(weights, version=version)
             self.lock.notify_all()
             self._published.notify_all()
             self.lock.wait_for(lambda: all(v >= version for v in self._subscribers.values()), timeout=FILES_WAIT_S)
-        self.run_dir.weight_history.mkdir(exist_ok=True)
-        atomic_write(self.run_dir.weight_file(version), weights.data)
-        link_replace(self.run_dir.weight_file(version), self.run_dir.policy)
-        for old in self.run_dir.weight_files()[: -self.cfg.keep_weight_versions]:
-            old.unlink(missing_ok=True)
+        self.run_dir.write_weights(version, weights.data, self.cfg.keep_weight_versions)
         return version
 
     def subscriber_has(self, subscriber: object, version: int | None) -> None:
@@ -465,10 +341,7 @@ class LearnerCore:
     def note_loop(self, actor_id: str, stats: dict) -> None:
         """Keep an actor's newest control-loop statistics (informational; shown by status and TensorBoard)."""
         with self.lock:
-            record = self.actors.get(actor_id)
-            if record is not None:
-                for key, value in stats.items():
-                    setattr(record, key, value)
+            self.actors.note_loop(actor_id, stats)
 
     # ------------------------------------------------------------------ what the training loop changes
 
@@ -519,15 +392,7 @@ class LearnerCore:
                     "human": _buffer_status(human, self.cfg.human_capacity or 0),
                     "policy": _buffer_status(policy, self.cfg.policy_capacity or 0),
                 },
-                "actors": [
-                    {"id": a.actor_id, "transitions_received": a.transitions, "last_acked_seq": a.last_seq,
-                     "weight_version_applied": a.weight_version_applied,
-                     "policy_lag": max(0, self.weights.version - a.weight_version_applied),
-                     "connected": a.connected, "episodes": a.episodes, "interventions": a.interventions,
-                     "loop_period_p50_ms": a.loop_period_p50_ms, "loop_period_p99_ms": a.loop_period_p99_ms,
-                     "overruns": a.overruns, "watchdog_holds": a.watchdog_holds, "safety_clamps": a.safety_clamps}
-                    for a in self.actors.values()
-                ],
+                "actors": self.actors.status(self.weights.version),
             }
 
     # ------------------------------------------------------------------ persistence
@@ -538,19 +403,17 @@ class LearnerCore:
         with self.lock:
             state = {"stage": self.stage, "learner_step": self.learner_step,
                      "offline_steps": self.offline_steps_done, "demo_episodes": self.demo_episodes,
-                     "actors": [asdict(a) | {"connected": False} for a in self.actors.values()]}
-        atomic_write(path or self.run_dir.state, json.dumps(state, indent=2).encode())
+                     "actors": self.actors.saved()}
+        self.run_dir.write_state(state, path)
 
     def load_state(self) -> None:
         """Stage and step counters of a previous run (see `save_state`), if it saved any: the run's
         learner_state.json, or the latest checkpoint's copy when that is newer (a kill after the checkpoint was
         renamed into place, before the run's file was replaced). (The normalisation statistics live in the
         policy and the training checkpoint; an older state file's copy is ignored.)"""
-        states = [json.loads(p.read_text()) for p in (self.run_dir.state, self.run_dir.checkpoint_state())
-                  if p is not None and p.exists()]
-        if not states:
+        state = self.run_dir.read_state()
+        if state is None:
             return
-        state = max(states, key=lambda st: st["learner_step"])
         self.stage = state["stage"]
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]

@@ -16,8 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hilrl.buffers.durable import atomic_write
 from hilrl.learner.auth import BearerTokenServerInterceptor
 from hilrl.learner.config import LearnerConfig
-from hilrl.learner.core import BuffersTooLarge, LearnerCore
+from hilrl.learner.core import LearnerCore
 from hilrl.learner.limits import ServerLimits
+from hilrl.learner.memory import BuffersTooLarge
 from hilrl.learner.service import SERVICE_NAME, LearnerService, add_to_server
 from hilrl.learner.training import Trainer
 from hilrl.protos.transport import SecurityConfigError, channel_options, is_loopback

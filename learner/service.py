@@ -19,8 +19,10 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from hilrl.buffers.store import StoreError
-from hilrl.learner.core import ActorIdTaken, ActorInUse, BuffersTooLarge, LearnerCore, ReservedActorId, SpecMismatch
+from hilrl.learner.actors import ActorIdTaken, ActorInUse, ReservedActorId
+from hilrl.learner.core import LearnerCore, SpecMismatch
 from hilrl.learner.limits import ByteBudget, ServerLimits, StreamSlots
+from hilrl.learner.memory import BuffersTooLarge
 from hilrl.learner.tensor_blob import EncodedWeights
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb

@@ -13,7 +13,7 @@ from test_learner_core import SPEC, core, steps
 
 from hilrl.actor.link import LearnerLink, NeverFits
 from hilrl.actor.outbox import Outbox, StateDir
-from hilrl.learner.core import ActorIdTaken, ActorInUse
+from hilrl.learner.actors import ActorIdTaken, ActorInUse
 from hilrl.protos.v1 import learner_pb2 as pb
 
 

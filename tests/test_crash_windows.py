@@ -20,7 +20,7 @@ from test_store import SPEC, make_steps
 import hilrl.buffers.durable as durable
 from hilrl.actor.outbox import ITEM_OVERHEAD, JOURNAL, SEND_MARGIN, Outbox, StateDir
 from hilrl.buffers.store import BufferStore
-from hilrl.learner.core import ReservedActorId
+from hilrl.learner.actors import ReservedActorId
 from hilrl.protos.v1 import learner_pb2 as pb
 
 

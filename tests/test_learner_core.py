@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from hilrl.buffers.assembler import Discard, Step
+from hilrl.buffers.replay import dual_buffer_nbytes
 from hilrl.buffers.spec import Feature, Spec
-from hilrl.learner import core as core_module
+from hilrl.learner import memory
 from hilrl.learner.config import LearnerConfig
-from hilrl.learner.core import BuffersTooLarge, LearnerCore, SpecMismatch
+from hilrl.learner.core import LearnerCore, SpecMismatch
+from hilrl.learner.memory import BuffersTooLarge
 
 SPEC = Spec(observation=(Feature("x", "float32", (3,)),), action=Feature("action", "float32", (2,), (-1, -1), (1, 1)))
 
@@ -94,7 +96,7 @@ def test_resume_rebuilds_buffers_and_actor_records_from_the_store(tmp_path: Path
 def test_camera_buffers_that_cannot_fit_are_refused_with_capacities_that_would(tmp_path: Path, monkeypatch) -> None:
     cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
                              Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
-    monkeypatch.setattr(core_module, "available_memory", lambda: 8 * 2**30)  # an 8 GiB machine
+    monkeypatch.setattr(memory, "available_memory", lambda: 8 * 2**30)  # an 8 GiB machine
     c = core(tmp_path, human_capacity=200_000, policy_capacity=500_000)  # ~76 GiB of frames for two cameras
     with pytest.raises(BuffersTooLarge, match=r"need 7\d\.\d GiB .*--human-capacity 200000.*only 8\.0 GiB") as err:
         c.hello("a", cams)
@@ -110,19 +112,19 @@ def test_default_capacities_size_camera_buffers_from_memory_and_keep_state_defau
                                                                                      monkeypatch) -> None:
     cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
                              Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
-    monkeypatch.setattr(core_module, "available_memory", lambda: 24 * 2**30)  # a 24 GiB machine
+    monkeypatch.setattr(memory, "available_memory", lambda: 24 * 2**30)  # a 24 GiB machine
     c = core(tmp_path)  # default (automatic) capacities: a two-camera actor is accepted
     c.hello("a", cams)
     human, policy = c.buffers.human.capacity, c.buffers.policy.capacity
     assert 20_000 < human < 30_000 and policy == pytest.approx(2.5 * human, rel=0.01)
-    assert core_module.dual_buffer_nbytes(cams, human, policy) <= 0.4 * 24 * 2**30
-    assert core_module.buffer_capacities(SPEC, None, None, 24 * 2**30) == (200_000, 500_000)
-    assert core_module.buffer_capacities(cams, 1000, None, 24 * 2**30)[0] == 1000
+    assert dual_buffer_nbytes(cams, human, policy) <= 0.4 * 24 * 2**30
+    assert memory.buffer_capacities(SPEC, None, None, 24 * 2**30) == (200_000, 500_000)
+    assert memory.buffer_capacities(cams, 1000, None, 24 * 2**30)[0] == 1000
 
 
 def test_automatic_camera_capacities_leave_room_for_the_feature_cache() -> None:
     cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
                              Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
-    plain = core_module.buffer_capacities(cams, None, None, 24 * 2**30)
-    cached = core_module.buffer_capacities(cams, None, None, 24 * 2**30, 2 * 2 * 512 * 4 * 4 * 2)
+    plain = memory.buffer_capacities(cams, None, None, 24 * 2**30)
+    cached = memory.buffer_capacities(cams, None, None, 24 * 2**30, 2 * 2 * 512 * 4 * 4 * 2)
     assert 0.55 < sum(cached) / sum(plain) < 0.65  # 98 kB of pixels + 64 kB of features per frame

@@ -155,6 +155,10 @@ def test_residual_env_adds_the_base_action_to_every_observation() -> None:
     env = ResidualBaseEnv(sim, expert.act, expert.reset)
     try:
         assert env.spec.observation_names[-1] == BASE_ACTION and env.spec.state_dim == sim.spec.state_dim + 4
+        # the Arm surface is the sim's; nothing else is forwarded (the sim's scene stays on env.env)
+        assert env.needs_go == sim.needs_go and env.joint_limits() == sim.joint_limits()
+        np.testing.assert_array_equal(env.hold_action(), sim.hold_action())
+        assert env.end_effector().reference == "commanded" and not hasattr(env, "scene")
         obs = env.reset(seed=5)
         for _ in range(15):
             env.spec.check_observation(obs)

@@ -42,3 +42,31 @@ def test_resolve_policy_file_takes_a_run_or_a_file_and_names_both_when_neither(t
         resolve_policy_file(run.root)
     run.policy.write_bytes(b"x")
     assert resolve_policy_file(run.root) == run.policy == resolve_policy_file(run.policy)
+
+
+def test_the_run_records_round_trip_and_the_newest_state_wins(tmp_path: Path) -> None:
+    from hilrl.buffers.spec import Feature, Spec
+
+    run = RunDir(tmp_path / "out")
+    assert run.read_run_id() is None and run.read_spec() is None and run.read_published() is None
+    assert run.read_state() is None
+    run_id = run.start_run()
+    assert run.read_run_id() == run_id
+    spec = Spec(observation=(Feature("x", "float32", (3,)),),
+                action=Feature("action", "float32", (2,), (-1, -1), (1, 1)))
+    run.write_spec(spec)
+    assert run.read_spec() == spec
+    run.write_weights_version(1)
+    assert run.read_published() == (1, b"")  # the version is written before the policy file
+    for version in (1, 2, 3):
+        run.write_weights(version, b"v%d" % version, keep=2)
+    assert run.policy.read_bytes() == b"v3" and [p.name for p in run.weight_files()] == ["v000002.safetensors",
+                                                                                         "v000003.safetensors"]
+    run.write_state({"learner_step": 5})
+    checkpoint = run.checkpoint(9)
+    checkpoint.mkdir(parents=True)
+    run.write_state({"learner_step": 9}, checkpoint / run.state.name)  # a kill before the run's file caught up
+    run.mark_complete(checkpoint)
+    assert run.read_state() == {"learner_step": 9}
+    run.write_state({"learner_step": 12})
+    assert run.read_state() == {"learner_step": 12}

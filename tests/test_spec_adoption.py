@@ -15,6 +15,7 @@ from test_learner_core import SPEC, core, steps
 
 from hilrl.buffers.spec import Feature, Spec
 from hilrl.learner import core as core_module
+from hilrl.learner import rundir as rundir_module
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.core import LearnerCore, SpecMismatch
 from hilrl.protos import codec
@@ -64,13 +65,13 @@ def test_a_failure_while_adopting_leaves_the_learner_fresh(tmp_path: Path, monke
                 raise OSError(errno.ENOSPC, "No space left on device")
             m.setattr(core_module, "BufferStore", no_store)
         else:
-            real = core_module.atomic_write
+            real = rundir_module.atomic_write
 
             def no_spec_json(path: Path, data: bytes) -> None:
                 if path.name == "spec.json":
                     raise OSError(errno.ENOSPC, "No space left on device", str(path))
                 real(path, data)
-            m.setattr(core_module, "atomic_write", no_spec_json)
+            m.setattr(rundir_module, "atomic_write", no_spec_json)
         with pytest.raises(OSError):
             c.hello("a", SPEC)
     assert c.spec is None and c.buffers is None and c.store is None and not (out / "spec.json").exists()
