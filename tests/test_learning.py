@@ -139,9 +139,9 @@ def test_a_mid_offline_checkpoint_counts_the_update_it_follows(tmp_path: Path, m
     saved: list[tuple[str, int, int]] = []  # (stage, learner_step, offline_steps) at every state save
     original = LearnerCore.save_state
 
-    def recording_save_state(self: LearnerCore) -> None:
+    def recording_save_state(self: LearnerCore, path: Path | None = None) -> None:
         saved.append((self.stage, self.learner_step, self.offline_steps_done))
-        original(self)
+        original(self, path)
 
     monkeypatch.setattr(LearnerCore, "save_state", recording_save_state)
     spec = Spec(observation=(Feature("x", "float32", (3,)),), action=Feature("a", "float32", (1,), (-1,), (1,)))
