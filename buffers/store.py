@@ -50,7 +50,7 @@ from hilrl.buffers.row_ranges import Ranges, count_rows, in_ranges, kept_ranges,
 from hilrl.buffers.spec import Spec
 from hilrl.buffers.step_table import INT64, StepTable, check_int64, check_step
 
-__all__ = ["BufferStore", "StoreError", "StoreInputError", "StoreSnapshot", "atomic_write", "fsync_path",
+__all__ = ["BufferStore", "StoreError", "StoreInputError", "StoreSnapshot",
            "read_store", "store_snapshot"]
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ def describe(path: Path) -> dict:
 
 def run_outbox(cfg: OutboxConfig) -> int:
     from hilrl.actor.outbox import JOURNAL, SET_ASIDE, StateDir, StateDirInUse, read_journal
-    from hilrl.buffers.store import fsync_path
+    from hilrl.buffers.durable import fsync_path
 
     outbox = Path(cfg.state_dir or "") / "outbox"
     if cfg.state_dir is None or not outbox.is_dir():
