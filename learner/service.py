@@ -155,7 +155,7 @@ class LearnerService(pb_grpc.LearnerServicer):
                 if stored:  # the valid batches before a bad one are stored and acknowledged first
                     try:
                         applied = group[len(stored) - 1].weight_version_applied
-                        duplicates = self.core.ingest_batches(actor_id, stored, applied)
+                        duplicates = self.core.ingest.batches(actor_id, stored, applied)
                     except ValueError as exc:  # StoreInputError: nothing was stored; resending cannot help
                         error = (grpc.StatusCode.INVALID_ARGUMENT, f"batch rejected: {exc}")
                     except OSError as exc:  # nothing new is stored (all or nothing); the actor keeps it, retries

@@ -148,3 +148,11 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+def ingest(core, actor_id: str, batches: list, weight_version_applied: int = 0) -> list[bool]:
+    """What the service does with one stream's batches (`Ingest.batches`: logged, then acknowledgeable), then wait
+    until the writer has stored them and fed the buffers; returns the duplicate flags."""
+    duplicates = core.ingest.batches(actor_id, batches, weight_version_applied)
+    assert core.ingest.drain(60), "the ingest writer did not store the batches"
+    return duplicates

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import ingest
 from test_learner_core import SPEC as CORE_SPEC
 from test_learner_core import core
 from test_learner_core import steps as core_steps
@@ -120,15 +121,15 @@ def test_a_failed_commit_write_and_the_resend_store_the_batch_once(
     c = core(tmp_path)
     c.hello("a", CORE_SPEC)
     first, second = core_steps(0, 3, human=True), core_steps(1, 4, human=True)
-    assert c.ingest_batches("a", [(1, first)], 0)[0] is False
+    assert ingest(c, "a", [(1, first)], 0)[0] is False
     fail_commit_write(monkeypatch, after_rename)
     with pytest.raises(OSError):
-        c.ingest_batches("a", [(2, second)], 0)
+        ingest(c, "a", [(2, second)], 0)
     assert c.status()["store_problem"].startswith("not storing")
     # the resend: a duplicate when the record did reach the disk, stored now when it did not
-    assert c.ingest_batches("a", [(2, second)], 0)[0] is after_rename
+    assert ingest(c, "a", [(2, second)], 0)[0] is after_rename
     assert c.status()["store_problem"] == "" or after_rename
-    assert c.ingest_batches("a", [(3, core_steps(2, 2, human=True))], 0)[0] is False
+    assert ingest(c, "a", [(3, core_steps(2, 2, human=True))], 0)[0] is False
     assert c.status()["store_problem"] == ""
     store = c.store
     n = store.commit["steps"]
