@@ -56,9 +56,9 @@ class BatchLog:
     """Append-only segment files of records; `append` returns once its record is fsynced (one fsync serves every
     record written before it started: group commit)."""
 
-    def __init__(self, path: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, path: Path, segment_bytes: int | None = None) -> None:
         self.path = Path(path)
-        self.segment_bytes = segment_bytes
+        self.segment_bytes = segment_bytes or SEGMENT_BYTES
         fresh = not self.path.is_dir()
         self.path.mkdir(parents=True, exist_ok=True)
         if fresh:
