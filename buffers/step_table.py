@@ -17,8 +17,6 @@ a committed length is; the table only creates, writes rows at a given length, an
 
 from __future__ import annotations
 
-import json
-import struct
 import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +30,7 @@ from zarr.codecs import BytesCodec, ZstdCodec
 from zarr.codecs.bytes import Endian
 from zarr.storage import LocalStore
 
-from hilrl.buffers.assembler import Discard, Step
+from hilrl.buffers.assembler import Step
 from hilrl.buffers.durable import fsync_path
 from hilrl.buffers.row_ranges import blocks
 from hilrl.buffers.spec import Spec, check_array
@@ -240,58 +238,3 @@ def check_int64(value: int, what: str) -> int:
     if not INT64[0] <= int(value) <= INT64[1]:
         raise ValueError(f"{what} {value} does not fit the store's int64")
     return int(value)
-
-
-# ------------------------------------------------------------------ one batch as bytes (the learner's ingest log)
-
-_HEAD = struct.Struct("<I")
-
-
-def pack_items(spec: Spec, items: list[Step | Discard], meta: dict) -> list[bytes | memoryview]:
-    """A checked batch (`check_step` passed) as byte parts to write one after another, without copying the
-    arrays: a length-prefixed JSON head (`meta` plus every item's scalars), then each step's observation arrays
-    in spec order, its action as float32 and, where the step ends its episode, its final observation.
-    `unpack_items` reads it back. No pickle: only the spec's dtypes and shapes are read back."""
-    head, arrays = [], []
-    for item in items:
-        if isinstance(item, Discard):
-            head.append(["d", int(item.episode)])
-            continue
-        head.append([int(item.episode), int(item.step), float(item.reward), bool(item.terminated),
-                     bool(item.truncated), bool(item.is_intervention), item.final_obs is not None])
-        arrays += [item.obs[f.name] for f in spec.observation]
-        arrays.append(np.asarray(item.action, dtype=np.float32))
-        if item.final_obs is not None:
-            arrays += [item.final_obs[f.name] for f in spec.observation]
-    text = json.dumps({**meta, "items": head}).encode()
-    return [_HEAD.pack(len(text)), text, *(memoryview(np.ascontiguousarray(a)).cast("B") for a in arrays)]
-
-
-def unpack_items(spec: Spec, data: bytes | memoryview) -> tuple[dict, list[Step | Discard]]:
-    """(meta, items) of a `pack_items` record; the arrays are read-only views into `data`."""
-    (n,) = _HEAD.unpack_from(data, 0)
-    meta = json.loads(bytes(data[_HEAD.size:_HEAD.size + n]))
-    offset = _HEAD.size + n
-    features = [(f.name, np.dtype(f.dtype), f.shape, f.size) for f in spec.observation]
-
-    def take(dtype: np.dtype, shape: tuple[int, ...], count: int) -> np.ndarray:
-        nonlocal offset
-        a = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
-        offset += count * dtype.itemsize
-        return a
-
-    def observation() -> dict[str, np.ndarray]:
-        return {name: take(dtype, shape, size) for name, dtype, shape, size in features}
-
-    items: list[Step | Discard] = []
-    for h in meta.pop("items"):
-        if h[0] == "d":
-            items.append(Discard(int(h[1])))
-            continue
-        obs = observation()
-        action = take(np.dtype(np.float32), (spec.action_dim,), spec.action_dim)
-        items.append(Step(obs=obs, action=action, reward=h[2], terminated=h[3], truncated=h[4], is_intervention=h[5],
-                          episode=h[0], step=h[1], final_obs=observation() if h[6] else None))
-    if offset != len(data):
-        raise ValueError(f"batch record: {len(data) - offset} bytes left over after its items")
-    return meta, items

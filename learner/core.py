@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
+from hilrl.buffers.assembler import Discard, Step
 from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
-from hilrl.buffers.replay import DualBuffer
+from hilrl.buffers.replay import DualBuffer, EpisodeAssembler
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.buffers.store import BufferStore, StoreError, read_store
 from hilrl.learner.actors import ActorTable, ReservedActorId

@@ -5,11 +5,11 @@
     them to the log as one record and returns once the log is fsynced; the service then acknowledges them.
     Batches of concurrent streams that arrive while an fsync runs share the next one (group commit).
     The writer thread takes every logged batch not stored yet and appends them to the zarr store in ONE commit
-    (compression, chunking, each source's `(actor_id, seq)` record), then feeds them to the assembler and the
-    dual buffer. Log segments whose batches are all in the store are deleted, so the log stays small.
+    (compression, chunking, each source's `(actor_id, seq)` record), then feeds them to the dual buffer (whose
+    `EpisodeAssembler` pairs each step with its successor). Log segments whose batches are all in the store are deleted, so the log stays small.
 
-The log is `<store>/log/<segment>.log` (`BatchLog`): records of `[magic, length, crc32][payload]`, the payload
-being `buffers.step_table.pack_items` of the batch (no pickle). Crash recovery (`attach`, when the store is
+The log is `<store>/log/<segment>.log` (`buffers.durable.BatchLog`): records of `[magic, length, crc32][payload]`,
+the payload being `pack_items` of the batch (below; no pickle). Crash recovery (`attach`, when the store is
 opened): every logged batch whose seq is above the store's record for its actor is appended to the store
 before the buffers are rebuilt from it; the store commits a batch together with its seq, so each is stored
 exactly once, whether the crash came before, during or after the writer's commit. A torn record at the end of
@@ -22,173 +22,28 @@ batches and retries).
 from __future__ import annotations
 
 import errno
+import json
 import logging
-import os
 import struct
 import threading
-import zlib
 from collections import Counter, deque
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
+
+import numpy as np
 
 from hilrl.buffers.assembler import Discard, Step
-from hilrl.buffers.durable import fsync_path
-from hilrl.buffers.step_table import pack_items, unpack_items
+from hilrl.buffers.durable import BatchLog
+from hilrl.buffers.spec import Spec
 from hilrl.buffers.store import BufferStore, check_batch
 from hilrl.learner.actors import ActorRecord
 
-if TYPE_CHECKING:
-    from hilrl.learner.core import LearnerCore
-
 log = logging.getLogger(__name__)
 
-SEGMENT_BYTES = 64 << 20  # a new log segment after this many bytes
 BACKLOG_BYTES = 512 << 20  # logged but not stored yet: beyond this the acknowledgements wait for the writer
 WRITE_MAX_BYTES = 64 << 20  # the most the writer puts into one store commit
 RETRY_S = 1.0  # the writer's pause after a failed store commit
-RECORD = struct.Struct("<IQI")  # magic, payload length, crc32 of the payload
-MAGIC = 0x484C4731  # "HLG1"
-
-
-class BatchLog:
-    """Append-only segment files of records; `append` returns once its record is fsynced (one fsync serves every
-    record written before it started: group commit)."""
-
-    def __init__(self, path: Path, segment_bytes: int | None = None) -> None:
-        self.path = Path(path)
-        self.segment_bytes = segment_bytes or SEGMENT_BYTES
-        fresh = not self.path.is_dir()
-        self.path.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            fsync_path(self.path.parent)
-        existing = self.segments()
-        self.segment = existing[-1] + 1 if existing else 0  # the segment appends go to (opened on first use)
-        self._fd: int | None = None
-        self._size = 0
-        self._cond = threading.Condition()
-        self._written = self._synced = self._failed = 0  # record tickets: written, fsynced, lost to a failed fsync
-        self._syncing = False
-
-    def segments(self) -> list[int]:
-        return sorted(int(p.stem) for p in self.path.glob("*.log") if p.stem.isdigit())
-
-    def _file(self, segment: int) -> Path:
-        return self.path / f"{segment:012d}.log"
-
-    def read(self) -> Iterator[tuple[int, memoryview]]:
-        """(segment, payload) of every intact record, oldest first; a segment's reading ends at its first torn
-        or damaged record."""
-        for segment in self.segments():
-            data = memoryview(self._file(segment).read_bytes())
-            offset = 0
-            while offset + RECORD.size <= len(data):
-                magic, size, crc = RECORD.unpack_from(data, offset)
-                payload = data[offset + RECORD.size:offset + RECORD.size + size]
-                if magic != MAGIC or len(payload) != size or zlib.crc32(payload) != crc:
-                    log.warning("%s: record at byte %d is torn or damaged; the segment ends there",
-                                self._file(segment), offset)
-                    break
-                yield segment, payload
-                offset += RECORD.size + size
-
-    def append(self, parts: list[bytes | memoryview]) -> int:
-        """Write one record (the concatenation of `parts`) and wait until it is fsynced; returns its segment.
-        Raises OSError when the write or the fsync fails (the record then does not count as logged)."""
-        crc = 0
-        for part in parts:
-            crc = zlib.crc32(part, crc)
-        size = sum(len(p) for p in parts)
-        with self._cond:
-            if self._fd is None or self._size >= self.segment_bytes:
-                self._rotate()
-            assert self._fd is not None
-            segment = self.segment
-            try:
-                _write_all(self._fd, [RECORD.pack(MAGIC, size, crc), *parts])
-            except OSError:
-                self._size = self.segment_bytes  # whatever part of it landed is skipped: continue in a new segment
-                raise
-            self._size += RECORD.size + size
-            self._written += 1
-            ticket = self._written
-            while self._synced < ticket:
-                if self._failed >= ticket:
-                    raise OSError(errno.EIO, "the ingest log's fsync failed", str(self._file(segment)))
-                if self._syncing:
-                    self._cond.wait()
-                    continue
-                self._sync_locked()
-        return segment
-
-    def _sync_locked(self) -> None:
-        """Become the one fsync in flight (the lock is released meanwhile) for every record written so far."""
-        self._syncing, fd, upto = True, self._fd, self._written
-        self._cond.release()
-        try:
-            os.fsync(fd)
-            error = None
-        except OSError as exc:
-            error = exc
-        finally:
-            self._cond.acquire()
-            self._syncing = False
-            self._cond.notify_all()
-        if error is not None:
-            self._failed = self._written  # every record in this segment since the last good fsync
-            self._size = self.segment_bytes
-            raise error
-        self._synced = max(self._synced, upto)
-
-    def _rotate(self) -> None:
-        while self._syncing:
-            self._cond.wait()
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                if self._synced < self._written:
-                    self._sync_old(fd)
-            finally:
-                os.close(fd)
-            self.segment += 1
-        self._fd = os.open(self._file(self.segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._size = 0
-        fsync_path(self.path)  # the new segment's name survives a crash
-
-    def _sync_old(self, fd: int) -> None:
-        try:
-            os.fsync(fd)
-        except OSError:
-            self._failed = self._written
-            raise
-        self._synced = self._written
-
-    def drop(self, keep_from: int) -> None:
-        """Delete the segments before `keep_from` (their records are stored); never the one being written."""
-        for segment in self.segments():
-            if segment < min(keep_from, self.segment):
-                self._file(segment).unlink(missing_ok=True)
-
-    def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.glob("*.log"))
-
-    def close(self) -> None:
-        with self._cond:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-
-
-def _write_all(fd: int, parts: list) -> None:
-    views = [memoryview(p).cast("B") for p in parts]
-    while views:
-        n = os.writev(fd, views[:1024])
-        while n and views:
-            if n >= len(views[0]):
-                n -= len(views.pop(0))
-            else:
-                views[0], n = views[0][n:], 0
 
 
 @dataclass
@@ -207,8 +62,8 @@ class _Logged:
 class Ingest:
     """Deduplication, the log and acknowledgement, and the writer that stores logged batches (module docstring)."""
 
-    def __init__(self, core: LearnerCore, backlog_bytes: int = BACKLOG_BYTES) -> None:
-        self.core = core
+    def __init__(self, core: Any, backlog_bytes: int = BACKLOG_BYTES) -> None:
+        self.core = core  # the LearnerCore that owns this (not imported here: core.py imports this module)
         self.backlog_bytes = backlog_bytes
         self.store_lock = threading.Lock()  # held while the store is written (see LearnerCore.store_read_guard)
         self.log: BatchLog | None = None
@@ -424,6 +279,61 @@ class Ingest:
                               if not source.startswith(dataset_prefix)}, core.store.instances())
         log.info("replayed %d stored steps: human %d, policy %d transitions, %d demo episodes", len(core.store),
                  len(core.buffers.human), len(core.buffers.policy), core.demo_episodes)
+
+
+# ------------------------------------------------------------------ one batch as a log record
+
+_HEAD = struct.Struct("<I")
+
+
+def pack_items(spec: Spec, items: list[Step | Discard], meta: dict) -> list[bytes | memoryview]:
+    """A checked batch (`check_step` passed) as byte parts to write one after another, without copying the
+    arrays: a length-prefixed JSON head (`meta` plus every item's scalars), then each step's observation arrays
+    in spec order, its action as float32 and, where the step ends its episode, its final observation.
+    `unpack_items` reads it back. No pickle: only the spec's dtypes and shapes are read back."""
+    head, arrays = [], []
+    for item in items:
+        if isinstance(item, Discard):
+            head.append(["d", int(item.episode)])
+            continue
+        head.append([int(item.episode), int(item.step), float(item.reward), bool(item.terminated),
+                     bool(item.truncated), bool(item.is_intervention), item.final_obs is not None])
+        arrays += [item.obs[f.name] for f in spec.observation]
+        arrays.append(np.asarray(item.action, dtype=np.float32))
+        if item.final_obs is not None:
+            arrays += [item.final_obs[f.name] for f in spec.observation]
+    text = json.dumps({**meta, "items": head}).encode()
+    return [_HEAD.pack(len(text)), text, *(memoryview(np.ascontiguousarray(a)).cast("B") for a in arrays)]
+
+
+def unpack_items(spec: Spec, data: bytes | memoryview) -> tuple[dict, list[Step | Discard]]:
+    """(meta, items) of a `pack_items` record; the arrays are read-only views into `data`."""
+    (n,) = _HEAD.unpack_from(data, 0)
+    meta = json.loads(bytes(data[_HEAD.size:_HEAD.size + n]))
+    offset = _HEAD.size + n
+    features = [(f.name, np.dtype(f.dtype), f.shape, f.size) for f in spec.observation]
+
+    def take(dtype: np.dtype, shape: tuple[int, ...], count: int) -> np.ndarray:
+        nonlocal offset
+        a = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+        offset += count * dtype.itemsize
+        return a
+
+    def observation() -> dict[str, np.ndarray]:
+        return {name: take(dtype, shape, size) for name, dtype, shape, size in features}
+
+    items: list[Step | Discard] = []
+    for h in meta.pop("items"):
+        if h[0] == "d":
+            items.append(Discard(int(h[1])))
+            continue
+        obs = observation()
+        action = take(np.dtype(np.float32), (spec.action_dim,), spec.action_dim)
+        items.append(Step(obs=obs, action=action, reward=h[2], terminated=h[3], truncated=h[4], is_intervention=h[5],
+                          episode=h[0], step=h[1], final_obs=observation() if h[6] else None))
+    if offset != len(data):
+        raise ValueError(f"batch record: {len(data) - offset} bytes left over after its items")
+    return meta, items
 
 
 def _store_all(store: BufferStore, batches: list[tuple[str, int, list[Step | Discard], str]]) -> int:

@@ -13,11 +13,12 @@ import pytest
 from conftest import ingest
 from test_learner_core import SPEC, core, steps
 
+import hilrl.buffers.durable as durable
 import hilrl.learner.ingest as ingest_module
 from hilrl.buffers.assembler import Discard, Step
-from hilrl.buffers.step_table import pack_items, unpack_items
+from hilrl.buffers.durable import BatchLog
 from hilrl.buffers.store import BufferStore
-from hilrl.learner.ingest import BatchLog
+from hilrl.learner.ingest import pack_items, unpack_items
 
 
 def stored_keys(path: Path) -> list[tuple[str, int, int]]:
@@ -146,7 +147,7 @@ def test_a_failing_writer_with_a_full_backlog_refuses_instead_of_waiting(
 
 def test_log_segments_are_deleted_once_their_batches_are_stored(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ingest_module, "SEGMENT_BYTES", 1)  # every record starts a new segment
+    monkeypatch.setattr(durable, "SEGMENT_BYTES", 1)  # every record starts a new segment
     c = core(tmp_path)
     c.hello("a", SPEC)
     for seq in range(1, 21):
