@@ -2,16 +2,16 @@
 
 A zarr v3 group (`<output-dir>/store/`) holds the step stream exactly as actors sent it, in arrival
 order: a step table (`buffers.step_table`) with the `source` column (which actor or dataset sent it).
-Appending a batch is two phases:
+Appending batches (one or many, from any sources) is two phases:
 
-1. the batch's rows are appended past the committed length and fsynced;
+1. the batches' rows are appended past the committed length and fsynced;
 2. `commit.json` — committed row counts, the `(actor_id, seq)` record of every source and the
    discarded episodes — is replaced atomically (write, fsync, rename, fsync directory).
 
-Only then may the batch be acknowledged. A crash at any moment leaves the previous commit intact;
-rows past it are truncated when the store is opened again, so the store never holds a step twice
-or a step whose batch was not acknowledged as stored. `--resume` replays the store through the
-assembler to rebuild both buffers.
+A crash at any moment leaves the previous commit intact; rows past it are truncated when the store
+is opened again, so the store never holds a step twice. The learner acknowledges a batch once it is
+in its ingest log (`learner/ingest.py`, `store/log/`), which it empties into this store. `--resume`
+replays the store through the assembler to rebuild both buffers.
 
 Bounded disk use (given the buffer capacities). Every `compact_every` stored steps the store works
 out, from its own rows and with the assembler's pairing rule, which rows the buffers can still

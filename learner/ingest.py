@@ -6,7 +6,8 @@
     Batches of concurrent streams that arrive while an fsync runs share the next one (group commit).
     The writer thread takes every logged batch not stored yet and appends them to the zarr store in ONE commit
     (compression, chunking, each source's `(actor_id, seq)` record), then feeds them to the dual buffer (whose
-    `EpisodeAssembler` pairs each step with its successor). Log segments whose batches are all in the store are deleted, so the log stays small.
+    `EpisodeAssembler` pairs each step with its successor). Log segments whose batches are all in the store
+    are deleted, so the log stays small.
 
 The log is `<store>/log/<segment>.log` (`buffers.durable.BatchLog`): records of `[magic, length, crc32][payload]`,
 the payload being `pack_items` of the batch (below; no pickle). Crash recovery (`attach`, when the store is

@@ -126,9 +126,9 @@ class LearnerService(pb_grpc.LearnerServicer):
 
     def StreamTransitions(self, request_iterator: Iterator[pb.TransitionBatch],
                           context: grpc.ServicerContext) -> Iterator[pb.Ack]:
-        """Store and acknowledge batches in order. Batches that are already waiting in the stream when the
-        store is free are stored together (one store commit, one round of fsyncs; see `_queued_groups`), so
-        an actor catching up after a partition or a learner restart is not held to one commit per batch."""
+        """Log and acknowledge batches in order. Batches that are already waiting in the stream when the
+        ingest is free are logged together (one record; see `_queued_groups`), so an actor catching up after a
+        partition or a learner restart is not held to one fsync per batch."""
         if refused := self.streams.enter():
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         actor_id = None
