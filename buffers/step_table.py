@@ -88,10 +88,16 @@ def _put_whole_chunks(arr: zarr.Array, values: np.ndarray, start: int) -> tuple[
     zstd, root = Zstd(level=codecs[1].level), Path(arr.store.root)
     keys = [f"{arr.path}/{arr.metadata.encode_chunk_key((k, *([0] * (arr.ndim - 1))))}" for k in range(first, last)]
 
+    fill = arr.metadata.fill_value
+
     def put(k: int, key: str) -> None:
-        path = root / key
+        path, chunk = root / key, np.ascontiguousarray(values[k * rows - start:(k + 1) * rows - start])
+        if not (chunk.any() if fill == 0 else np.any(chunk != fill)):  # as zarr does: no file for a chunk of
+            # fill values (it reads back as them)
+            path.unlink(missing_ok=True)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(zstd.encode(np.ascontiguousarray(values[k * rows - start:(k + 1) * rows - start])))
+        path.write_bytes(zstd.encode(chunk))
 
     list(_POOL.map(put, range(first, last), keys))
     if isinstance(arr.store, DurableLocalStore):

@@ -265,9 +265,12 @@ def _queued_groups(requests: Iterator, context: grpc.ServicerContext,
     flow control still holds back a fast sender and a stream's memory stays bounded."""
     queued: queue.Queue = queue.Queue(maxsize=GROUP_MAX_BATCHES)
     budget = ByteBudget(buffer_bytes)
+    sizes: dict[int, int] = {}  # id(message) -> its ByteSize(), computed once (it walks the whole message)
 
     def put(item: object) -> bool:
         size = item.ByteSize() if isinstance(item, Message) else 0
+        if size:
+            sizes[id(item)] = size
         while size and not budget.take(size, timeout=0.5):
             if not context.is_active():
                 return False
@@ -299,7 +302,7 @@ def _queued_groups(requests: Iterator, context: grpc.ServicerContext,
             return
         group = [first]
         if not isinstance(first, Malformed):
-            size = first.ByteSize()
+            size = sizes.get(id(first), 0)
             while len(group) < GROUP_MAX_BATCHES and size < GROUP_MAX_BYTES:
                 try:
                     message = queued.get_nowait()
@@ -309,8 +312,8 @@ def _queued_groups(requests: Iterator, context: grpc.ServicerContext,
                     carry = message
                     break
                 group.append(message)
-                size += message.ByteSize()
-        held = sum(m.ByteSize() for m in group if isinstance(m, Message))
+                size += sizes.get(id(message), 0)
+        held = sum(sizes.pop(id(m), 0) for m in group if isinstance(m, Message))
         yield group
 
 
