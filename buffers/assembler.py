@@ -1,11 +1,11 @@
-"""Turn each actor's stream of executed steps into complete (s, a, r, s') transitions.
+"""The step stream: executed steps as actors send them, and the rule that links a step to its successor.
 
 The actor sends every observation once; the next observation of step t is the observation of
 step t+1, or, at the end of an episode (terminated *or* truncated), the final observation that
-travels with the last step. A step waits here until its successor arrives.
+travels with the last step. `buffers.replay.EpisodeAssembler` pairs them into transitions.
 
 `StepLinker` is the one rule for "this step's successor" (same stream, same episode, next step number),
-used by everything that walks a step stream: the assembler, the store's compaction, the LeRobot export,
+used by everything that walks a step stream: the replay buffers' assembler, the store's compaction, the LeRobot export,
 the Q figures and recording replay; `episode_runs` splits a stream into its runs of linked steps.
 """
 
@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
-
-from hilrl.buffers.replay import Transition
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,17 +42,6 @@ class Discard:
     """The operator threw an episode away (re-record): none of its steps may be trained on."""
 
     episode: int
-
-
-@dataclass
-class EpisodeEnd:
-    """Emitted when an episode's last transition has been assembled."""
-
-    episode_key: int
-    length: int
-    all_human: bool
-    interventions: int
-    success: bool
 
 
 class StepLinker(Generic[T]):
@@ -99,54 +86,3 @@ def episode_runs(steps: Iterable[tuple[Hashable, int, int, bool]]) -> Iterator[t
             yield stream, runs.pop(stream), True
     for stream, run in runs.items():
         yield stream, run, False
-
-
-class EpisodeAssembler:
-    """Holds the one step per actor that still waits for its next observation."""
-
-    def __init__(self) -> None:
-        self._pending: StepLinker[Step] = StepLinker()
-        self._keys: dict[tuple[str, int], int] = {}
-        self._human_steps: dict[int, int] = {}
-        self.dropped_steps = 0
-
-    def episode_key(self, actor_id: str, episode: int) -> int:
-        """A learner-wide integer id for (actor, episode)."""
-        return self._keys.setdefault((actor_id, episode), len(self._keys))
-
-    def add(self, actor_id: str, step: Step) -> tuple[list[Transition], EpisodeEnd | None]:
-        """Feed one step; returns the transitions it completes and the episode end, if any."""
-        out: list[Transition] = []
-        key = self.episode_key(actor_id, step.episode)
-        ended = step.terminated or step.truncated
-        if ended and step.final_obs is None:
-            raise ValueError(f"episode {step.episode} step {step.step} ends the episode "
-                             "but carries no final observation")
-        before, orphan = self._pending.link(actor_id, step.episode, step.step, step, ended)
-        if before is not None:
-            out.append(self._complete(actor_id, before, step.obs, terminated=False, truncated=False))
-        if orphan is not None:  # the actor restarted mid-episode: that step never got a successor
-            self.dropped_steps += 1
-            log.warning("actor %s: episode %d step %d never got its next observation; dropped",
-                        actor_id, orphan.episode, orphan.step)
-        if ended:
-            out.append(self._complete(actor_id, step, step.final_obs, step.terminated, step.truncated))
-            human = self._human_steps.pop(key, 0)
-            end = EpisodeEnd(key, step.step + 1, human == step.step + 1, human, step.terminated and step.reward > 0)
-            return out, end
-        return out, None
-
-    def discard(self, actor_id: str, episode: int) -> int:
-        """Forget an episode's waiting step; returns its learner-wide key."""
-        key = self.episode_key(actor_id, episode)
-        self._pending.forget(actor_id, episode)
-        self._human_steps.pop(key, None)
-        return key
-
-    def _complete(self, actor_id: str, s: Step, next_obs: dict[str, np.ndarray], terminated: bool,
-                  truncated: bool) -> Transition:
-        key = self.episode_key(actor_id, s.episode)
-        if s.is_intervention:
-            self._human_steps[key] = self._human_steps.get(key, 0) + 1
-        return Transition(obs=s.obs, action=s.action, reward=s.reward, next_obs=next_obs, terminated=terminated,
-                          truncated=truncated, episode_key=key, is_intervention=s.is_intervention)

@@ -28,13 +28,17 @@ above, and `len()` says so. ``frame_capacity=2 * capacity`` makes that impossibl
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from hilrl.buffers.assembler import Step, StepLinker
 from hilrl.buffers.frames import FrameRing, observation_nbytes
 from hilrl.buffers.spec import Spec
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FRAME_SLACK = 0.125
 
@@ -258,3 +262,68 @@ def concat_batches(parts: list[dict]) -> dict:
         else:
             out[key] = np.concatenate([p[key] for p in parts])
     return out
+
+
+# ------------------------------------------------------------------ pairing steps into transitions
+
+
+@dataclass
+class EpisodeEnd:
+    """Emitted when an episode's last transition has been assembled."""
+
+    episode_key: int
+    length: int
+    all_human: bool
+    interventions: int
+    success: bool
+
+
+class EpisodeAssembler:
+    """Holds the one step per actor that still waits for its next observation."""
+
+    def __init__(self) -> None:
+        self._pending: StepLinker[Step] = StepLinker()
+        self._keys: dict[tuple[str, int], int] = {}
+        self._human_steps: dict[int, int] = {}
+        self.dropped_steps = 0
+
+    def episode_key(self, actor_id: str, episode: int) -> int:
+        """A learner-wide integer id for (actor, episode)."""
+        return self._keys.setdefault((actor_id, episode), len(self._keys))
+
+    def add(self, actor_id: str, step: Step) -> tuple[list[Transition], EpisodeEnd | None]:
+        """Feed one step; returns the transitions it completes and the episode end, if any."""
+        out: list[Transition] = []
+        key = self.episode_key(actor_id, step.episode)
+        ended = step.terminated or step.truncated
+        if ended and step.final_obs is None:
+            raise ValueError(f"episode {step.episode} step {step.step} ends the episode "
+                             "but carries no final observation")
+        before, orphan = self._pending.link(actor_id, step.episode, step.step, step, ended)
+        if before is not None:
+            out.append(self._complete(actor_id, before, step.obs, terminated=False, truncated=False))
+        if orphan is not None:  # the actor restarted mid-episode: that step never got a successor
+            self.dropped_steps += 1
+            log.warning("actor %s: episode %d step %d never got its next observation; dropped",
+                        actor_id, orphan.episode, orphan.step)
+        if ended:
+            out.append(self._complete(actor_id, step, step.final_obs, step.terminated, step.truncated))
+            human = self._human_steps.pop(key, 0)
+            end = EpisodeEnd(key, step.step + 1, human == step.step + 1, human, step.terminated and step.reward > 0)
+            return out, end
+        return out, None
+
+    def discard(self, actor_id: str, episode: int) -> int:
+        """Forget an episode's waiting step; returns its learner-wide key."""
+        key = self.episode_key(actor_id, episode)
+        self._pending.forget(actor_id, episode)
+        self._human_steps.pop(key, None)
+        return key
+
+    def _complete(self, actor_id: str, s: Step, next_obs: dict[str, np.ndarray], terminated: bool,
+                  truncated: bool) -> Transition:
+        key = self.episode_key(actor_id, s.episode)
+        if s.is_intervention:
+            self._human_steps[key] = self._human_steps.get(key, 0) + 1
+        return Transition(obs=s.obs, action=s.action, reward=s.reward, next_obs=next_obs, terminated=terminated,
+                          truncated=truncated, episode_key=key, is_intervention=s.is_intervention)

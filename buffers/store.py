@@ -2,16 +2,16 @@
 
 A zarr v3 group (`<output-dir>/store/`) holds the step stream exactly as actors sent it, in arrival
 order: a step table (`buffers.step_table`) with the `source` column (which actor or dataset sent it).
-Appending a batch is two phases:
+Appending batches (one or many, from any sources) is two phases:
 
-1. the batch's rows are appended past the committed length and fsynced;
+1. the batches' rows are appended past the committed length and fsynced;
 2. `commit.json` — committed row counts, the `(actor_id, seq)` record of every source and the
    discarded episodes — is replaced atomically (write, fsync, rename, fsync directory).
 
-Only then may the batch be acknowledged. A crash at any moment leaves the previous commit intact;
-rows past it are truncated when the store is opened again, so the store never holds a step twice
-or a step whose batch was not acknowledged as stored. `--resume` replays the store through the
-assembler to rebuild both buffers.
+A crash at any moment leaves the previous commit intact; rows past it are truncated when the store
+is opened again, so the store never holds a step twice. The learner acknowledges a batch once it is
+in its ingest log (`learner/ingest.py`, `store/log/`), which it empties into this store. `--resume`
+replays the store through the assembler to rebuild both buffers.
 
 Bounded disk use (given the buffer capacities). Every `compact_every` stored steps the store works
 out, from its own rows and with the assembler's pairing rule, which rows the buffers can still
@@ -38,20 +38,19 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
 from hilrl.buffers.assembler import Discard, Step, StepLinker
-from hilrl.buffers.durable import atomic_write, fsync_path, temp_path
+from hilrl.buffers.durable import atomic_write, temp_path
 from hilrl.buffers.row_ranges import Ranges, count_rows, in_ranges, kept_ranges, merge_ranges, range_index, runs
 from hilrl.buffers.spec import Spec
 from hilrl.buffers.step_table import INT64, StepTable, check_int64, check_step
+from hilrl.buffers.step_table import DurableLocalStore as _DurableLocalStore
 
 __all__ = ["BufferStore", "StoreError", "StoreInputError", "StoreSnapshot",
-           "read_store", "store_snapshot"]
+           "check_batch", "read_store", "store_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +66,6 @@ class StoreError(RuntimeError):
 
 class StoreInputError(ValueError):
     """A batch that can never be stored (a value out of range, or not what the spec says); nothing was written."""
-
-
-class _DurableLocalStore(LocalStore):
-    """LocalStore that remembers which files it wrote, so a commit can fsync exactly those."""
-
-    def __init__(self, root: Path, read_only: bool = False) -> None:
-        super().__init__(root, read_only=read_only)
-        self.touched: set[str] = set()
-
-    async def set(self, key: str, value: Any) -> None:
-        await super().set(key, value)
-        self.touched.add(key)
-
-    def sync(self) -> None:
-        dirs = set()
-        for key in self.touched:
-            path = Path(self.root) / key
-            try:
-                fsync_path(path)
-            except FileNotFoundError:  # deleted since (a failed append's chunk past the commit): nothing to keep
-                continue
-            dirs.add(path.parent)
-        for d in dirs:
-            fsync_path(d)
-        self.touched.clear()
 
 
 class BufferStore:
@@ -158,26 +132,35 @@ class BufferStore:
 
     def append(self, source: str, seq: int, items: list[Step | Discard], instance: str = "") -> None:
         """Durably store one batch and its `(source, seq)` record (with the sending actor's `instance`, if given);
-        returns once it is committed.
+        returns once it is committed (`append_batches` with one batch)."""
+        self.append_batches([(source, seq, items, instance)])
+
+    def append_batches(self, batches: list[tuple[str, int, list[Step | Discard], str]]) -> None:
+        """Durably store `(source, seq, items, instance)` batches in ONE commit, in order.
 
         All or nothing: the items are checked against the spec first (`StoreInputError`, nothing touched),
         the rows are written at the committed length of every array and fsynced, and only then is the
         commit record replaced. If anything fails (an `OSError` such as ENOSPC, ...) every array is cut
         back to the committed length and the in-memory commit stays the one on disk, so a resend of the
-        batch is stored once, at the right rows."""
-        steps, discards = _check_batch(self.spec, source, seq, items)
+        batches is stored once, at the right rows."""
+        checked = [(source, seq, *check_batch(self.spec, source, seq, items), instance)
+                   for source, seq, items, instance in batches]
         n, e = self.commit["steps"], self.commit["finals"]
+        sources, actors, discards = list(self.commit["sources"]), dict(self.commit["actors"]), []
+        steps, ids = [], []
+        for source, seq, batch_steps, batch_discards, instance in checked:
+            if source not in sources:
+                sources.append(source)
+            steps += batch_steps
+            ids += [sources.index(source)] * len(batch_steps)
+            discards += ([source, d] for d in batch_discards)
+            actors[source] = {"last_seq": seq, **({"instance": instance} if instance else {})}
         rows, finals = self.table.rows(steps, n)
-        sources = list(self.commit["sources"])
-        if source not in sources:
-            sources.append(source)
         if rows:
-            rows["source"] = np.full(len(steps), sources.index(source), dtype=np.int32)
-        new = {**self.commit, "sources": sources, "steps": n + len(rows.get("step", ())),
+            rows["source"] = np.asarray(ids, dtype=np.int32)
+        new = {**self.commit, "sources": sources, "steps": n + len(steps),
                "finals": e + len(finals.get("final_index", ())),
-               "discards": [*self.commit["discards"], *([source, d] for d in discards)],
-               "actors": {**self.commit["actors"], source: {"last_seq": seq, **({"instance": instance} if instance
-                                                                                   else {})}}}
+               "discards": [*self.commit["discards"], *discards], "actors": actors}
         try:
             if rows:
                 self.table.put(rows, finals, n, e)
@@ -309,7 +292,7 @@ class BufferStore:
         return StoreSnapshot(self.path, self.table, self.commit, self.holes).replay()
 
 
-def _check_batch(spec: Spec, source: str, seq: int, items: list[Step | Discard]) -> tuple[list[Step], list[int]]:
+def check_batch(spec: Spec, source: str, seq: int, items: list[Step | Discard]) -> tuple[list[Step], list[int]]:
     """Check a batch against the spec and the store's dtypes; its steps and its discarded episodes.
     Raises `StoreInputError` naming the first bad item; nothing is written before this passes."""
     if not isinstance(source, str) or not source:

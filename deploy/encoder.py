@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hilrl.buffers.assembler import EpisodeAssembler
 from hilrl.buffers.lerobot_io import LeRobotMapping, read_demos
-from hilrl.buffers.replay import ReplayBuffer
+from hilrl.buffers.replay import EpisodeAssembler, ReplayBuffer
 from hilrl.deploy.configtools import opt
 
 

@@ -6,24 +6,24 @@ Thread-safe; the gRPC service calls into it from many threads and the training l
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import threading
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
+from hilrl.buffers.assembler import Discard, Step
 from hilrl.buffers.lerobot_io import read_demos
 from hilrl.buffers.recording import RecordingError
-from hilrl.buffers.replay import DualBuffer
+from hilrl.buffers.replay import DualBuffer, EpisodeAssembler
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.buffers.store import BufferStore, StoreError, read_store
-from hilrl.learner.actors import ActorRecord, ActorTable, ReservedActorId
+from hilrl.learner.actors import ActorTable, ReservedActorId
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.features import cached_feature_bytes
+from hilrl.learner.ingest import Ingest
 from hilrl.learner.memory import size_buffers
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
@@ -53,14 +53,12 @@ class LearnerCore:
         # Weight subscribers wait on their own condition (same mutex): a stored batch (notifying `lock`) does not
         # wake every subscriber, only a new stage, new weights or the shutdown do.
         self._published = threading.Condition(mutex)
-        # One store writer at a time (the store's row order is the buffers' order), without the core lock:
-        # the fsyncs of one actor's batch must not stall training, status, Hello or the weight streams.
-        self._ingest_lock = threading.Lock()
         self.spec: Spec | None = None
         self.buffers: DualBuffer | None = None
         self.store: BufferStore | None = None
         self.assembler = EpisodeAssembler()
         self.actors = ActorTable()
+        self.ingest = Ingest(self)  # dedup, the ingest log, acknowledgement, and the writer into store + buffers
         self.stage = WAITING
         self.learner_step = 0
         self.offline_steps_done = 0
@@ -108,7 +106,8 @@ class LearnerCore:
         if self.cfg.resume:
             self.load_state()
             if self.store is not None:
-                self._replay_store()
+                self.ingest.rebuild(DATASET)
+                self.episode_events.clear()
                 self.online_transitions = 0
         if (published := self.run_dir.read_published()) is not None:
             version, blob = published
@@ -129,12 +128,14 @@ class LearnerCore:
         try:
             store = BufferStore(store_dir, spec,  # disk bounded by the buffer capacities
                                 capacities=(human_capacity, policy_capacity))
+            self.spec, self.buffers, self.store = spec, buffers, store  # the ingest log's recovery writes the store
+            self.ingest.attach(store)
             self.run_dir.write_spec(spec)
         except BaseException:
+            self.spec = self.buffers = self.store = None
             if fresh and store_dir.exists():
                 (store_dir / "commit.json").unlink(missing_ok=True)  # the next BufferStore starts it over
             raise
-        self.spec, self.buffers, self.store = spec, buffers, store
         log.info("spec adopted: %s", "; ".join(f.describe() for f in (*spec.observation, spec.action)))
 
     def seed_demos(self, path: Path) -> int:
@@ -152,7 +153,8 @@ class LearnerCore:
         before = self.demo_episodes
         source = f"{DATASET}{path}"
         self.store.append(source, 1, items)
-        self._apply(source, items, None)
+        with self.lock:
+            self.ingest.apply(source, items, None)
         log.info("seeded the human buffer from %s: %d episodes, %d steps", path, self.demo_episodes - before,
                  len(items))
         return self.demo_episodes - before
@@ -198,88 +200,23 @@ class LearnerCore:
         with self.lock:
             self.actors.disconnected(actor_id, peer)
 
-    def ingest_batches(self, actor_id: str, batches: list[tuple[int, list[Step | Discard]]],
-                       weight_version_applied: int) -> list[bool]:
-        """Store consecutive batches `(seq, items)` of one actor in ONE store commit; returns, per batch,
-        whether it had been stored before (a duplicate, dropped).
+    def forget_demo(self, episode_key: int) -> None:
+        """A discarded episode no longer counts as a demonstration (call under the lock)."""
+        if episode_key in self._demo_keys:
+            self._demo_keys.discard(episode_key)
+            self.demo_episodes -= 1
 
-        Everything new is durable in the buffer store, together with the actor's last `seq`, before this
-        returns, so the caller may acknowledge every batch. A crash before that leaves none of them stored.
-        """
-        with self._ingest_lock:  # last_seq only changes under this lock, so the checks below stay true
-            with self.lock:
-                record = self.actors.record(actor_id)
-                record.weight_version_applied = weight_version_applied
-                last, duplicates, items = record.last_seq, [], []
-                for seq, batch_items in batches:
-                    duplicates.append(seq <= last)
-                    if seq <= last:
-                        continue
-                    if seq != last + 1:
-                        log.warning("actor %s: batch seq jumped from %d to %d", actor_id, last, seq)
-                    last = seq
-                    items.extend(batch_items)
-            if last == record.last_seq:
-                return duplicates
-            assert self.store is not None
-            try:
-                self.store.append(actor_id, last, items, instance=record.instance_id)  # durable, outside the lock
-            except OSError as exc:
-                self.store_problem = store_failure(exc, self.store.path)
-                if self.store.last_seqs().get(actor_id) == last:  # committed after all (BufferStore._roll_back)
-                    self._stored(actor_id, items, record, last)
-                raise
-            if self.store_problem:
-                log.info("the store is writable again; storing (was: %s)", self.store_problem)
-                self.store_problem = ""
-            self._stored(actor_id, items, record, last)
-            return duplicates
+    def count_transitions(self, n: int) -> None:
+        """`n` transitions reached the buffers (call under the lock)."""
+        if self.stage == ONLINE:
+            self.online_transitions += n
 
-    def _stored(self, actor_id: str, items: list[Step | Discard], record: ActorRecord, last: int) -> None:
-        with self.lock:
-            self._apply(actor_id, items, record)
-            record.last_seq = last
-            self.lock.notify_all()
-
-    def _apply(self, source: str, items: list[Step | Discard], record: ActorRecord | None) -> None:
-        """Feed stored items to the assembler and the dual buffer (also used when replaying the store)."""
-        assert self.buffers is not None
-        for item in items:
-            if isinstance(item, Discard):
-                key = self.assembler.discard(source, item.episode)
-                removed = self.buffers.discard_episode(key)
-                if key in self._demo_keys:
-                    self._demo_keys.discard(key)
-                    self.demo_episodes -= 1
-                log.info("%s discarded episode %d (%d stored steps removed)", source, item.episode, removed)
-                continue
-            transitions, end = self.assembler.add(source, item)
-            for t in transitions:
-                self.buffers.add(t)
-                if record is not None:
-                    record.transitions += 1
-                    record.interventions += int(t.is_intervention)
-                if self.stage == ONLINE:
-                    self.online_transitions += 1
-            if end is not None:
-                if record is not None:
-                    record.episodes += 1
-                if end.all_human:
-                    self.demo_episodes += 1
-                    self._demo_keys.add(end.episode_key)
-                self.episode_events.append({"actor": source, **asdict(end)})
-
-    def _replay_store(self) -> None:
-        """Rebuild buffers, demo count and actor records from the store (on --resume)."""
-        assert self.store is not None
-        for source, item in self.store.replay():
-            record = None if source.startswith(DATASET) else self.actors.record(source)
-            self._apply(source, [item], record)
-        self.actors.restored({source: last_seq for source, last_seq in self.store.last_seqs().items()
-                              if not source.startswith(DATASET)}, self.store.instances())
-        self.episode_events.clear()
-        log.info("replayed %d stored steps: human %d, policy %d transitions, %d demo episodes", len(self.store),
-                 len(self.buffers.human), len(self.buffers.policy), self.demo_episodes)
+    def episode_ended(self, episode_key: int, all_human: bool, event: dict) -> None:
+        """An episode's last transition reached the buffers (call under the lock)."""
+        if all_human:
+            self.demo_episodes += 1
+            self._demo_keys.add(episode_key)
+        self.episode_events.append(event)
 
     # ------------------------------------------------------------------ stage and weights
 
@@ -364,7 +301,7 @@ class LearnerCore:
     def store_read_guard(self) -> threading.Lock:
         """Hold it (``with core.store_read_guard():``) to read the store from another thread: no batch is
         appended and no compaction deletes rows meanwhile. The core lock stays free."""
-        return self._ingest_lock
+        return self.ingest.store_lock
 
     def stop(self) -> None:
         """Shutting down: wakes every waiting weight/stage subscriber so that it returns."""
@@ -389,9 +326,12 @@ class LearnerCore:
                 "demo_episodes": self.demo_episodes,
                 "demo_episodes_needed": self.cfg.demo_episodes,
                 "buffers": {
-                    "human": _buffer_status(human, self.cfg.human_capacity or 0),
-                    "policy": _buffer_status(policy, self.cfg.policy_capacity or 0),
+                    "human": {"size": len(human), "capacity": human.capacity} if human else
+                    {"size": 0, "capacity": self.cfg.human_capacity or 0},
+                    "policy": {"size": len(policy), "capacity": policy.capacity} if policy else
+                    {"size": 0, "capacity": self.cfg.policy_capacity or 0},
                 },
+                **self.ingest.status(),
                 "actors": self.actors.status(self.weights.version),
             }
 
@@ -418,16 +358,3 @@ class LearnerCore:
         self.learner_step = state["learner_step"]
         self.offline_steps_done = state["offline_steps"]
 
-
-def store_failure(exc: OSError, store: Path) -> str:
-    """What a failed store write means for the operator, in one sentence."""
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    what = f"the disk is full at {store}" if full else f"writing {exc.filename or store} failed"
-    return (f"not storing (batches are not acknowledged; actors keep them and retry): {what} "
-            f"({exc.strerror or exc}); {'free space' if full else 'check the disk'}")
-
-
-def _buffer_status(buffer, capacity: int) -> dict:
-    if buffer is None:
-        return {"size": 0, "capacity": capacity}
-    return {"size": len(buffer), "capacity": buffer.capacity}

@@ -3,6 +3,7 @@
     run.json                   the run id; its presence means a run lives here (--resume continues it)
     spec.json                  the observation/action spec the learner adopted
     store/                     the durable buffer store (buffers/store.py)
+    store/log/                 the ingest log: batches acknowledged but not stored yet (learner/ingest.py)
     learner.json               address and pid of the serving learner (written once it listens)
     learner_state.json         stage, update counters, normalisation, actor records
     policy.safetensors         the newest published weights (its metadata carries the policy config)

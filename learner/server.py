@@ -137,6 +137,7 @@ def serve(cfg: LearnerConfig) -> int:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     core.stop()
     server.stop(grace=5).wait()
+    core.ingest.close()  # store what the log holds (the rest waits there for the next start)
     thread.join(timeout=60)
     core.save_state()
     print(json.dumps(core.status()), flush=True)

@@ -126,9 +126,9 @@ class LearnerService(pb_grpc.LearnerServicer):
 
     def StreamTransitions(self, request_iterator: Iterator[pb.TransitionBatch],
                           context: grpc.ServicerContext) -> Iterator[pb.Ack]:
-        """Store and acknowledge batches in order. Batches that are already waiting in the stream when the
-        store is free are stored together (one store commit, one round of fsyncs; see `_queued_groups`), so
-        an actor catching up after a partition or a learner restart is not held to one commit per batch."""
+        """Log and acknowledge batches in order. Batches that are already waiting in the stream when the
+        ingest is free are logged together (one record; see `_queued_groups`), so an actor catching up after a
+        partition or a learner restart is not held to one fsync per batch."""
         if refused := self.streams.enter():
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         actor_id = None
@@ -155,7 +155,7 @@ class LearnerService(pb_grpc.LearnerServicer):
                 if stored:  # the valid batches before a bad one are stored and acknowledged first
                     try:
                         applied = group[len(stored) - 1].weight_version_applied
-                        duplicates = self.core.ingest_batches(actor_id, stored, applied)
+                        duplicates = self.core.ingest.batches(actor_id, stored, applied)
                     except ValueError as exc:  # StoreInputError: nothing was stored; resending cannot help
                         error = (grpc.StatusCode.INVALID_ARGUMENT, f"batch rejected: {exc}")
                     except OSError as exc:  # nothing new is stored (all or nothing); the actor keeps it, retries
@@ -265,9 +265,12 @@ def _queued_groups(requests: Iterator, context: grpc.ServicerContext,
     flow control still holds back a fast sender and a stream's memory stays bounded."""
     queued: queue.Queue = queue.Queue(maxsize=GROUP_MAX_BATCHES)
     budget = ByteBudget(buffer_bytes)
+    sizes: dict[int, int] = {}  # id(message) -> its ByteSize(), computed once (it walks the whole message)
 
     def put(item: object) -> bool:
         size = item.ByteSize() if isinstance(item, Message) else 0
+        if size:
+            sizes[id(item)] = size
         while size and not budget.take(size, timeout=0.5):
             if not context.is_active():
                 return False
@@ -299,7 +302,7 @@ def _queued_groups(requests: Iterator, context: grpc.ServicerContext,
             return
         group = [first]
         if not isinstance(first, Malformed):
-            size = first.ByteSize()
+            size = sizes.get(id(first), 0)
             while len(group) < GROUP_MAX_BATCHES and size < GROUP_MAX_BYTES:
                 try:
                     message = queued.get_nowait()
@@ -309,8 +312,8 @@ def _queued_groups(requests: Iterator, context: grpc.ServicerContext,
                     carry = message
                     break
                 group.append(message)
-                size += message.ByteSize()
-        held = sum(m.ByteSize() for m in group if isinstance(m, Message))
+                size += sizes.get(id(message), 0)
+        held = sum(sizes.pop(id(m), 0) for m in group if isinstance(m, Message))
         yield group
 
 

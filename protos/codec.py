@@ -164,7 +164,8 @@ def _decode_transition(t: pb.Transition, spec: Spec, what: str) -> Step:
     )
 
 
-STATUS_SCALARS = ("learner_step", "offline_steps", "weight_version", "demo_episodes", "demo_episodes_needed")
+STATUS_SCALARS = ("learner_step", "offline_steps", "weight_version", "demo_episodes", "demo_episodes_needed",
+                  "ingest_backlog_batches", "ingest_backlog_bytes")
 
 
 def encode_status(status: Mapping) -> pb.StatusReply:

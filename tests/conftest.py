@@ -148,3 +148,18 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+def ingest(core, actor_id: str, batches: list, weight_version_applied: int = 0) -> list[bool]:
+    """What the service does with one stream's batches (`Ingest.batches`: logged, then acknowledgeable), then wait
+    until the writer has stored them and fed the buffers; returns the duplicate flags."""
+    duplicates = core.ingest.batches(actor_id, batches, weight_version_applied)
+    assert core.ingest.drain(60), "the ingest writer did not store the batches"
+    return duplicates
+
+
+def settled_status(address: str, timeout: float = 60.0) -> dict:
+    """`hilrl status` once the learner has stored everything it acknowledged (its ingest backlog is empty):
+    acknowledged means "in the ingest log"; the buffers and the counters follow when the writer has stored it."""
+    return wait_until(lambda: (s := hilrl_status(address)) and s["ingest_backlog_batches"] == 0 and s, timeout,
+                      "the learner's ingest backlog to drain", interval=0.2)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import free_port, hilrl_status, log_tails, run_hilrl, wait_until
+from conftest import free_port, hilrl_status, ingest, log_tails, run_hilrl, wait_until
 from test_faults import actor_args, assert_exactly_once, learner_args, received, recorded, stop_actor, stored_by_actor
 from test_learner_core import SPEC, core, steps
 
@@ -21,7 +21,7 @@ def test_one_live_stream_per_actor_id_and_stored_seqs_belong_to_one_state_direct
     c = core(tmp_path)
     c.hello("arm", SPEC, "dir-1", "proc-1", "peer-1")
     c.stream_started("arm", "peer-1")
-    c.ingest_batches("arm", [(1, steps(0, 3, human=True))], 0)
+    ingest(c, "arm", [(1, steps(0, 3, human=True))], 0)
     with pytest.raises(ActorInUse, match="'arm' is streaming to this learner right now"):
         c.hello("arm", SPEC, "dir-2", "proc-2", "peer-2")  # a copy-pasted command on another PC
     with pytest.raises(ActorInUse):

@@ -243,6 +243,8 @@ def test_bad_input_battery_while_a_healthy_actor_streams(spawn, tmp_path: Path) 
     assert [(a.seq, a.duplicate) for a in stream(batch(end, seq=2), batch(end, seq=1), batch(end, seq=2))] == [
         (2, False), (1, True), (2, True)]
     assert [(a.seq, a.duplicate) for a in stream(batch(end, seq=2))] == [(2, True)]
+    wait_until(lambda: stub.GetStatus(pb.StatusRequest(), metadata=auth, timeout=10).ingest_backlog_batches == 0, 30,
+               "the ingest writer to store the acknowledged batches")
     probe = next(a for a in stub.GetStatus(pb.StatusRequest(), metadata=auth, timeout=10).actors if a.id == "probe")
     assert (probe.transitions_received, probe.last_acked_seq, probe.episodes) == (2, 2, 1)
     assert not canary.exists(), "a pickle from the network was unpickled"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hilrl.buffers.assembler import EpisodeAssembler, Step, StepLinker, episode_runs
-from hilrl.buffers.replay import DualBuffer, ReplayBuffer, Transition
+from hilrl.buffers.assembler import Step, StepLinker, episode_runs
+from hilrl.buffers.replay import DualBuffer, EpisodeAssembler, ReplayBuffer, Transition
 from hilrl.buffers.spec import Feature, Spec, state_vector
 
 SPEC = Spec(observation=(Feature("x", "float32", (2,)), Feature("cam", "uint8", (4, 4, 3))),

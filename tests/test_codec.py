@@ -128,7 +128,8 @@ def test_status_round_trips_through_its_reply() -> None:
              "policy_lag": 1, "connected": True, "episodes": 2, "interventions": 4, "loop_period_p50_ms": 100.25,
              "loop_period_p99_ms": 120.5, "overruns": 1, "watchdog_holds": 0, "safety_clamps": 5}
     status = {"run_id": "r", "store_problem": "", "stage": "online", "learner_step": 10, "offline_steps": 4,
-              "weight_version": 3, "demo_episodes": 2, "demo_episodes_needed": 2,
+              "weight_version": 3, "demo_episodes": 2, "demo_episodes_needed": 2, "ingest_backlog_batches": 1,
+              "ingest_backlog_bytes": 4096,
               "buffers": {"human": {"size": 5, "capacity": 10}, "policy": {"size": 0, "capacity": 20}},
               "actors": [actor]}
     assert codec.decode_status(codec.encode_status(status)) == status | {"protocol_version": codec.PROTOCOL_VERSION}

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import free_port, hilrl_status, wait_until
+from conftest import free_port, hilrl_status, settled_status, wait_until
 from safetensors.numpy import load_file
 
 from hilrl.buffers.recording import read_steps
@@ -64,7 +64,7 @@ def test_sim_actor_trains_against_learner_and_applies_new_weights(spawn, tmp_pat
     summary = json.loads(actor.stdout.strip().splitlines()[-1])
     assert summary["unacked"] == 0 and summary["weight_version"] >= 2
     assert summary["interventions"] > 0 and summary["demo_episodes"] >= 3
-    final = hilrl_status(address)
+    final = settled_status(address)
     a = final["actors"][0]
     # exactly once: every executed step is stored, none twice (the interrupted episode is closed as truncated)
     assert a["transitions_received"] == summary["steps"]
@@ -169,7 +169,7 @@ def test_learner_killed_mid_stream_resumes_and_the_actor_carries_on(spawn, tmp_p
     assert actor.stop() == 0
     summary = json.loads(actor.stdout.strip().splitlines()[-1])
     assert summary["unacked"] == 0
-    final = hilrl_status(address)
+    final = settled_status(address)
     # exactly once across the crash: steps the actor resent after the kill were not stored twice
     assert final["actors"][0]["transitions_received"] == summary["steps"]
     assert final["buffers"]["human"]["size"] + final["buffers"]["policy"]["size"] == summary["steps"]
@@ -210,7 +210,7 @@ def test_frozen_learner_fills_the_bounded_outbox_then_everything_arrives_once(sp
     assert actor.stop() == 0
     summary = json.loads(actor.stdout.strip().splitlines()[-1])
     assert summary["unacked"] == 0 and summary["outbox_full_waits"] >= 1
-    assert hilrl_status(address)["actors"][0]["transitions_received"] == summary["steps"]
+    assert settled_status(address)["actors"][0]["transitions_received"] == summary["steps"]
 
 
 def test_two_actors_share_one_learner_and_a_dead_one_does_not_block_the_other(spawn, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from conftest import free_port, hilrl_status, log_tails, wait_until
+from conftest import free_port, hilrl_status, log_tails, settled_status, wait_until
 from tcp_proxy import TcpProxy
 
 from hilrl.actor.outbox import JOURNAL, read_journal
@@ -123,7 +123,7 @@ def test_learner_sigkilled_three_times_while_two_actors_stream(spawn, tmp_path: 
                "both actors streaming to the last learner", interval=0.5, diagnose=logs)
 
     summaries = {i: stop_actor(a) for i, a in actors.items()}
-    status = hilrl_status(address)
+    status = settled_status(address)
     assert learner.stop() == 0
     stored = stored_by_actor(out)
     assert sorted(stored) == sorted(ids)
@@ -167,7 +167,7 @@ def test_link_partition_is_detected_and_healed_without_loss(spawn, tmp_path: Pat
                    interval=0.5, diagnose=logs)
         assert proxy.connections >= 2, "the actor never reconnected"
         summary = stop_actor(actor)
-    status = hilrl_status(address)
+    status = settled_status(address)
     assert learner.stop() == 0
     assert "resending" in actor.stderr
     n = assert_exactly_once(stored_by_actor(out)["arm"], recorded(tmp_path / "sent.zarr"), "arm")
@@ -229,7 +229,7 @@ def test_actor_sigkilled_mid_episode_restarts_on_its_state_dir(spawn, tmp_path: 
     wait_until(lambda: received(address)["arm"] > floor + 100, 120, "the restarted actor streaming", interval=0.5,
                diagnose=logs)
     summary = stop_actor(second)
-    status = hilrl_status(address)
+    status = settled_status(address)
     assert learner.stop() == 0
 
     assert "unacknowledged batches from an earlier run; they will be resent" in second.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ingest
 
 from hilrl.buffers.assembler import Discard, Step
 from hilrl.buffers.replay import dual_buffer_nbytes
@@ -47,9 +48,9 @@ def test_duplicate_batches_are_acknowledged_but_stored_once(tmp_path: Path) -> N
     c = core(tmp_path)
     c.hello("a", SPEC)
     batch = steps(0, 4, human=True)
-    assert c.ingest_batches("a", [(1, batch[:2])], 0)[0] is False
-    assert c.ingest_batches("a", [(1, batch[:2])], 0)[0] is True  # resent after a reconnect
-    assert c.ingest_batches("a", [(2, batch[2:])], 0)[0] is False
+    assert ingest(c, "a", [(1, batch[:2])], 0)[0] is False
+    assert ingest(c, "a", [(1, batch[:2])], 0)[0] is True  # resent after a reconnect
+    assert ingest(c, "a", [(2, batch[2:])], 0)[0] is False
     s = c.status()
     assert s["buffers"]["human"]["size"] == 4 and s["actors"][0]["transitions_received"] == 4
     assert s["actors"][0]["last_acked_seq"] == 2 and s["demo_episodes"] == 1
@@ -58,9 +59,9 @@ def test_duplicate_batches_are_acknowledged_but_stored_once(tmp_path: Path) -> N
 def test_discarded_episode_leaves_the_buffer_and_the_demo_count(tmp_path: Path) -> None:
     c = core(tmp_path)
     c.hello("a", SPEC)
-    c.ingest_batches("a", [(1, steps(0, 3, human=True))], 0)
-    c.ingest_batches("a", [(2, steps(1, 2, human=False)[:1])], 0)  # one policy step: waits for its successor
-    c.ingest_batches("a", [(3, [Discard(1), Discard(0)])], 0)
+    ingest(c, "a", [(1, steps(0, 3, human=True))], 0)
+    ingest(c, "a", [(2, steps(1, 2, human=False)[:1])], 0)  # one policy step: waits for its successor
+    ingest(c, "a", [(3, [Discard(1), Discard(0)])], 0)
     s = c.status()
     assert s["buffers"]["human"]["size"] == 0 and s["buffers"]["policy"]["size"] == 0 and s["demo_episodes"] == 0
 
@@ -79,17 +80,17 @@ def test_weight_versions_persist_and_never_repeat(tmp_path: Path) -> None:
 def test_resume_rebuilds_buffers_and_actor_records_from_the_store(tmp_path: Path) -> None:
     c = core(tmp_path)
     c.hello("a", SPEC)
-    c.ingest_batches("a", [(1, steps(0, 3, human=True))], 0)
-    c.ingest_batches("a", [(2, steps(1, 4, human=False))], 0)
-    c.ingest_batches("a", [(3, steps(2, 2, human=False)[:1])], 0)  # an episode still in progress
+    ingest(c, "a", [(1, steps(0, 3, human=True))], 0)
+    ingest(c, "a", [(2, steps(1, 4, human=False))], 0)
+    ingest(c, "a", [(3, steps(2, 2, human=False)[:1])], 0)  # an episode still in progress
     before = c.status()
     resumed = core(tmp_path, resume=True)
     after = resumed.status()
     assert after["buffers"] == before["buffers"] and after["demo_episodes"] == 1
     assert after["actors"][0]["last_acked_seq"] == 3 and after["actors"][0]["transitions_received"] == 7
     resent = steps(2, 2, human=False)[:1]
-    assert resumed.ingest_batches("a", [(3, resent)], 0) == [True]  # resent after the crash: dropped
-    resumed.ingest_batches("a", [(4, steps(2, 2, human=False)[1:])], 0)  # the rest of the episode completes it
+    assert ingest(resumed, "a", [(3, resent)], 0) == [True]  # resent after the crash: dropped
+    ingest(resumed, "a", [(4, steps(2, 2, human=False)[1:])], 0)  # the rest of the episode completes it
     assert resumed.status()["buffers"]["policy"]["size"] == 6
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, hilrl_status, run_hilrl, wait_until
+from conftest import free_port, hilrl_status, ingest, run_hilrl, wait_until
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.e2e
@@ -151,7 +151,7 @@ def test_a_mid_offline_checkpoint_counts_the_update_it_follows(tmp_path: Path, m
     core.open()
     core.hello("a", spec)
     obs = [{"x": np.full(3, t, np.float32)} for t in range(4)]
-    core.ingest_batches("a", [(1, [Step(obs[t], np.zeros(1, np.float32), 0.0, False, t == 2, True, 0, t,
+    ingest(core, "a", [(1, [Step(obs[t], np.zeros(1, np.float32), 0.0, False, t == 2, True, 0, t,
                               obs[3] if t == 2 else None) for t in range(3)])], 0)[0]
     stop = threading.Event()
     thread = threading.Thread(target=Trainer(core).run, args=(stop,), daemon=True)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from conftest import free_port, hilrl_status, run_hilrl, wait_until
 
-from hilrl.buffers.assembler import EpisodeAssembler, Step
+from hilrl.buffers.assembler import Step
 from hilrl.buffers.lerobot_export import episodes_from_items, export_lerobot
 from hilrl.buffers.lerobot_io import LeRobotImportError, LeRobotMapping, import_lerobot
 from hilrl.buffers.recording import StepRecorder, read_steps
-from hilrl.buffers.replay import DualBuffer
+from hilrl.buffers.replay import DualBuffer, EpisodeAssembler
 from hilrl.buffers.spec import Feature, Spec
 from hilrl.buffers.store import BufferStore
 

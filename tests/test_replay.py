@@ -30,7 +30,9 @@ def test_replayed_recording_lands_in_the_learner_exactly(spawn, tmp_path: Path) 
     assert summary["steps"] == len(recorded) and summary["unacked"] == 0
     assert summary["interventions"] == human
 
-    status = wait_until(lambda: hilrl_status(f"127.0.0.1:{port}"), 30, "status", diagnose=lambda: learner.stderr)
+    # acknowledged = in the learner's ingest log; the writer stores them and fills the buffers right after
+    status = wait_until(lambda: (s := hilrl_status(f"127.0.0.1:{port}")) and s["ingest_backlog_batches"] == 0 and s,
+                        30, "status with an empty ingest backlog", diagnose=lambda: learner.stderr)
     assert status["buffers"]["human"]["size"] == human
     assert status["buffers"]["policy"]["size"] == len(recorded) - human
     assert status["actors"][0]["transitions_received"] == len(recorded)

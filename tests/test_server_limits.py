@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import ingest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_learner_core import SPEC, core, steps
 
@@ -114,7 +115,7 @@ def test_a_stored_batch_does_not_wake_weight_subscribers(tmp_path: Path) -> None
     waiter.start()
     time.sleep(0.2)
     for seq in range(1, 21):
-        c.ingest_batches("a", [(seq, steps(seq, 2, human=True))], 0)
+        ingest(c, "a", [(seq, steps(seq, 2, human=True))], 0)
     woken = reads[0]
     c.publish(b"weights")
     waiter.join(timeout=5)

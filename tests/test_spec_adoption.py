@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import free_port, wait_until
+from conftest import free_port, ingest, wait_until
 from test_learner_core import SPEC, core, steps
 
 from hilrl.buffers.spec import Feature, Spec
@@ -79,13 +79,13 @@ def test_a_failure_while_adopting_leaves_the_learner_fresh(tmp_path: Path, monke
     assert Spec.from_dict(json.loads((out / "spec.json").read_text())) == OTHER
     with pytest.raises(SpecMismatch):
         c.hello("a", SPEC)
-    assert c.ingest_batches("b", [(1, [])], 0)[0] is False
+    assert ingest(c, "b", [(1, [])], 0)[0] is False
 
 
 def test_a_restart_with_another_spec_is_refused_and_keeps_the_runs_spec_json(tmp_path: Path) -> None:
     c = core(tmp_path)
     c.hello("a", SPEC)
-    c.ingest_batches("a", [(1, steps(0, 3, human=True))], 0)
+    ingest(c, "a", [(1, steps(0, 3, human=True))], 0)
     out = tmp_path / "out"
     before = (out / "spec.json").read_bytes()
     other_file = tmp_path / "other.json"

@@ -15,8 +15,8 @@ import pytest
 import zarr
 
 import hilrl.buffers.store as store_module
-from hilrl.buffers.assembler import Discard, EpisodeAssembler, Step
-from hilrl.buffers.replay import DualBuffer, ReplayBuffer
+from hilrl.buffers.assembler import Discard, Step
+from hilrl.buffers.replay import DualBuffer, EpisodeAssembler, ReplayBuffer
 from hilrl.buffers.spec import Feature, Spec
 from hilrl.buffers.store import BufferStore, StoreError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import ingest, wait_until
 
 from hilrl.buffers.assembler import Step
 from hilrl.buffers.spec import Feature, Spec
@@ -47,7 +47,7 @@ class Feeder:
                               False, last, is_human, self.episode, t, self.obs() if last else None))
         self.seq += 1
         self.episode += 1
-        assert self.core.ingest_batches("actor-0", [(self.seq, steps)], 0)[0] is False
+        assert ingest(self.core, "actor-0", [(self.seq, steps)], 0)[0] is False
 
 
 @pytest.fixture

@@ -245,7 +245,7 @@ class ActorStatus(_message.Message):
     def __init__(self, id: _Optional[str] = ..., transitions_received: _Optional[int] = ..., last_acked_seq: _Optional[int] = ..., weight_version_applied: _Optional[int] = ..., policy_lag: _Optional[int] = ..., connected: bool = ..., episodes: _Optional[int] = ..., interventions: _Optional[int] = ..., loop_period_p50_ms: _Optional[float] = ..., loop_period_p99_ms: _Optional[float] = ..., overruns: _Optional[int] = ..., watchdog_holds: _Optional[int] = ..., safety_clamps: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("protocol_version", "run_id", "stage", "learner_step", "offline_steps", "weight_version", "human", "policy", "actors", "demo_episodes", "demo_episodes_needed", "store_problem")
+    __slots__ = ("protocol_version", "run_id", "stage", "learner_step", "offline_steps", "weight_version", "human", "policy", "actors", "demo_episodes", "demo_episodes_needed", "store_problem", "ingest_backlog_batches", "ingest_backlog_bytes")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +258,8 @@ class StatusReply(_message.Message):
     DEMO_EPISODES_FIELD_NUMBER: _ClassVar[int]
     DEMO_EPISODES_NEEDED_FIELD_NUMBER: _ClassVar[int]
     STORE_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    INGEST_BACKLOG_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    INGEST_BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     run_id: str
     stage: Stage
@@ -270,4 +272,6 @@ class StatusReply(_message.Message):
     demo_episodes: int
     demo_episodes_needed: int
     store_problem: str
-    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., stage: _Optional[_Union[Stage, str]] = ..., learner_step: _Optional[int] = ..., offline_steps: _Optional[int] = ..., weight_version: _Optional[int] = ..., human: _Optional[_Union[BufferStatus, _Mapping]] = ..., policy: _Optional[_Union[BufferStatus, _Mapping]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., demo_episodes: _Optional[int] = ..., demo_episodes_needed: _Optional[int] = ..., store_problem: _Optional[str] = ...) -> None: ...
+    ingest_backlog_batches: int
+    ingest_backlog_bytes: int
+    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., stage: _Optional[_Union[Stage, str]] = ..., learner_step: _Optional[int] = ..., offline_steps: _Optional[int] = ..., weight_version: _Optional[int] = ..., human: _Optional[_Union[BufferStatus, _Mapping]] = ..., policy: _Optional[_Union[BufferStatus, _Mapping]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., demo_episodes: _Optional[int] = ..., demo_episodes_needed: _Optional[int] = ..., store_problem: _Optional[str] = ..., ingest_backlog_batches: _Optional[int] = ..., ingest_backlog_bytes: _Optional[int] = ...) -> None: ...
