@@ -9,9 +9,9 @@
   A learner that just closes the connection during setup (a plaintext actor against a TLS learner,
   or no client certificate for a mutual-TLS learner) looks like a learner going away, so that is
   retried forever, with a log line naming the likely cause.
-* subscriber: receives stage changes and weight chunks, joins them into one buffer while hashing them
-  (sha256 verified), and builds the new policy on that buffer (no copies), so the control loop only swaps a
-  reference between ticks.
+* subscriber: receives stage changes and weight chunks, joins them into a free buffer while hashing them
+  (sha256 verified) and has the new policy on that buffer (no copies; `learner.weights.WeightReceiver`), so the
+  control loop only swaps a reference between ticks.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import numpy as np
 
 from hilrl.actor.outbox import SEND_MARGIN, Outbox, StateDir
 from hilrl.buffers.spec import Spec
-from hilrl.learner.networks import Policy, PolicyConfig, policy_from_safetensors_bytes
-from hilrl.learner.tensor_blob import BlobError, WeightAssembler
+from hilrl.learner.networks import Policy, PolicyConfig, policy_from_tensors
+from hilrl.learner.weights import BlobError, WeightReceiver
 from hilrl.protos import codec
 from hilrl.protos.transport import ClientSecurity, client_channel, connection_hint, is_tls_handshake_failure
 from hilrl.protos.v1 import learner_pb2 as pb
@@ -97,9 +97,8 @@ class LearnerLink:
         self.run_id = ""
         self.weight_version_applied = 0
         self.loop_stats: pb.LoopStats | None = None  # replaced (never mutated) by the control loop
-        self._new_policy: tuple[int, Policy] | None = None
+        self._weights: WeightReceiver[Policy] = WeightReceiver(self._build_policy)
         self._received_version = 0
-        self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._sender, name="sender", daemon=True),
                          threading.Thread(target=self._subscriber, name="subscriber", daemon=True)]
 
@@ -115,10 +114,9 @@ class LearnerLink:
         subscriber.join(timeout=5)
 
     def take_policy(self) -> tuple[int, Policy] | None:
-        """The newest verified policy not yet handed out (called by the control loop between ticks)."""
-        with self._lock:
-            new, self._new_policy = self._new_policy, None
-            return new
+        """The newest verified policy not yet handed out (called by the control loop between ticks). The policy
+        taken before it is no longer run once this returns a new one: its weights' buffer is written again."""
+        return self._weights.take()
 
     # ------------------------------------------------------------------ sender
 
@@ -271,13 +269,12 @@ class LearnerLink:
                 continue
             try:
                 request = pb.SubscribeRequest(actor_id=self.actor_id, have_version=self._received_version)
-                assembler = WeightAssembler()
                 for event in self.stub.SubscribeWeights(request):
                     backoff.reset()
                     if event.WhichOneof("kind") == "stage":
                         self.stage = codec.STAGE_NAMES.get(event.stage, self.stage)
                     else:
-                        self._receive(assembler, event.weights)
+                        self._receive(event.weights)
             except grpc.RpcError as exc:
                 if self.stop.is_set():
                     return
@@ -285,22 +282,18 @@ class LearnerLink:
                 log.warning("weight subscription lost (%s); retrying in %.1fs", exc.code().name, delay)
                 self.stop.wait(delay)
 
-    def _receive(self, assembler: WeightAssembler, c: pb.WeightsChunk) -> None:
-        """Add one chunk; once a version is complete and its sha256 verified, build its policy (its tensors are
-        views into the assembled buffer) for `take_policy`. A bad version is logged and the current kept."""
+    def _receive(self, c: pb.WeightsChunk) -> None:
+        """Add one chunk; once a version is complete, its sha256 verified and its policy built (on views into the
+        received buffer), it is ready for `take_policy`. A bad version is logged and the current kept."""
         try:
-            blob = assembler.add(c.version, c.offset, c.total_size, c.data, c.sha256)
+            version = self._weights.add(c.version, c.offset, c.total_size, c.data, c.sha256)
         except BlobError as exc:
             log.error("%s; keeping the current weights", exc)
             return
-        if blob is None or self.policy_config is None:
-            return
-        version = c.version
-        try:
-            policy = policy_from_safetensors_bytes(self.policy_config, blob)
-        except Exception as exc:  # a malformed safetensors blob must never take the actor down
-            log.error("weights v%d could not be loaded (%s); keeping the current weights", version, exc)
-            return
-        with self._lock:
-            self._new_policy = (version, policy)
-        self._received_version = version
+        if version is not None:
+            self._received_version = version
+
+    def _build_policy(self, tensors: dict) -> Policy:
+        if self.policy_config is None:
+            raise BlobError("no policy config from the learner yet")
+        return policy_from_tensors(self.policy_config, tensors)

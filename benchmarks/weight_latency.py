@@ -4,7 +4,7 @@ The learner side is the real one, in this process: `LearnerCore` (its durable we
 `LearnerService` on a real gRPC server with the product's channel options. The actor side is a real
 `LearnerLink` in another process (Hello, weight subscription, sha256 check, building the `Policy`), polled
 by a stand-in control loop every 1 ms. Each sample is the time from the learner starting to publish (what
-`Trainer._publish` does: encode the policy, `LearnerCore.publish`) until `take_policy()` on the actor returns
+`Trainer._publish` does: `WeightPublisher.publish` of the policy's tensors) until `take_policy()` on the actor returns
 that version. Policies of ~1 M and ~10 M parameters (state-only MLPs, 18-d state, 4-d action).
 
 Run: ``python benchmarks/weight_latency.py`` (about 1 min) or ``--quick``; ``--json`` writes the figures.
@@ -49,9 +49,13 @@ def _actor(target: str, state_dir: str, ready, applied) -> None:
 
 def publish(core, policy) -> int:
     """What the trainer does to publish (learner/training.py `Trainer._publish`, without the checkpoint)."""
-    try:
+    if hasattr(core.weights, "publish"):
+        from hilrl.learner.networks import policy_metadata
+
+        return core.weights.publish(policy.state_dict(), policy_metadata(policy))
+    try:  # older checkouts, for a before/after comparison: the core published encoded bytes
         from hilrl.learner.networks import encode_policy
-    except ImportError:  # a checkout from before weights were encoded once (a before/after comparison)
+    except ImportError:  # from before weights were encoded once
         from hilrl.learner.networks import policy_to_safetensors_bytes as encode_policy
     return core.publish(encode_policy(policy))
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from hilrl.learner.encoders import ENCODERS, CameraHeads, ImageEncoder, feature_map_shape
 from hilrl.learner.residual import base_action_index, residual_normalization
-from hilrl.learner.tensor_blob import EncodedWeights, decode, encode
+from hilrl.learner.weights import decode, encode
 
 STD_EPS = 1e-3  # lower clamp on the per-feature state std
 
@@ -324,13 +324,13 @@ def policy_to_safetensors_bytes(policy: Policy) -> bytes:
     return bytes(_encode_policy(policy))
 
 
-def encode_policy(policy: Policy) -> EncodedWeights:
-    """What the learner publishes: `policy_to_safetensors_bytes` without the copy into ``bytes``, hashed once."""
-    return EncodedWeights.of(_encode_policy(policy))
+def policy_metadata(policy: Policy) -> dict[str, str]:
+    """The safetensors metadata of a policy's weights: its config (`load_policy_file` builds the policy from it)."""
+    return {"policy_config": json.dumps(policy.cfg.to_dict())}
 
 
 def _encode_policy(policy: Policy) -> memoryview:
-    return encode(policy.state_dict(), {"policy_config": json.dumps(policy.cfg.to_dict())})
+    return encode(policy.state_dict(), policy_metadata(policy))
 
 
 def policy_from_safetensors_bytes(cfg: PolicyConfig, data: bytes | bytearray) -> Policy:

@@ -1,0 +1,432 @@
+"""Published policy weights, end to end: the learner's side (encode, version, sha256, who was sent what) and the
+actor's side (join the chunks, verify, the policy on the received bytes).
+
+The format is plain safetensors (an 8-byte little-endian header length, a JSON header, the raw little-endian
+tensor bytes), so ``policy.safetensors`` stays loadable by the safetensors library; nothing here unpickles.
+
+Learner (`WeightPublisher.publish`): the policy's tensors are copied once into one of a few reused buffers (no
+fresh pages per version: for a 10 M-parameter policy, 41 MB of page faults cost more than the copy), the version
+is visible at once and hashed in the background while the first chunks stream: every chunk but the last leaves
+the sha256 empty, the last carries it. A buffer is written again only when it is not the current version and no
+stream or hash reads it; a stream that picks up a version whose buffer was reused since sends nothing of it.
+Actor (`WeightReceiver`): three buffers, the running policy's, the pending one's (verified, not taken yet) and
+the one being written (triple buffering), so a version is assembled into a buffer no policy in use views. The
+chunks are hashed as they arrive; a verified version's policy views its buffer (no copy), and a buffer whose
+header is unchanged keeps its policy object (no decode, no build).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, Generic, Protocol, TypeVar
+
+import torch
+from torch import Tensor
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+NAMES = {dtype: name for name, dtype in DTYPES.items()}
+MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own bound
+FILES_WAIT_S = 1.0  # publish: how long the weight files wait for the subscribers to be sent the new version
+LEARNER_BUFFERS = 3  # reused encode buffers per layout (the current version, one being streamed late, the next)
+
+
+class BlobError(ValueError):
+    """Bytes that are not a well-formed safetensors buffer, or weights that fail their sha256 check."""
+
+
+# ---------------------------------------------------------------------------------------------- the format
+
+def _layout(tensors: dict[str, Tensor], metadata: dict[str, str] | None) -> tuple[bytes, list[tuple[str, int, int]]]:
+    """The header bytes and each tensor's (name, begin, end) in the whole buffer. Tensors are laid out by element
+    size, largest first, so every tensor starts aligned to its element size."""
+    items = sorted(tensors.items(), key=lambda kv: -kv[1].element_size())
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, t in items:
+        if t.dtype not in NAMES:
+            raise BlobError(f"tensor {name}: dtype {t.dtype} has no safetensors name")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    head = struct.pack("<Q", len(text)) + text
+    return head, [(name, len(head) + header[name]["data_offsets"][0], len(head) + header[name]["data_offsets"][1])
+                  for name, _ in items]
+
+
+def _fill(flat: Tensor, spans: list[tuple[str, int, int]], tensors: dict[str, Tensor]) -> None:
+    """Copy each tensor (on any device) into its span of ``flat`` (once: no zeroing, no staging copy)."""
+    for name, begin, end in spans:
+        if end > begin:
+            flat[begin:end].copy_(tensors[name].detach().contiguous().reshape(-1).view(torch.uint8))
+
+
+def _new_flat(head: bytes, spans: list[tuple[str, int, int]]) -> Tensor:
+    flat = torch.empty(spans[-1][2] if spans else len(head), dtype=torch.uint8)  # not zeroed: every byte is written
+    flat[:len(head)].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
+    return flat
+
+
+def encode(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> memoryview:
+    """``tensors`` as safetensors bytes (a read-only view of one new buffer, each tensor copied into it once)."""
+    head, spans = _layout(tensors, metadata)
+    flat = _new_flat(head, spans)
+    _fill(flat, spans, tensors)
+    return memoryview(flat.numpy()).toreadonly()
+
+
+def decode(buffer: bytearray | bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors buffer. For a ``bytearray`` the tensors are views into it (no copy);
+    for read-only ``bytes`` they are copies. Raises `BlobError` on malformed input."""
+    n = len(buffer)
+    if n < 8:
+        raise BlobError(f"{n} bytes: too short for a safetensors header")
+    (hlen,) = struct.unpack_from("<Q", buffer, 0)
+    if hlen > min(MAX_HEADER_BYTES, n - 8):
+        raise BlobError(f"header length {hlen} does not fit in {n} bytes")
+    try:
+        header = json.loads(bytes(buffer[8:8 + hlen]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BlobError(f"header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise BlobError("header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    start, size = 8 + hlen, n - 8 - hlen
+    writable = isinstance(buffer, bytearray)
+    tensors, spans = {}, []
+    for name, entry in header.items():
+        dtype, shape, (begin, end) = _entry(name, entry, size)
+        count = end - begin
+        if count != _numel(shape) * _itemsize(dtype):
+            raise BlobError(f"tensor {name}: {count} bytes do not hold shape {shape} of {entry['dtype']}")
+        spans.append((begin, end))
+        if count == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+            continue
+        raw = buffer if writable else bytearray(memoryview(buffer)[start + begin:start + end])
+        tensor = torch.frombuffer(raw, dtype=torch.uint8, count=count, offset=start + begin if writable else 0)
+        aligned = tensor.data_ptr() % _itemsize(dtype) == 0
+        tensors[name] = (tensor if aligned else tensor.clone()).view(dtype).view(shape)
+    covered = 0
+    for begin, end in sorted(spans):
+        if begin != covered:
+            raise BlobError("tensor data overlaps or leaves gaps")
+        covered = end
+    if covered != size:
+        raise BlobError(f"tensor data covers {covered} of {size} bytes")
+    return tensors, metadata
+
+
+def _entry(name: str, entry: Any, size: int) -> tuple[torch.dtype, list[int], tuple[int, int]]:
+    try:
+        dtype = DTYPES[entry["dtype"]]
+        shape = [int(d) for d in entry["shape"]]
+        begin, end = (int(o) for o in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BlobError(f"tensor {name}: malformed header entry {entry!r} ({exc!r})") from None
+    if any(d < 0 for d in shape) or not 0 <= begin <= end <= size:
+        raise BlobError(f"tensor {name}: shape {shape} / offsets {begin}..{end} outside the {size} data bytes")
+    return dtype, shape, (begin, end)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# ---------------------------------------------------------------------------------------------- the learner
+
+class _Buffer:
+    """One reused encode buffer: its layout, and who reads it (streams, the hash, the weight files)."""
+
+    def __init__(self, key: tuple, head: bytes, spans: list[tuple[str, int, int]]) -> None:
+        self.key, self.spans = key, spans
+        self.flat = _new_flat(head, spans)  # the header is written once: the layout is the buffer's key
+        self.data = memoryview(self.flat.numpy()).toreadonly()
+        self.lock = threading.Lock()
+        self.generation = 0  # +1 each time the buffer is taken for a new version
+        self.readers = 0
+
+    def take(self) -> bool:
+        """Claim the buffer for a new version (False while anyone reads it)."""
+        with self.lock:
+            if self.readers:
+                return False
+            self.generation += 1
+            return True
+
+    def acquire(self, generation: int) -> bool:
+        """Start reading the version of ``generation``; False: the buffer has been taken for a newer one since."""
+        with self.lock:
+            if self.generation != generation:
+                return False
+            self.readers += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.readers -= 1
+
+
+class EncodedWeights:
+    """One published version: its safetensors bytes and their sha256 (a string, or a future while it is hashed)."""
+
+    def __init__(self, version: int, data: bytes | memoryview, sha256: str | Future[str],
+                 buffer: _Buffer | None = None) -> None:
+        self.version, self.data, self._sha256 = version, data, sha256
+        self._buffer, self._generation = buffer, buffer.generation if buffer is not None else 0
+
+    @classmethod
+    def of(cls, data: bytes | memoryview, version: int = 0) -> EncodedWeights:
+        return cls(version, data, hashlib.sha256(data).hexdigest())
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256 if isinstance(self._sha256, str) else self._sha256.result()
+
+    def read(self) -> bool:
+        """Start reading the bytes (then `done`); False: the buffer already holds a newer version."""
+        return self._buffer is None or self._buffer.acquire(self._generation)
+
+    def done(self) -> None:
+        if self._buffer is not None:
+            self._buffer.release()
+
+    def chunks(self, size: int) -> Iterator[tuple[int, memoryview, str]]:
+        """``(offset, bytes, sha256)`` pieces of at most ``size`` bytes (one empty piece for an empty blob); the
+        sha256 only on the last (the first may stream while it is computed). Each piece is a view of the buffer,
+        valid until the next: copy it. Nothing when the buffer already holds a newer version."""
+        if not self.read():
+            return
+        try:
+            view = memoryview(self.data)
+            for offset in range(0, max(len(view), 1), size):
+                yield offset, view[offset:offset + size], self.sha256 if offset + size >= len(view) else ""
+        finally:
+            self.done()
+
+
+class RunFiles(Protocol):
+    """Where published weights persist (`learner.rundir.RunDir`)."""
+
+    def write_weights_version(self, version: int) -> None: ...
+    def write_weights(self, version: int, data: bytes, keep: int) -> None: ...
+
+
+class Learner(Protocol):
+    """What else a weight stream reports or stops on (`learner.core.LearnerCore`)."""
+
+    stage: str
+    stopping: bool
+
+
+class WeightPublisher:
+    """The learner's published weights: the current version, the weight streams that send it, its files.
+
+    Shares the core's mutex; streams wait on their own condition, which only a new version, a stage change or the
+    shutdown (`wake`) notifies."""
+
+    def __init__(self, mutex: threading.RLock, files: RunFiles, keep: int, learner: Learner) -> None:
+        self.current = EncodedWeights(0, b"", "")
+        self._changed = threading.Condition(mutex)  # subscribers wait here
+        self._sent = threading.Condition(mutex)  # publish waits here for the subscribers to be sent a version
+        self._files, self._keep, self._learner = files, keep, learner
+        self._subscribers: dict[object, int] = {}  # live weight streams -> the newest version each was sent
+        self._buffers: list[_Buffer] = []
+
+    @property
+    def version(self) -> int:
+        return self.current.version
+
+    def restore(self, version: int, data: bytes) -> None:
+        """The version published before a restart (its policy file's bytes)."""
+        self.current = EncodedWeights.of(data, version)
+
+    def publish(self, tensors: dict[str, Tensor] | bytes, metadata: dict[str, str] | None = None) -> int:
+        """Make new weights visible; returns their version. The version number is persisted before it is used;
+        the weight files are written once every subscriber has been sent the version (at most `FILES_WAIT_S`
+        later), so the disk writes do not compete with the streaming (a crash in between leaves the previous
+        policy file under the new version number until the next publish)."""
+        version = self.current.version + 1
+        persisted = _in_thread(self._files.write_weights_version, version)  # while the tensors are copied
+        buffer = self._buffer(tensors, metadata) if isinstance(tensors, dict) else None
+        if buffer is not None:
+            _fill(buffer.flat, buffer.spans, tensors)
+            buffer.acquire(buffer.generation)  # the hash reads it: not reused before that is done
+        data = buffer.data if buffer is not None else tensors
+        weights = EncodedWeights(version, data, _in_thread(_hash, data, buffer), buffer)
+        persisted.result()
+        with self._changed:
+            self.current = weights
+            self._changed.notify_all()
+            self._sent.wait_for(lambda: all(v >= version for v in self._subscribers.values()), timeout=FILES_WAIT_S)
+        if weights.read():
+            try:
+                self._files.write_weights(version, weights.data, self._keep)
+            finally:
+                weights.done()
+        return version
+
+    def _buffer(self, tensors: dict[str, Tensor], metadata: dict[str, str] | None) -> _Buffer:
+        """A free buffer of this layout (not the current version's, read by no one), or a new one."""
+        key = (tuple((k, v.dtype, tuple(v.shape)) for k, v in tensors.items()), json.dumps(metadata))
+        for buffer in self._buffers:  # least recently taken first: a late stream gets the most time
+            if buffer.key == key and buffer is not self.current._buffer and buffer.take():
+                self._buffers.remove(buffer)
+                self._buffers.append(buffer)
+                return buffer
+        buffer = _Buffer(key, *_layout(tensors, metadata))
+        self._buffers = [b for b in self._buffers if b.key == key][1 - LEARNER_BUFFERS:] + [buffer]
+        return buffer
+
+    def subscriber_has(self, subscriber: object, version: int | None) -> None:
+        """A weight stream (``subscriber``) has been sent ``version``; None: the stream ended."""
+        with self._sent:
+            if version is None:
+                self._subscribers.pop(subscriber, None)
+            else:
+                self._subscribers[subscriber] = version
+            self._sent.notify_all()
+
+    def wait_for_change(self, stage_seen: str | None, version_seen: int,
+                        timeout: float) -> tuple[str, EncodedWeights]:
+        """Block until the stage or the published version differs from what a subscriber has (or shutdown)."""
+        learner = self._learner
+        with self._changed:
+            self._changed.wait_for(lambda: learner.stopping or learner.stage != stage_seen
+                                   or self.current.version > version_seen, timeout=timeout)
+            return learner.stage, self.current
+
+    def wake(self) -> None:
+        """The stage changed or the learner is stopping: every waiting stream looks again."""
+        with self._changed:
+            self._changed.notify_all()
+
+
+def _in_thread(fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` on a new daemon thread; its result (or exception) in the returned future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="weights", daemon=True).start()
+    return future
+
+
+def _hash(data: bytes | memoryview, buffer: _Buffer | None) -> str:
+    try:
+        return hashlib.sha256(data).hexdigest()
+    finally:
+        if buffer is not None:
+            buffer.release()
+
+
+# ---------------------------------------------------------------------------------------------- the actor
+
+P = TypeVar("P")
+
+
+class _Slot(Generic[P]):
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.head = b""  # the header its policy was built from ("" = no reusable policy)
+        self.policy: P | None = None
+
+
+class WeightReceiver(Generic[P]):
+    """The actor's side: joins each version's chunks (in order) into a free buffer, hashing them as they arrive,
+    and builds its policy with ``build`` (on views of the buffer). `take` hands out the newest verified version;
+    the policy taken before it is released then (the caller no longer runs it), and its buffer may be rewritten."""
+
+    def __init__(self, build: Callable[[dict[str, Tensor]], P]) -> None:
+        self._build = build
+        self._slots: list[_Slot[P]] = [_Slot(), _Slot(), _Slot()]
+        self._lock = threading.Lock()
+        self._running: _Slot[P] | None = None
+        self._pending: tuple[int, _Slot[P]] | None = None
+        self._writing: _Slot[P] | None = None
+        self._failed = -1  # the version whose remaining chunks are dropped quietly after an error
+        self._version = 0
+        self._filled = 0
+        self._hash = hashlib.sha256()
+
+    def add(self, version: int, offset: int, total: int, data: bytes, sha256: str) -> int | None:
+        """Add one chunk. Returns the version once it is complete, verified and built (ready for `take`), None
+        while more is expected; raises `BlobError` (chunks out of order, a failed sha256 check, bytes that are
+        not a policy): that version is dropped, and nothing a policy in use views has changed."""
+        if offset == 0:
+            self._writing, self._version, self._filled, self._hash = self._free(total), version, 0, hashlib.sha256()
+        slot = self._writing
+        if slot is None and offset != 0 and version == self._failed:
+            return None
+        if slot is None or version != self._version or offset != self._filled or offset + len(data) > len(slot.buffer):
+            self._writing, self._failed = None, version
+            raise BlobError(f"weights v{version}: chunk at {offset} ({len(data)} bytes) does not follow the "
+                            f"{self._filled} bytes received of v{self._version}")
+        slot.buffer[offset:offset + len(data)] = data
+        self._hash.update(data)
+        self._filled += len(data)
+        if self._filled < len(slot.buffer):
+            return None
+        self._writing = None
+        if self._hash.hexdigest() != sha256:
+            self._failed = version
+            raise BlobError(f"weights v{version} failed the sha256 check")
+        try:
+            self._policy_on(slot)
+        except Exception as exc:  # a malformed blob must never take the actor down
+            slot.policy, slot.head = None, b""
+            raise BlobError(f"weights v{version} could not be loaded ({exc})") from exc
+        with self._lock:
+            self._pending = (version, slot)
+        return version
+
+    def take(self) -> tuple[int, P] | None:
+        """The newest verified version and its policy, not handed out before; None if there is none."""
+        with self._lock:
+            if self._pending is None:
+                return None
+            (version, slot), self._pending = self._pending, None
+            self._running = slot
+            assert slot.policy is not None
+            return version, slot.policy
+
+    def _free(self, total: int) -> _Slot[P]:
+        """The buffer neither the running nor the pending policy views, sized ``total``."""
+        with self._lock:
+            used = (self._running, self._pending[1] if self._pending else None)
+            slot = next(s for s in self._slots if all(s is not u for u in used))
+        if len(slot.buffer) != total:
+            slot.buffer, slot.head, slot.policy = bytearray(total), b"", None
+        return slot
+
+    def _policy_on(self, slot: _Slot[P]) -> None:
+        """Keep the slot's policy when the header is the one it was built from (its tensors view the new bytes),
+        else decode the buffer and build one."""
+        buffer = slot.buffer
+        if slot.head and buffer[:len(slot.head)] == slot.head:
+            return
+        slot.head, slot.policy = b"", None
+        tensors, _ = decode(buffer)
+        slot.policy = self._build(tensors)
+        start = torch.frombuffer(buffer, dtype=torch.uint8).data_ptr() if buffer else 0
+        if all(t.numel() == 0 or start <= t.data_ptr() < start + len(buffer) for t in tensors.values()):
+            slot.head = bytes(buffer[:8 + struct.unpack_from("<Q", buffer, 0)[0]])  # views only: reusable
