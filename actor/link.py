@@ -22,6 +22,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -89,6 +90,9 @@ class LearnerLink:
         self.session_id = secrets.token_hex(8)
         self.channel = client_channel(target, max_message_mb, self.security)
         self.stub = pb_grpc.LearnerStub(self.channel)
+        self._subscribe = self.channel.unary_stream(  # the stub's SubscribeWeights, with the weight chunks' parser
+            "/hilrl.v1.Learner/SubscribeWeights", request_serializer=pb.SubscribeRequest.SerializeToString,
+            response_deserializer=parse_event)
         self.stop = threading.Event()
         self.connected = threading.Event()
         self.fatal: str | None = None
@@ -269,9 +273,11 @@ class LearnerLink:
                 continue
             try:
                 request = pb.SubscribeRequest(actor_id=self.actor_id, have_version=self._received_version)
-                for event in self.stub.SubscribeWeights(request):
+                for event in self._subscribe(request):
                     backoff.reset()
-                    if event.WhichOneof("kind") == "stage":
+                    if isinstance(event, Chunk):
+                        self._receive(event)
+                    elif event.WhichOneof("kind") == "stage":
                         self.stage = codec.STAGE_NAMES.get(event.stage, self.stage)
                     else:
                         self._receive(event.weights)
@@ -282,7 +288,7 @@ class LearnerLink:
                 log.warning("weight subscription lost (%s); retrying in %.1fs", exc.code().name, delay)
                 self.stop.wait(delay)
 
-    def _receive(self, c: pb.WeightsChunk) -> None:
+    def _receive(self, c: Chunk | pb.WeightsChunk) -> None:
         """Add one chunk; once a version is complete, its sha256 verified and its policy built (on views into the
         received buffer), it is ready for `take_policy`. A bad version is logged and the current kept."""
         try:
@@ -297,3 +303,71 @@ class LearnerLink:
         if self.policy_config is None:
             raise BlobError("no policy config from the learner yet")
         return policy_from_tensors(self.policy_config, tensors)
+
+
+class Chunk(NamedTuple):
+    """A `WeightsChunk` whose data is a view of the received message."""
+
+    version: int
+    offset: int
+    total_size: int
+    data: memoryview
+    sha256: str
+
+
+_WEIGHTS_TAG = pb.LearnerEvent.WEIGHTS_FIELD_NUMBER << 3 | 2
+
+
+def parse_event(message: bytes) -> pb.LearnerEvent | Chunk:
+    """A received `LearnerEvent`; a weights chunk is read by hand, its data a view of ``message``: protobuf's
+    parser copies each chunk's megabyte twice, and on this path that costs more than the network."""
+    if message[:1] == bytes([_WEIGHTS_TAG]):
+        try:
+            return _chunk(memoryview(message))
+        except (IndexError, ValueError):
+            pass  # anything unusual: protobuf parses it (or refuses it)
+    return pb.LearnerEvent.FromString(message)
+
+
+def _chunk(view: memoryview) -> Chunk:
+    size, pos = _varint(view, 1)
+    end = pos + size
+    if end != len(view):
+        raise ValueError("not one weights chunk")
+    fields: dict[int, int | memoryview] = {}
+    while pos < end:
+        tag, pos = _varint(view, pos)
+        kind = tag & 7
+        if kind == 0:
+            fields[tag >> 3], pos = _varint(view, pos)
+        elif kind == 2:
+            n, pos = _varint(view, pos)
+            if pos + n > end:
+                raise ValueError("field past the end")
+            fields[tag >> 3], pos = view[pos:pos + n], pos + n
+        elif kind in (1, 5):  # fixed 64/32-bit fields: none in a WeightsChunk, skipped like unknown fields
+            pos += 8 if kind == 1 else 4
+        else:
+            raise ValueError(f"wire type {kind}")
+    if pos != end:
+        raise ValueError("field past the end")
+    ints = [fields.get(n, 0) for n in (1, 4, 3)]
+    data, sha256 = fields.get(5, memoryview(b"")), fields.get(2, memoryview(b""))
+    if not all(isinstance(i, int) for i in ints) or not isinstance(data, memoryview) or \
+            not isinstance(sha256, memoryview):
+        raise ValueError("field of another type")
+    version, offset, total = ints
+    return Chunk(version, offset, total, data, bytes(sha256).decode())
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = view[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")

@@ -368,7 +368,7 @@ class WeightReceiver(Generic[P]):
         self._filled = 0
         self._hash = hashlib.sha256()
 
-    def add(self, version: int, offset: int, total: int, data: bytes, sha256: str) -> int | None:
+    def add(self, version: int, offset: int, total: int, data: bytes | memoryview, sha256: str) -> int | None:
         """Add one chunk. Returns the version once it is complete, verified and built (ready for `take`), None
         while more is expected; raises `BlobError` (chunks out of order, a failed sha256 check, bytes that are
         not a policy): that version is dropped, and nothing a policy in use views has changed."""

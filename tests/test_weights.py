@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from google.protobuf.message import DecodeError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from hilrl.actor.link import LearnerLink
+from hilrl.actor.link import Chunk, LearnerLink, parse_event
 from hilrl.actor.outbox import Outbox
 from hilrl.buffers.spec import Feature, Spec
 from hilrl.learner.config import LearnerConfig
@@ -130,6 +131,23 @@ def test_hand_framed_chunks_are_the_messages_protobuf_would_write() -> None:
         version=300, sha256=weights.sha256 if o == offsets[-1] else "", total_size=len(data), offset=o,
         data=data[o:o + WEIGHT_CHUNK_BYTES])) for o in offsets]
     assert [pb.LearnerEvent.FromString(f) for f in framed] == expected
+
+
+def test_the_actor_reads_weight_chunks_by_hand_as_protobuf_would() -> None:
+    data = bytes(range(256)) * 5000
+    for framed in weight_chunks(EncodedWeights.of(data, version=2**40)):
+        ours, theirs = parse_event(framed), pb.LearnerEvent.FromString(framed).weights
+        assert isinstance(ours, Chunk) and isinstance(ours.data, memoryview)
+        assert (ours.version, ours.offset, ours.total_size, bytes(ours.data), ours.sha256) == \
+            (theirs.version, theirs.offset, theirs.total_size, theirs.data, theirs.sha256)
+    chunk = pb.WeightsChunk(version=3, sha256="ab", total_size=9, offset=4, data=b"xyz")
+    extra = chunk.SerializeToString() + bytes([9 << 3]) + b"\x05" + bytes([10 << 3 | 2, 2]) + b"hi"  # unknown fields
+    event = bytes([2 << 3 | 2, len(extra)]) + extra
+    assert parse_event(event) == Chunk(3, 4, 9, memoryview(b"xyz"), "ab")
+    stage = pb.LearnerEvent(stage=2).SerializeToString()
+    assert parse_event(stage) == pb.LearnerEvent(stage=2)
+    with pytest.raises(DecodeError):  # malformed: protobuf's own error, as before
+        parse_event(bytes([2 << 3 | 2, 50]) + b"\x08")
 
 
 def test_chunks_join_into_the_published_bytes_and_a_bad_hash_is_refused() -> None:
