@@ -319,18 +319,15 @@ def policy_to_safetensors_bytes(policy: Policy) -> bytes:
     """Weights + normalisation buffers as safetensors bytes (the config rides along as metadata).
 
     Exactly ``policy.state_dict()``: the actor (and, for a camera policy, the image encoder and the
-    actor's camera heads) and the statistics; critics never travel.
+    actor's camera heads) and the statistics; critics never travel. (The learner publishes the same bytes
+    through `learner.weights.WeightPublisher`, into reused buffers.)
     """
-    return bytes(_encode_policy(policy))
+    return bytes(encode(policy.state_dict(), policy_metadata(policy)))
 
 
 def policy_metadata(policy: Policy) -> dict[str, str]:
     """The safetensors metadata of a policy's weights: its config (`load_policy_file` builds the policy from it)."""
     return {"policy_config": json.dumps(policy.cfg.to_dict())}
-
-
-def _encode_policy(policy: Policy) -> memoryview:
-    return encode(policy.state_dict(), policy_metadata(policy))
 
 
 def policy_from_safetensors_bytes(cfg: PolicyConfig, data: bytes | bytearray) -> Policy:

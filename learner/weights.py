@@ -4,21 +4,20 @@ actor's side (join the chunks, verify, the policy on the received bytes).
 The format is plain safetensors (an 8-byte little-endian header length, a JSON header, the raw little-endian
 tensor bytes), so ``policy.safetensors`` stays loadable by the safetensors library; nothing here unpickles.
 
-Learner (`WeightPublisher.publish`): the policy's tensors are copied once into one of a few reused buffers (no
-fresh pages per version: for a 10 M-parameter policy, 41 MB of page faults cost more than the copy), the version
-is visible at once and hashed in the background while the first chunks stream: every chunk but the last leaves
-the sha256 empty, the last carries it. A buffer is written again only when it is not the current version and no
-stream or hash reads it; a stream that picks up a version whose buffer was reused since sends nothing of it.
-Actor (`WeightReceiver`): three buffers, the running policy's, the pending one's (verified, not taken yet) and
-the one being written (triple buffering), so a version is assembled into a buffer no policy in use views. The
-chunks are hashed as they arrive; a verified version's policy views its buffer (no copy), and a buffer whose
-header is unchanged keeps its policy object (no decode, no build).
+Learner (`WeightPublisher`): the tensors are copied into one of a few reused buffers (no fresh pages per
+version: for 10 M parameters, 41 MB of page faults cost more than the copy), the version is visible at once and
+hashed while the first chunks stream (only the last chunk carries the sha256). A buffer is written again only
+when it is not the current version and no stream or hash reads it.
+Actor (`WeightReceiver`): three buffers, the running policy's, the pending one's and the one being written, so a
+version is assembled where no policy in use looks. A verified version's policy views its buffer (no copy), and a
+buffer whose header is unchanged keeps its policy object (no decode, no build).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +26,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import Tensor
+
+from hilrl.learner.rundir import RunDir
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -105,7 +106,7 @@ def decode(buffer: bytearray | bytes) -> tuple[dict[str, Tensor], dict[str, str]
     for name, entry in header.items():
         dtype, shape, (begin, end) = _entry(name, entry, size)
         count = end - begin
-        if count != _numel(shape) * _itemsize(dtype):
+        if count != math.prod(shape) * _itemsize(dtype):
             raise BlobError(f"tensor {name}: {count} bytes do not hold shape {shape} of {entry['dtype']}")
         spans.append((begin, end))
         if count == 0:
@@ -139,13 +140,6 @@ def _entry(name: str, entry: Any, size: int) -> tuple[torch.dtype, list[int], tu
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 # ---------------------------------------------------------------------------------------------- the learner
@@ -220,13 +214,6 @@ class EncodedWeights:
             self.done()
 
 
-class RunFiles(Protocol):
-    """Where published weights persist (`learner.rundir.RunDir`)."""
-
-    def write_weights_version(self, version: int) -> None: ...
-    def write_weights(self, version: int, data: bytes, keep: int) -> None: ...
-
-
 class Learner(Protocol):
     """What else a weight stream reports or stops on (`learner.core.LearnerCore`)."""
 
@@ -240,7 +227,7 @@ class WeightPublisher:
     Shares the core's mutex; streams wait on their own condition, which only a new version, a stage change or the
     shutdown (`wake`) notifies."""
 
-    def __init__(self, mutex: threading.RLock, files: RunFiles, keep: int, learner: Learner) -> None:
+    def __init__(self, mutex: threading.RLock, files: RunDir, keep: int, learner: Learner) -> None:
         self.current = EncodedWeights(0, b"", "")
         self._changed = threading.Condition(mutex)  # subscribers wait here
         self._sent = threading.Condition(mutex)  # publish waits here for the subscribers to be sent a version
@@ -257,22 +244,30 @@ class WeightPublisher:
         self.current = EncodedWeights.of(data, version)
 
     def publish(self, tensors: dict[str, Tensor] | bytes, metadata: dict[str, str] | None = None) -> int:
-        """Make new weights visible; returns their version. The version number is persisted before it is used;
-        the weight files are written once every subscriber has been sent the version (at most `FILES_WAIT_S`
-        later), so the disk writes do not compete with the streaming (a crash in between leaves the previous
-        policy file under the new version number until the next publish)."""
-        version = self.current.version + 1
-        persisted = _in_thread(self._files.write_weights_version, version)  # while the tensors are copied
+        """Make new weights visible; returns their version. The version number file is written while the tensors
+        are copied and the first chunks stream; the last chunk (which carries the sha256, so no actor applies the
+        version before) waits for it. The weight files are written once every subscriber has been sent the
+        version (at most `FILES_WAIT_S` later), so the disk writes do not compete with the streaming (a crash in
+        between leaves the previous policy file under the new version number until the next publish)."""
+        previous = self.current
+        version = previous.version + 1
+        persisted = _in_thread(self._files.write_weights_version, version)
         buffer = self._buffer(tensors, metadata) if isinstance(tensors, dict) else None
         if buffer is not None:
             _fill(buffer.flat, buffer.spans, tensors)
             buffer.acquire(buffer.generation)  # the hash reads it: not reused before that is done
         data = buffer.data if buffer is not None else tensors
-        weights = EncodedWeights(version, data, _in_thread(_hash, data, buffer), buffer)
-        persisted.result()
+        weights = EncodedWeights(version, data, _in_thread(_hash, data, buffer, persisted), buffer)
         with self._changed:
             self.current = weights
             self._changed.notify_all()
+        try:
+            persisted.result()
+        except BaseException:
+            with self._changed:  # streams of this version fail at their last chunk; nothing was applied
+                self.current = previous if self.current is weights else self.current
+            raise
+        with self._sent:
             self._sent.wait_for(lambda: all(v >= version for v in self._subscribers.values()), timeout=FILES_WAIT_S)
         if weights.read():
             try:
@@ -331,12 +326,15 @@ def _in_thread(fn: Callable[..., Any], *args: Any) -> Future:
     return future
 
 
-def _hash(data: bytes | memoryview, buffer: _Buffer | None) -> str:
+def _hash(data: bytes | memoryview, buffer: _Buffer | None, persisted: Future) -> str:
+    """The sha256 of a new version, once its version number is on disk (`persisted`, which it re-raises)."""
     try:
-        return hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
     finally:
         if buffer is not None:
             buffer.release()
+    persisted.result()
+    return digest
 
 
 # ---------------------------------------------------------------------------------------------- the actor

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +298,30 @@ def test_publish_serves_the_encoded_version_and_writes_its_files(tmp_path: Path)
     resumed.open()
     assert resumed.weights.version == 3 and resumed.weights.current.data == blob
     assert resumed.weights.current.sha256 == core.weights.current.sha256
+
+
+def test_no_actor_can_apply_a_version_whose_number_is_not_on_disk(tmp_path: Path, monkeypatch) -> None:
+    """The first chunks stream while the version file is written; the last (with the sha256) waits for it, and a
+    failed write takes the version back: the publish fails, a stream of it fails at its last chunk, and the
+    previous version stays current."""
+    core = LearnerCore(LearnerConfig(output_dir=tmp_path))
+    core.open()
+    policy = Policy(PolicyConfig(6, 2, (16,)))
+    assert core.weights.publish(policy.state_dict(), policy_metadata(policy)) == 1
+    before = core.weights.current
+
+    def disk_full(self, version: int) -> None:
+        time.sleep(0.5)  # a slow disk: the stream below picks the new version up meanwhile
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(core.run_dir), "write_weights_version", disk_full)
+    seen = []
+    stream = threading.Thread(target=lambda: seen.append(core.weights.wait_for_change(core.stage, 1, 5.0)[1]))
+    stream.start()
+    with pytest.raises(OSError, match="No space"):
+        core.weights.publish(policy.state_dict(), policy_metadata(policy))
+    stream.join()
+    assert seen[0].version == 2
+    with pytest.raises(OSError, match="No space"):
+        list(seen[0].chunks(64))  # the chunk that would carry the sha256 never leaves
+    assert core.weights.current is before and core.weights.version == 1
