@@ -7,6 +7,9 @@ by a stand-in control loop every 1 ms. Each sample is the time from the learner 
 `Trainer._publish` does: `WeightPublisher.publish` of the policy's tensors) until `take_policy()` on the actor returns
 that version. Policies of ~1 M and ~10 M parameters (state-only MLPs, 18-d state, 4-d action).
 
+Next to each size, the floor measured in the same run: the same number of bytes over a bare gRPC stream (1 MB
+messages), hashed on the sender, copied into one buffer and hashed by a client in another process.
+
 Run: ``python benchmarks/weight_latency.py`` (about 1 min) or ``--quick``; ``--json`` writes the figures.
 Before/after in one run: also run it with an older checkout first on PYTHONPATH (see docs/benchmarks.md).
 """
@@ -14,14 +17,17 @@ Before/after in one run: also run it with an older checkout first on PYTHONPATH 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import os
 import shutil
 import tempfile
 import time
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import numpy as np
 from transport_throughput import MAX_MESSAGE_MB, _learner_server
 from transport_throughput import STATE_SPEC as SPEC
@@ -106,6 +112,56 @@ def measure(hidden: tuple[int, ...], repeats: int, work: Path) -> dict:
             "publish_blocks_trainer_p50_ms": round(float(np.percentile(blocking, 50)), 1)}
 
 
+CHUNK = 1 << 20  # the learner's WEIGHT_CHUNK_BYTES
+
+
+def _floor_client(target: str, nbytes: int, repeats: int, out) -> None:
+    """The least an actor can do with the bytes: receive 1 MB messages, copy them into one buffer, hash them."""
+    from hilrl.protos.transport import channel_options
+
+    call = grpc.insecure_channel(target, options=channel_options(MAX_MESSAGE_MB)).unary_stream(
+        "/bench.Floor/Stream", request_serializer=lambda x: x, response_deserializer=lambda x: x)
+    buffer, times = bytearray(nbytes), []
+    for _ in range(repeats + 1):
+        t0, offset, digest = time.perf_counter(), 0, hashlib.sha256()
+        for message in call(b""):
+            data = memoryview(message)[8:]
+            buffer[offset:offset + len(data)] = data
+            digest.update(data)
+            offset += len(data)
+        times.append((time.perf_counter() - t0) * 1e3)
+    out.put(times[1:])
+
+
+def floor(nbytes: int, repeats: int) -> dict:
+    """The floor under publish -> applied: the same bytes over a bare gRPC stream on loopback (1 MB messages, one copy
+    each on the sender), copied into one buffer and hashed by a client in another process, sha256 on the sender
+    first; no encoding, no policy."""
+    from hilrl.protos.transport import channel_options
+
+    data = memoryview(bytearray(os.urandom(nbytes)))
+
+    def stream(request, context):
+        hashlib.sha256(data).hexdigest()
+        for offset in range(0, nbytes, CHUNK):
+            yield b"".join((b"\0" * 8, data[offset:offset + CHUNK]))
+
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=channel_options(MAX_MESSAGE_MB, server=True))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "bench.Floor", {"Stream": grpc.unary_stream_rpc_method_handler(stream)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_floor_client, args=(f"127.0.0.1:{port}", nbytes, repeats, out), daemon=True)
+    proc.start()
+    times = out.get(timeout=300)
+    proc.join()
+    server.stop(grace=None).wait()
+    return {"floor_p50_ms": round(float(np.percentile(times, 50)), 1),
+            "floor_p90_ms": round(float(np.percentile(times, 90)), 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 publishes per size instead of 20")
@@ -119,13 +175,15 @@ def main() -> None:
     rows = {}
     try:
         print(f"load before: {os.getloadavg()[0]:.2f}")
-        print("| policy | parameters | publish -> applied p50 ms | p90 ms | publish blocks the trainer p50 ms |")
-        print("| --- | ---: | ---: | ---: | ---: |")
+        print("| policy | parameters | publish -> applied p50 ms | p90 ms | publish blocks the trainer p50 ms "
+              "| floor (bare gRPC + copy + sha256) p50 / p90 ms |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for name in args.sizes:
             r = measure(SIZES[name], repeats, work)
+            r.update(floor(r["parameters"] * 4, repeats))
             rows[name] = r
             print(f"| {name} | {r['parameters']:,} | {r['applied_p50_ms']} | {r['applied_p90_ms']} "
-                  f"| {r['publish_blocks_trainer_p50_ms']} |", flush=True)
+                  f"| {r['publish_blocks_trainer_p50_ms']} | {r['floor_p50_ms']} / {r['floor_p90_ms']} |", flush=True)
         load = os.getloadavg()[0]
         print(f"load after: {load:.2f}")
     finally:
