@@ -7,8 +7,8 @@ by a stand-in control loop every 1 ms. Each sample is the time from the learner 
 `Trainer._publish` does: `WeightPublisher.publish` of the policy's tensors) until `take_policy()` on the actor returns
 that version. Policies of ~1 M and ~10 M parameters (state-only MLPs, 18-d state, 4-d action).
 
-Next to each size, the floor measured in the same run: the same number of bytes over a bare gRPC stream (1 MB
-messages), hashed on the sender, copied into one buffer and hashed by a client in another process.
+Next to each size, a reference measured in the same run (`bare_grpc`): the same number of bytes hashed, sent over
+a bare gRPC stream (1 MB messages), copied into one buffer and hashed again by a client in another process.
 
 Run: ``python benchmarks/weight_latency.py`` (about 1 min) or ``--quick``; ``--json`` writes the figures.
 Before/after in one run: also run it with an older checkout first on PYTHONPATH (see docs/benchmarks.md).
@@ -115,12 +115,12 @@ def measure(hidden: tuple[int, ...], repeats: int, work: Path) -> dict:
 CHUNK = 1 << 20  # the learner's WEIGHT_CHUNK_BYTES
 
 
-def _floor_client(target: str, nbytes: int, repeats: int, out) -> None:
+def _bare_client(target: str, nbytes: int, repeats: int, out) -> None:
     """The least an actor can do with the bytes: receive 1 MB messages, copy them into one buffer, hash them."""
     from hilrl.protos.transport import channel_options
 
     call = grpc.insecure_channel(target, options=channel_options(MAX_MESSAGE_MB)).unary_stream(
-        "/bench.Floor/Stream", request_serializer=lambda x: x, response_deserializer=lambda x: x)
+        "/bench.Bare/Stream", request_serializer=lambda x: x, response_deserializer=lambda x: x)
     buffer, times = bytearray(nbytes), []
     for _ in range(repeats + 1):
         t0, offset, digest = time.perf_counter(), 0, hashlib.sha256()
@@ -133,10 +133,10 @@ def _floor_client(target: str, nbytes: int, repeats: int, out) -> None:
     out.put(times[1:])
 
 
-def floor(nbytes: int, repeats: int) -> dict:
-    """The floor under publish -> applied: the same bytes over a bare gRPC stream on loopback (1 MB messages, one copy
-    each on the sender), copied into one buffer and hashed by a client in another process, sha256 on the sender
-    first; no encoding, no policy."""
+def bare_grpc(nbytes: int, repeats: int) -> dict:
+    """The same work done the plainest way: the sender hashes the bytes, then streams them over bare gRPC on
+    loopback (1 MB messages, one copy each); a client in another process copies them into one buffer and hashes
+    them. No encoding, no policy, no version; the hashes are not overlapped with the streaming."""
     from hilrl.protos.transport import channel_options
 
     data = memoryview(bytearray(os.urandom(nbytes)))
@@ -148,18 +148,18 @@ def floor(nbytes: int, repeats: int) -> dict:
 
     server = grpc.server(futures.ThreadPoolExecutor(4), options=channel_options(MAX_MESSAGE_MB, server=True))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "bench.Floor", {"Stream": grpc.unary_stream_rpc_method_handler(stream)})])
+        "bench.Bare", {"Stream": grpc.unary_stream_rpc_method_handler(stream)})])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_floor_client, args=(f"127.0.0.1:{port}", nbytes, repeats, out), daemon=True)
+    proc = ctx.Process(target=_bare_client, args=(f"127.0.0.1:{port}", nbytes, repeats, out), daemon=True)
     proc.start()
     times = out.get(timeout=300)
     proc.join()
     server.stop(grace=None).wait()
-    return {"floor_p50_ms": round(float(np.percentile(times, 50)), 1),
-            "floor_p90_ms": round(float(np.percentile(times, 90)), 1)}
+    return {"bare_grpc_p50_ms": round(float(np.percentile(times, 50)), 1),
+            "bare_grpc_p90_ms": round(float(np.percentile(times, 90)), 1)}
 
 
 def main() -> None:
@@ -176,14 +176,14 @@ def main() -> None:
     try:
         print(f"load before: {os.getloadavg()[0]:.2f}")
         print("| policy | parameters | publish -> applied p50 ms | p90 ms | publish blocks the trainer p50 ms "
-              "| floor (bare gRPC + copy + sha256) p50 / p90 ms |")
+              "| the bytes over bare gRPC (sha256, send, copy, sha256) p50 / p90 ms |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for name in args.sizes:
             r = measure(SIZES[name], repeats, work)
-            r.update(floor(r["parameters"] * 4, repeats))
+            r.update(bare_grpc(r["parameters"] * 4, repeats))
             rows[name] = r
             print(f"| {name} | {r['parameters']:,} | {r['applied_p50_ms']} | {r['applied_p90_ms']} "
-                  f"| {r['publish_blocks_trainer_p50_ms']} | {r['floor_p50_ms']} / {r['floor_p90_ms']} |", flush=True)
+                  f"| {r['publish_blocks_trainer_p50_ms']} | {r['bare_grpc_p50_ms']} / {r['bare_grpc_p90_ms']} |", flush=True)
         load = os.getloadavg()[0]
         print(f"load after: {load:.2f}")
     finally:
