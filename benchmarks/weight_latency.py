@@ -183,7 +183,8 @@ def main() -> None:
             r.update(bare_grpc(r["parameters"] * 4, repeats))
             rows[name] = r
             print(f"| {name} | {r['parameters']:,} | {r['applied_p50_ms']} | {r['applied_p90_ms']} "
-                  f"| {r['publish_blocks_trainer_p50_ms']} | {r['bare_grpc_p50_ms']} / {r['bare_grpc_p90_ms']} |", flush=True)
+                  f"| {r['publish_blocks_trainer_p50_ms']} | {r['bare_grpc_p50_ms']} / {r['bare_grpc_p90_ms']} |",
+                  flush=True)
         load = os.getloadavg()[0]
         print(f"load after: {load:.2f}")
     finally:
