@@ -33,6 +33,7 @@ from transport_throughput import MAX_MESSAGE_MB, _learner_server
 from transport_throughput import STATE_SPEC as SPEC
 
 SIZES = {"1M": (1024, 1024), "10M": (3200, 3200)}
+WARMUP = 3  # publishes per size not counted
 
 
 def _actor(target: str, state_dir: str, ready, applied) -> None:
@@ -87,7 +88,9 @@ def measure(hidden: tuple[int, ...], repeats: int, work: Path) -> dict:
             raise RuntimeError("the actor process failed to connect (see its traceback above)")
         time.sleep(0.05)
     latency, blocking = [], []
-    for i in range(repeats + 1):  # the first also waits for the weight subscription to open: not counted
+    # Not counted: the first publish (it also waits for the weight subscription to open) and the next two, which
+    # allocate the learner's and the actor's reused buffers: a trainer publishes hundreds of versions per run.
+    for i in range(repeats + WARMUP):
         with torch.no_grad():
             for p in policy.parameters():
                 p.add_(0.001)
@@ -98,7 +101,7 @@ def measure(hidden: tuple[int, ...], repeats: int, work: Path) -> dict:
             v, t = applied.get(timeout=120)
             if v == version:
                 break
-        if i:
+        if i >= WARMUP:
             latency.append((t - t0) * 1e3)
             blocking.append((t1 - t0) * 1e3)
         time.sleep(0.2)  # a trainer publishes every N updates, not back to back
