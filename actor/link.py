@@ -30,7 +30,8 @@ import numpy as np
 from hilrl.actor.outbox import SEND_MARGIN, Outbox, StateDir
 from hilrl.buffers.spec import Spec
 from hilrl.learner.networks import Policy, PolicyConfig, policy_from_tensors
-from hilrl.learner.weights import BlobError, WeightReceiver
+from hilrl.learner.tensor_blob import BlobError
+from hilrl.learner.weights import WeightReceiver
 from hilrl.protos import codec
 from hilrl.protos.transport import ClientSecurity, client_channel, connection_hint, is_tls_handshake_failure
 from hilrl.protos.v1 import learner_pb2 as pb

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from hilrl.learner.encoders import ENCODERS, CameraHeads, ImageEncoder, feature_map_shape
 from hilrl.learner.residual import base_action_index, residual_normalization
-from hilrl.learner.weights import decode, encode
+from hilrl.learner.tensor_blob import decode, encode
 
 STD_EPS = 1e-3  # lower clamp on the per-feature state std
 

@@ -1,8 +1,6 @@
-"""Published policy weights, end to end: the learner's side (encode, version, sha256, who was sent what) and the
-actor's side (join the chunks, verify, the policy on the received bytes).
-
-The format is plain safetensors (an 8-byte little-endian header length, a JSON header, the raw little-endian
-tensor bytes), so ``policy.safetensors`` stays loadable by the safetensors library; nothing here unpickles.
+"""Published policy weights, end to end: the learner's side (copy, version, sha256, who was sent what) and the
+actor's side (join the chunks, verify, the policy on the received bytes), in the safetensors layout of
+`learner.tensor_blob` (which makes each buffer's header once, and reads a policy's bytes when a header changes).
 
 Learner (`WeightPublisher`): the tensors are copied into one of a few reused buffers (no fresh pages per
 version: for 10 M parameters, 41 MB of page faults cost more than the copy), the version is visible at once and
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -28,118 +25,23 @@ import torch
 from torch import Tensor
 
 from hilrl.learner.rundir import RunDir
+from hilrl.learner.tensor_blob import BlobError, decode, layout, new_buffer
 
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
-NAMES = {dtype: name for name, dtype in DTYPES.items()}
-MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own bound
 FILES_WAIT_S = 1.0  # publish: how long the weight files wait for the subscribers to be sent the new version
 LEARNER_BUFFERS = 3  # reused encode buffers per layout (the current version, one being streamed late, the next)
+PIECE = 1 << 20  # the publisher fills its buffer in pieces this large; streams send each piece once it is in
 
 
-class BlobError(ValueError):
-    """Bytes that are not a well-formed safetensors buffer, or weights that fail their sha256 check."""
-
-
-# ---------------------------------------------------------------------------------------------- the format
-
-def _layout(tensors: dict[str, Tensor], metadata: dict[str, str] | None) -> tuple[bytes, list[tuple[str, int, int]]]:
-    """The header bytes and each tensor's (name, begin, end) in the whole buffer. Tensors are laid out by element
-    size, largest first, so every tensor starts aligned to its element size."""
-    items = sorted(tensors.items(), key=lambda kv: -kv[1].element_size())
-    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for name, t in items:
-        if t.dtype not in NAMES:
-            raise BlobError(f"tensor {name}: dtype {t.dtype} has no safetensors name")
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    head = struct.pack("<Q", len(text)) + text
-    return head, [(name, len(head) + header[name]["data_offsets"][0], len(head) + header[name]["data_offsets"][1])
-                  for name, _ in items]
-
-
-def _fill(flat: Tensor, spans: list[tuple[str, int, int]], tensors: dict[str, Tensor]) -> None:
-    """Copy each tensor (on any device) into its span of ``flat`` (once: no zeroing, no staging copy)."""
+def _fill(flat: Tensor, spans: list[tuple[str, int, int]], tensors: dict[str, Tensor],
+          filled: Callable[[int], None] = lambda end: None) -> None:
+    """Copy each tensor (on any device) into its span of ``flat`` (once: no zeroing, no staging copy), in pieces of
+    at most `PIECE` bytes, in order; ``filled(end)`` after each: the bytes before ``end`` are final."""
     for name, begin, end in spans:
-        if end > begin:
-            flat[begin:end].copy_(tensors[name].detach().contiguous().reshape(-1).view(torch.uint8))
-
-
-def _new_flat(head: bytes, spans: list[tuple[str, int, int]]) -> Tensor:
-    flat = torch.empty(spans[-1][2] if spans else len(head), dtype=torch.uint8)  # not zeroed: every byte is written
-    flat[:len(head)].copy_(torch.frombuffer(bytearray(head), dtype=torch.uint8))
-    return flat
-
-
-def encode(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> memoryview:
-    """``tensors`` as safetensors bytes (a read-only view of one new buffer, each tensor copied into it once)."""
-    head, spans = _layout(tensors, metadata)
-    flat = _new_flat(head, spans)
-    _fill(flat, spans, tensors)
-    return memoryview(flat.numpy()).toreadonly()
-
-
-def decode(buffer: bytearray | bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """(tensors, metadata) of a safetensors buffer. For a ``bytearray`` the tensors are views into it (no copy);
-    for read-only ``bytes`` they are copies. Raises `BlobError` on malformed input."""
-    n = len(buffer)
-    if n < 8:
-        raise BlobError(f"{n} bytes: too short for a safetensors header")
-    (hlen,) = struct.unpack_from("<Q", buffer, 0)
-    if hlen > min(MAX_HEADER_BYTES, n - 8):
-        raise BlobError(f"header length {hlen} does not fit in {n} bytes")
-    try:
-        header = json.loads(bytes(buffer[8:8 + hlen]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BlobError(f"header is not JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise BlobError("header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    start, size = 8 + hlen, n - 8 - hlen
-    writable = isinstance(buffer, bytearray)
-    tensors, spans = {}, []
-    for name, entry in header.items():
-        dtype, shape, (begin, end) = _entry(name, entry, size)
-        count = end - begin
-        if count != math.prod(shape) * _itemsize(dtype):
-            raise BlobError(f"tensor {name}: {count} bytes do not hold shape {shape} of {entry['dtype']}")
-        spans.append((begin, end))
-        if count == 0:
-            tensors[name] = torch.empty(shape, dtype=dtype)
-            continue
-        raw = buffer if writable else bytearray(memoryview(buffer)[start + begin:start + end])
-        tensor = torch.frombuffer(raw, dtype=torch.uint8, count=count, offset=start + begin if writable else 0)
-        aligned = tensor.data_ptr() % _itemsize(dtype) == 0
-        tensors[name] = (tensor if aligned else tensor.clone()).view(dtype).view(shape)
-    covered = 0
-    for begin, end in sorted(spans):
-        if begin != covered:
-            raise BlobError("tensor data overlaps or leaves gaps")
-        covered = end
-    if covered != size:
-        raise BlobError(f"tensor data covers {covered} of {size} bytes")
-    return tensors, metadata
-
-
-def _entry(name: str, entry: Any, size: int) -> tuple[torch.dtype, list[int], tuple[int, int]]:
-    try:
-        dtype = DTYPES[entry["dtype"]]
-        shape = [int(d) for d in entry["shape"]]
-        begin, end = (int(o) for o in entry["data_offsets"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BlobError(f"tensor {name}: malformed header entry {entry!r} ({exc!r})") from None
-    if any(d < 0 for d in shape) or not 0 <= begin <= end <= size:
-        raise BlobError(f"tensor {name}: shape {shape} / offsets {begin}..{end} outside the {size} data bytes")
-    return dtype, shape, (begin, end)
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty(0, dtype=dtype).element_size()
+        source = tensors[name].detach().contiguous().reshape(-1).view(torch.uint8)
+        for at in range(begin, end, PIECE):
+            stop = min(at + PIECE, end)
+            flat[at:stop].copy_(source[at - begin:stop - begin])
+            filled(stop)
 
 
 # ---------------------------------------------------------------------------------------------- the learner
@@ -149,11 +51,13 @@ class _Buffer:
 
     def __init__(self, key: tuple, head: bytes, spans: list[tuple[str, int, int]]) -> None:
         self.key, self.spans = key, spans
-        self.flat = _new_flat(head, spans)  # the header is written once: the layout is the buffer's key
+        self.flat = new_buffer(head, spans)  # the header is written once: the layout is the buffer's key
         self.data = memoryview(self.flat.numpy()).toreadonly()
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.generation = 0  # +1 each time the buffer is taken for a new version
         self.readers = 0
+        self.head = len(head)
+        self.filled = self.head  # bytes of the version final so far (-1: its tensors could not be copied)
 
     def take(self) -> bool:
         """Claim the buffer for a new version (False while anyone reads it)."""
@@ -161,7 +65,20 @@ class _Buffer:
             if self.readers:
                 return False
             self.generation += 1
+            self.filled = self.head
             return True
+
+    def advance(self, filled: int) -> None:
+        with self.lock:
+            self.filled = filled
+            self.lock.notify_all()
+
+    def wait_filled(self, end: int) -> None:
+        """Until the bytes before ``end`` are final; `BlobError` if the version's tensors could not be copied."""
+        with self.lock:
+            self.lock.wait_for(lambda: self.filled >= end or self.filled < 0)
+            if self.filled < 0:
+                raise BlobError("the published tensors could not be copied")
 
     def acquire(self, generation: int) -> bool:
         """Start reading the version of ``generation``; False: the buffer has been taken for a newer one since."""
@@ -209,6 +126,8 @@ class EncodedWeights:
         try:
             view = memoryview(self.data)
             for offset in range(0, max(len(view), 1), size):
+                if self._buffer is not None:
+                    self._buffer.wait_filled(min(offset + size, len(view)))
                 yield offset, view[offset:offset + size], self.sha256 if offset + size >= len(view) else ""
         finally:
             self.done()
@@ -254,7 +173,6 @@ class WeightPublisher:
         persisted = _in_thread(self._files.write_weights_version, version)
         buffer = self._buffer(tensors, metadata) if isinstance(tensors, dict) else None
         if buffer is not None:
-            _fill(buffer.flat, buffer.spans, tensors)
             buffer.acquire(buffer.generation)  # the hash reads it: not reused before that is done
         data = buffer.data if buffer is not None else tensors
         weights = EncodedWeights(version, data, _in_thread(_hash, data, buffer, persisted), buffer)
@@ -262,9 +180,13 @@ class WeightPublisher:
             self.current = weights
             self._changed.notify_all()
         try:
+            if buffer is not None:  # the streams and the hash follow the copy piece by piece
+                _fill(buffer.flat, buffer.spans, tensors, buffer.advance)
             persisted.result()
         except BaseException:
-            with self._changed:  # streams of this version fail at their last chunk; nothing was applied
+            if buffer is not None:
+                buffer.advance(-1)
+            with self._changed:  # streams of this version fail before its last chunk; nothing was applied
                 self.current = previous if self.current is weights else self.current
             raise
         with self._sent:
@@ -284,7 +206,7 @@ class WeightPublisher:
                 self._buffers.remove(buffer)
                 self._buffers.append(buffer)
                 return buffer
-        buffer = _Buffer(key, *_layout(tensors, metadata))
+        buffer = _Buffer(key, *layout(tensors, metadata))
         self._buffers = [b for b in self._buffers if b.key == key][1 - LEARNER_BUFFERS:] + [buffer]
         return buffer
 
@@ -328,13 +250,17 @@ def _in_thread(fn: Callable[..., Any], *args: Any) -> Future:
 
 def _hash(data: bytes | memoryview, buffer: _Buffer | None, persisted: Future) -> str:
     """The sha256 of a new version, once its version number is on disk (`persisted`, which it re-raises)."""
+    digest, view = hashlib.sha256(), memoryview(data)
     try:
-        digest = hashlib.sha256(data).hexdigest()
+        for at in range(0, len(view), PIECE if buffer is not None else max(len(view), 1)):
+            if buffer is not None:
+                buffer.wait_filled(min(at + PIECE, len(view)))
+            digest.update(view[at:at + PIECE] if buffer is not None else view)
     finally:
         if buffer is not None:
             buffer.release()
     persisted.result()
-    return digest
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- the actor
