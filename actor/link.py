@@ -9,9 +9,9 @@
   A learner that just closes the connection during setup (a plaintext actor against a TLS learner,
   or no client certificate for a mutual-TLS learner) looks like a learner going away, so that is
   retried forever, with a log line naming the likely cause.
-* subscriber: receives stage changes and weight chunks, joins them into one buffer while hashing them
-  (sha256 verified), and builds the new policy on that buffer (no copies), so the control loop only swaps a
-  reference between ticks.
+* subscriber: receives stage changes and weight chunks, joins them into a free buffer while hashing them
+  (sha256 verified) and has the new policy on that buffer (no copies; `learner.weights.WeightReceiver`), so the
+  control loop only swaps a reference between ticks.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import grpc
 import numpy as np
 
 from hilrl.actor.outbox import SEND_MARGIN, Outbox, StateDir
 from hilrl.buffers.spec import Spec
-from hilrl.learner.networks import Policy, PolicyConfig, policy_from_safetensors_bytes
-from hilrl.learner.tensor_blob import BlobError, WeightAssembler
+from hilrl.learner.networks import Policy, PolicyConfig, policy_from_tensors
+from hilrl.learner.tensor_blob import BlobError
+from hilrl.learner.weights import WeightReceiver
 from hilrl.protos import codec
 from hilrl.protos.transport import ClientSecurity, client_channel, connection_hint, is_tls_handshake_failure
 from hilrl.protos.v1 import learner_pb2 as pb
@@ -89,6 +91,9 @@ class LearnerLink:
         self.session_id = secrets.token_hex(8)
         self.channel = client_channel(target, max_message_mb, self.security)
         self.stub = pb_grpc.LearnerStub(self.channel)
+        self._subscribe = self.channel.unary_stream(  # the stub's SubscribeWeights, with the weight chunks' parser
+            "/hilrl.v1.Learner/SubscribeWeights", request_serializer=pb.SubscribeRequest.SerializeToString,
+            response_deserializer=parse_event)
         self.stop = threading.Event()
         self.connected = threading.Event()
         self.fatal: str | None = None
@@ -97,9 +102,8 @@ class LearnerLink:
         self.run_id = ""
         self.weight_version_applied = 0
         self.loop_stats: pb.LoopStats | None = None  # replaced (never mutated) by the control loop
-        self._new_policy: tuple[int, Policy] | None = None
+        self._weights: WeightReceiver[Policy] = WeightReceiver(self._build_policy)
         self._received_version = 0
-        self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._sender, name="sender", daemon=True),
                          threading.Thread(target=self._subscriber, name="subscriber", daemon=True)]
 
@@ -115,10 +119,9 @@ class LearnerLink:
         subscriber.join(timeout=5)
 
     def take_policy(self) -> tuple[int, Policy] | None:
-        """The newest verified policy not yet handed out (called by the control loop between ticks)."""
-        with self._lock:
-            new, self._new_policy = self._new_policy, None
-            return new
+        """The newest verified policy not yet handed out (called by the control loop between ticks). The policy
+        taken before it is no longer run once this returns a new one: its weights' buffer is written again."""
+        return self._weights.take()
 
     # ------------------------------------------------------------------ sender
 
@@ -271,13 +274,14 @@ class LearnerLink:
                 continue
             try:
                 request = pb.SubscribeRequest(actor_id=self.actor_id, have_version=self._received_version)
-                assembler = WeightAssembler()
-                for event in self.stub.SubscribeWeights(request):
+                for event in self._subscribe(request):
                     backoff.reset()
-                    if event.WhichOneof("kind") == "stage":
+                    if isinstance(event, Chunk):
+                        self._receive(event)
+                    elif event.WhichOneof("kind") == "stage":
                         self.stage = codec.STAGE_NAMES.get(event.stage, self.stage)
                     else:
-                        self._receive(assembler, event.weights)
+                        self._receive(event.weights)
             except grpc.RpcError as exc:
                 if self.stop.is_set():
                     return
@@ -285,22 +289,86 @@ class LearnerLink:
                 log.warning("weight subscription lost (%s); retrying in %.1fs", exc.code().name, delay)
                 self.stop.wait(delay)
 
-    def _receive(self, assembler: WeightAssembler, c: pb.WeightsChunk) -> None:
-        """Add one chunk; once a version is complete and its sha256 verified, build its policy (its tensors are
-        views into the assembled buffer) for `take_policy`. A bad version is logged and the current kept."""
+    def _receive(self, c: Chunk | pb.WeightsChunk) -> None:
+        """Add one chunk; once a version is complete, its sha256 verified and its policy built (on views into the
+        received buffer), it is ready for `take_policy`. A bad version is logged and the current kept."""
         try:
-            blob = assembler.add(c.version, c.offset, c.total_size, c.data, c.sha256)
+            version = self._weights.add(c.version, c.offset, c.total_size, c.data, c.sha256)
         except BlobError as exc:
             log.error("%s; keeping the current weights", exc)
             return
-        if blob is None or self.policy_config is None:
-            return
-        version = c.version
+        if version is not None:
+            self._received_version = version
+
+    def _build_policy(self, tensors: dict) -> Policy:
+        if self.policy_config is None:
+            raise BlobError("no policy config from the learner yet")
+        return policy_from_tensors(self.policy_config, tensors)
+
+
+class Chunk(NamedTuple):
+    """A `WeightsChunk` whose data is a view of the received message."""
+
+    version: int
+    offset: int
+    total_size: int
+    data: memoryview
+    sha256: str
+
+
+_WEIGHTS_TAG = pb.LearnerEvent.WEIGHTS_FIELD_NUMBER << 3 | 2
+
+
+def parse_event(message: bytes) -> pb.LearnerEvent | Chunk:
+    """A received `LearnerEvent`; a weights chunk is read by hand, its data a view of ``message``: protobuf's
+    parser copies each chunk's megabyte twice, and on this path that costs more than the network."""
+    if message[:1] == bytes([_WEIGHTS_TAG]):
         try:
-            policy = policy_from_safetensors_bytes(self.policy_config, blob)
-        except Exception as exc:  # a malformed safetensors blob must never take the actor down
-            log.error("weights v%d could not be loaded (%s); keeping the current weights", version, exc)
-            return
-        with self._lock:
-            self._new_policy = (version, policy)
-        self._received_version = version
+            return _chunk(memoryview(message))
+        except (IndexError, ValueError):
+            pass  # anything unusual: protobuf parses it (or refuses it)
+    return pb.LearnerEvent.FromString(message)
+
+
+def _chunk(view: memoryview) -> Chunk:
+    size, pos = _varint(view, 1)
+    end = pos + size
+    if end != len(view):
+        raise ValueError("not one weights chunk")
+    fields: dict[int, int | memoryview] = {}
+    while pos < end:
+        tag, pos = _varint(view, pos)
+        kind = tag & 7
+        if kind == 0:
+            fields[tag >> 3], pos = _varint(view, pos)
+        elif kind == 2:
+            n, pos = _varint(view, pos)
+            if pos + n > end:
+                raise ValueError("field past the end")
+            fields[tag >> 3], pos = view[pos:pos + n], pos + n
+        elif kind in (1, 5):  # fixed 64/32-bit fields: none in a WeightsChunk, skipped like unknown fields
+            pos += 8 if kind == 1 else 4
+        else:
+            raise ValueError(f"wire type {kind}")
+    if pos != end:
+        raise ValueError("field past the end")
+    ints = [fields.get(n, 0) for n in (1, 4, 3)]
+    data, sha256 = fields.get(5, memoryview(b"")), fields.get(2, memoryview(b""))
+    if not all(isinstance(i, int) for i in ints) or not isinstance(data, memoryview) or \
+            not isinstance(sha256, memoryview):
+        raise ValueError("field of another type")
+    version, offset, total = ints
+    return Chunk(version, offset, total, data, bytes(sha256).decode())
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = view[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")

@@ -28,12 +28,11 @@ from hilrl.learner.memory import size_buffers
 from hilrl.learner.networks import PolicyConfig, policy_config_for
 from hilrl.learner.residual import residual_mismatch
 from hilrl.learner.rundir import RunDir
-from hilrl.learner.tensor_blob import EncodedWeights
+from hilrl.learner.weights import WeightPublisher
 
 log = logging.getLogger(__name__)
 
 WAITING, OFFLINE, ONLINE = "waiting_for_demos", "offline", "online"
-FILES_WAIT_S = 1.0  # publish: how long the weight files wait for the subscribers to be sent the new version
 DATASET = "dataset:"  # store source prefix of seeded demonstration files (not actors)
 
 
@@ -50,9 +49,6 @@ class LearnerCore:
         self.run_dir = RunDir(cfg.output_dir)
         mutex = threading.RLock()
         self.lock = threading.Condition(mutex)
-        # Weight subscribers wait on their own condition (same mutex): a stored batch (notifying `lock`) does not
-        # wake every subscriber, only a new stage, new weights or the shutdown do.
-        self._published = threading.Condition(mutex)
         self.spec: Spec | None = None
         self.buffers: DualBuffer | None = None
         self.store: BufferStore | None = None
@@ -65,11 +61,12 @@ class LearnerCore:
         self.demo_episodes = 0
         self._demo_keys: set[int] = set()
         self.online_transitions = 0  # transitions received since the online stage began
-        self.weights = EncodedWeights(0, b"", "")
+        # Weight subscribers wait on the publisher's own condition (same mutex): a stored batch (notifying `lock`)
+        # does not wake them, only a new stage, new weights or the shutdown do.
+        self.weights = WeightPublisher(mutex, self.run_dir, cfg.keep_weight_versions, self)
         self.run_id = ""
         self.episode_events: list[dict] = []  # drained by the training loop for logging
         self.store_problem = ""  # why the newest append failed (disk full, ...); "" while storing works
-        self._subscribers: dict[object, int] = {}  # live weight streams -> the newest version each was sent
         self.stopping = False
 
     # ------------------------------------------------------------------ start-up
@@ -110,8 +107,7 @@ class LearnerCore:
                 self.episode_events.clear()
                 self.online_transitions = 0
         if (published := self.run_dir.read_published()) is not None:
-            version, blob = published
-            self.weights = replace(EncodedWeights.of(blob), version=version)
+            self.weights.restore(*published)
 
     def _adopt_spec(self, spec: Spec) -> None:
         if self.spec is not None:
@@ -226,44 +222,8 @@ class LearnerCore:
             if stage == ONLINE:
                 self.online_transitions = 0
             self.lock.notify_all()
-            self._published.notify_all()
+            self.weights.wake()
         log.info("stage -> %s", stage)
-
-    def publish(self, weights: EncodedWeights | bytes) -> int:
-        """Make new actor weights visible (encoded and hashed once; every subscriber streams the same bytes).
-
-        The version counter is persisted before it is used. The weight files are written after the version
-        is visible, once every weight subscriber has been sent it (at most `FILES_WAIT_S` later), so the disk
-        writes do not compete with the streaming; a crash in between leaves the previous policy file under
-        the new version number until the next publish."""
-        if not isinstance(weights, EncodedWeights):
-            weights = EncodedWeights.of(weights)
-        version = self.weights.version + 1
-        self.run_dir.write_weights_version(version)
-        with self.lock:
-            self.weights = replace(weights, version=version)
-            self.lock.notify_all()
-            self._published.notify_all()
-            self.lock.wait_for(lambda: all(v >= version for v in self._subscribers.values()), timeout=FILES_WAIT_S)
-        self.run_dir.write_weights(version, weights.data, self.cfg.keep_weight_versions)
-        return version
-
-    def subscriber_has(self, subscriber: object, version: int | None) -> None:
-        """A weight stream (``subscriber``) has been sent ``version``; None: the stream ended."""
-        with self.lock:
-            if version is None:
-                self._subscribers.pop(subscriber, None)
-            else:
-                self._subscribers[subscriber] = version
-            self.lock.notify_all()
-
-    def wait_for_change(self, stage_seen: str | None, version_seen: int,
-                        timeout: float) -> tuple[str, EncodedWeights]:
-        """Block until the stage or the published version differs from what a subscriber has."""
-        with self.lock:
-            self._published.wait_for(lambda: self.stopping or self.stage != stage_seen
-                                     or self.weights.version > version_seen, timeout=timeout)
-            return self.stage, self.weights
 
     def normalization_states(self) -> np.ndarray | None:
         """State vectors of the human buffer (or the policy one if no demos) for normalisation."""
@@ -308,7 +268,7 @@ class LearnerCore:
         with self.lock:
             self.stopping = True
             self.lock.notify_all()
-            self._published.notify_all()
+            self.weights.wake()
 
     # ------------------------------------------------------------------ status
 

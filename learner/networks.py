@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from hilrl.learner.encoders import ENCODERS, CameraHeads, ImageEncoder, feature_map_shape
 from hilrl.learner.residual import base_action_index, residual_normalization
-from hilrl.learner.tensor_blob import EncodedWeights, decode, encode
+from hilrl.learner.tensor_blob import decode, encode
 
 STD_EPS = 1e-3  # lower clamp on the per-feature state std
 
@@ -319,18 +319,15 @@ def policy_to_safetensors_bytes(policy: Policy) -> bytes:
     """Weights + normalisation buffers as safetensors bytes (the config rides along as metadata).
 
     Exactly ``policy.state_dict()``: the actor (and, for a camera policy, the image encoder and the
-    actor's camera heads) and the statistics; critics never travel.
+    actor's camera heads) and the statistics; critics never travel. (The learner publishes the same bytes
+    through `learner.weights.WeightPublisher`, into reused buffers.)
     """
-    return bytes(_encode_policy(policy))
+    return bytes(encode(policy.state_dict(), policy_metadata(policy)))
 
 
-def encode_policy(policy: Policy) -> EncodedWeights:
-    """What the learner publishes: `policy_to_safetensors_bytes` without the copy into ``bytes``, hashed once."""
-    return EncodedWeights.of(_encode_policy(policy))
-
-
-def _encode_policy(policy: Policy) -> memoryview:
-    return encode(policy.state_dict(), {"policy_config": json.dumps(policy.cfg.to_dict())})
+def policy_metadata(policy: Policy) -> dict[str, str]:
+    """The safetensors metadata of a policy's weights: its config (`load_policy_file` builds the policy from it)."""
+    return {"policy_config": json.dumps(policy.cfg.to_dict())}
 
 
 def policy_from_safetensors_bytes(cfg: PolicyConfig, data: bytes | bytearray) -> Policy:

@@ -23,7 +23,7 @@ from hilrl.learner.actors import ActorIdTaken, ActorInUse, ReservedActorId
 from hilrl.learner.core import LearnerCore, SpecMismatch
 from hilrl.learner.limits import ByteBudget, ServerLimits, StreamSlots
 from hilrl.learner.memory import BuffersTooLarge
-from hilrl.learner.tensor_blob import EncodedWeights
+from hilrl.learner.weights import EncodedWeights
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
 from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
@@ -196,19 +196,19 @@ class LearnerService(pb_grpc.LearnerServicer):
         stage_seen: str | None = None
         have = request.have_version
         me = object()  # this stream, for the core's "every subscriber has been sent the new version" wait
-        self.core.subscriber_has(me, have)
+        self.core.weights.subscriber_has(me, have)
         try:
             while context.is_active() and not self.core.stopping:
-                stage, weights = self.core.wait_for_change(stage_seen, have, timeout=1.0)
+                stage, weights = self.core.weights.wait_for_change(stage_seen, have, timeout=1.0)
                 if stage != stage_seen:
                     stage_seen = stage
                     yield pb.LearnerEvent(stage=codec.STAGE_VALUES[stage])
                 if weights.version > have:
                     yield from weight_chunks(weights)
                     have = weights.version
-                    self.core.subscriber_has(me, have)
+                    self.core.weights.subscriber_has(me, have)
         finally:
-            self.core.subscriber_has(me, None)
+            self.core.weights.subscriber_has(me, None)
             self.subscriptions.leave()
 
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
@@ -224,12 +224,13 @@ def _store_failed(exc: OSError, problem: str) -> tuple[grpc.StatusCode, str]:
 
 
 def weight_chunks(weights: EncodedWeights) -> Iterator[bytes]:
-    """One version as serialized `LearnerEvent`s, each a slice of its one encoded buffer naming the version, total
-    size and sha256. Framed by hand (a message is the concatenation of its encoded fields), so each chunk's bytes
-    are copied once, straight from the buffer, instead of into a message and again out of it."""
+    """One version as serialized `LearnerEvent`s, each a slice of its one encoded buffer naming the version and total
+    size; the last also carries the sha256 (so the first chunks stream while it is computed). Framed by hand (a
+    message is the concatenation of its encoded fields), so each chunk's bytes are copied once, straight from the
+    buffer, instead of into a message and again out of it."""
     total = len(weights.data)
-    for offset, data in weights.chunks(WEIGHT_CHUNK_BYTES):
-        head = pb.WeightsChunk(version=weights.version, sha256=weights.sha256, total_size=total,
+    for offset, data, sha256 in weights.chunks(WEIGHT_CHUNK_BYTES):
+        head = pb.WeightsChunk(version=weights.version, sha256=sha256, total_size=total,
                                offset=offset).SerializeToString()
         head += _DATA_TAG + _varint(len(data))
         yield b"".join((_WEIGHTS_TAG, _varint(len(head) + len(data)), head, data))

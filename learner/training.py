@@ -30,7 +30,7 @@ from hilrl.buffers.torch_batch import state_tensor, to_torch
 from hilrl.learner.chunked import ChunkedTD3
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
 from hilrl.learner.features import FeatureCache, cached_batch, dual_indices, feature_cache
-from hilrl.learner.networks import compute_state_stats, encode_policy
+from hilrl.learner.networks import compute_state_stats, policy_metadata
 from hilrl.learner.td3 import TD3
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,8 @@ class Trainer:
 
     def _publish(self, checkpoint: bool = True) -> None:
         assert self.td3 is not None
-        version = self.core.publish(encode_policy(self.td3.policy))
+        policy = self.td3.policy
+        version = self.core.weights.publish(policy.state_dict(), policy_metadata(policy))
         self._published_step = self.core.learner_step
         if checkpoint:
             self.checkpoint()  # training state, stage and actor records consistent with the newest version

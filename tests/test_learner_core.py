@@ -69,11 +69,11 @@ def test_discarded_episode_leaves_the_buffer_and_the_demo_count(tmp_path: Path) 
 def test_weight_versions_persist_and_never_repeat(tmp_path: Path) -> None:
     c = core(tmp_path)
     c.hello("a", SPEC)
-    assert c.publish(b"one") == 1 and c.publish(b"two") == 2
+    assert c.weights.publish(b"one") == 1 and c.weights.publish(b"two") == 2
     c.save_state()
     resumed = core(tmp_path, resume=True)
-    assert resumed.weights.version == 2 and resumed.weights.data == b"two"
-    assert resumed.publish(b"three") == 3
+    assert resumed.weights.version == 2 and resumed.weights.current.data == b"two"
+    assert resumed.weights.publish(b"three") == 3
     assert sorted(p.name for p in (tmp_path / "out" / "weights").iterdir())[-1] == "v000003.safetensors"
 
 

@@ -111,12 +111,12 @@ def test_a_stored_batch_does_not_wake_weight_subscribers(tmp_path: Path) -> None
 
     c.__dict__["_stop"] = c.__dict__.pop("stopping")
     c.__class__ = Counting
-    waiter = threading.Thread(target=c.wait_for_change, args=(c.stage, c.weights.version, 2.0))
+    waiter = threading.Thread(target=c.weights.wait_for_change, args=(c.stage, c.weights.version, 2.0))
     waiter.start()
     time.sleep(0.2)
     for seq in range(1, 21):
         ingest(c, "a", [(seq, steps(seq, 2, human=True))], 0)
     woken = reads[0]
-    c.publish(b"weights")
+    c.weights.publish(b"weights")
     waiter.join(timeout=5)
     assert woken <= 2 and not waiter.is_alive()  # before: one wake-up per stored batch
