@@ -17,9 +17,11 @@ buffer; then online with the learner's defaults (50/50 sampling, UTD, BC weight 
 after ``takeover_after`` steps) for ``--budget`` env steps; every ``--eval-every`` steps the deterministic
 policy is evaluated on ``--eval-episodes`` held-out block positions (the same for every run).
 
-Where the time goes is recorded per run (``time_s``): sim stepping with rendering, acting (one encoder pass
-per step), encoding frames into the cache, updates, evaluation. One JSON per seed in ``--out``, rewritten
-after every evaluation; a finished seed is skipped, an unfinished one starts again from scratch.
+Where the time goes is recorded per run (``time_s``): ``sim`` (env steps with rendering, demos included),
+``pretrain``, ``offline`` (offline updates), ``act`` (one encoder pass per policy step, which becomes the frame's
+cached view 0), ``update`` (online updates, cache fills included), ``eval`` (``eval_sim``: its env steps).
+One JSON per seed in ``--out``, rewritten after every evaluation; a finished seed is skipped, an unfinished
+one starts again from scratch.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
     capacity = proto.budget + 100 * proto.demos + 1
     buffers = DualBuffer(spec, capacity, capacity)
     record_demos(env, ScriptedExpert(noise=actor.demo_noise, seed=seed + 6000), proto.demos, buffers, clock)
+    result["demo_steps"] = len(buffers.human)
     weights = out / f"encoder-seed{seed}.safetensors"
     with clock("pretrain"):
         result["pretrain"] = pretrain_encoder(spec, buffers.human, weights, steps=proto.pretrain_steps,
@@ -168,7 +171,7 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
     batch_size = lcfg.batch_size
 
     def update(bc_weight: float, human_only: bool, update_actor: bool = True) -> None:
-        with clock("update"):
+        with clock("offline" if human_only else "update"):
             batch = cached_batch(cache, lambda: dual_indices(buffers, batch_size, lcfg.human_ratio, rng, human_only),
                                  spec, lock, rng)
             td3.update(batch, bc_weight=bc_weight, update_actor=update_actor)
@@ -180,6 +183,7 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
         with clock("eval"):
             rate = evaluate_batched(td3.policy, timed_envs, proto.eval_episodes, seed=proto.eval_seed)
         result["curve"].append([steps, rate["success_rate"]])
+        result["eval_steps"] = result.get("eval_steps", 0) + round(rate["mean_length"] * rate["episodes"])
         result.update(time_s={k: round(v, 1) for k, v in clock.seconds.items()},
                       wall_s=round(time.monotonic() - started, 1), frames_encoded=cache.encoded,
                       view0_from_acting=cache.reused)
