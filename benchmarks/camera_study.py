@@ -238,7 +238,7 @@ def report(out: Path) -> str:
         value = float(np.mean(ys[-2:])) if len(ys) > 1 else float("nan")
         if r["finished"]:
             last2.append(value)
-        total = sum(r.get("time_s", {}).values()) or 1.0
+        total = sum(v for k, v in r.get("time_s", {}).items() if k != "eval_sim") or 1.0  # eval_sim is in eval
         shares = ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in r.get("time_s", {}).items())
         lines.append(f"| {r['seed']} | {100 * ys[0]:.0f} % | {100 * value:.0f} % | {r['finished']} | "
                      f"{r.get('wall_s', 0):.0f} | {shares} |")
