@@ -17,9 +17,11 @@ buffer; then online with the learner's defaults (50/50 sampling, UTD, BC weight 
 after ``takeover_after`` steps) for ``--budget`` env steps; every ``--eval-every`` steps the deterministic
 policy is evaluated on ``--eval-episodes`` held-out block positions (the same for every run).
 
-Where the time goes is recorded per run (``time_s``): sim stepping with rendering, acting (one encoder pass
-per step), encoding frames into the cache, updates, evaluation. One JSON per seed in ``--out``, rewritten
-after every evaluation; a finished seed is skipped, an unfinished one starts again from scratch.
+Where the time goes is recorded per run (``time_s``): ``sim`` (env steps with rendering, demos included),
+``pretrain``, ``offline`` (offline updates), ``act`` (one encoder pass per policy step, which becomes the frame's
+cached view 0), ``update`` (online updates, cache fills included), ``eval`` (``eval_sim``: its env steps).
+One JSON per seed in ``--out``, rewritten after every evaluation; a finished seed is skipped, an unfinished
+one starts again from scratch.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from learning_study import commit
+from sample_efficiency import online_step
 
 from hilrl.actor.config import ActorConfig
-from hilrl.actor.evaluate import evaluate
+from hilrl.actor.evaluate import evaluate_batched
 from hilrl.actor.human import ScriptedTeleop
-from hilrl.actor.loop import PolicyRunner
+from hilrl.actor.policy_runner import PolicyRunner
 from hilrl.buffers.replay import DualBuffer, Transition
 from hilrl.buffers.spec import state_vector
 from hilrl.hardware.expert import ScriptedExpert
@@ -63,14 +66,16 @@ class Protocol:
     eval_episodes: int = 50
     eval_seed: int = 777_777  # held-out block positions: a stream no training episode uses
     pretrain_steps: int = 2000
+    pretrain_batch: int = 64
     offline_steps: int = 2000
     feature_views: int = 2
+    eval_envs: int = 10  # envs stepped together in an evaluation (one encoder pass per step for all): speed only
     goal_mean: float = 0.70
     goal_each: float = 0.60
 
 
 class Clock:
-    """Seconds per phase, summed over a run."""
+    """Seconds per phase, summed over a run (``eval_sim``: the env steps inside ``eval``)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
@@ -88,6 +93,37 @@ def write_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+class TimedEnv:
+    """An env whose resets and steps count as ``phase`` on ``clock`` (the rendering share of evaluations)."""
+
+    def __init__(self, env: SimPickCube, clock: Clock, phase: str) -> None:
+        self.env, self.clock, self.phase, self.spec = env, clock, phase, env.spec
+
+    def reset(self, seed: int | None = None) -> dict:
+        with self.clock(self.phase):
+            return self.env.reset(seed=seed)
+
+    def step(self, action: np.ndarray) -> tuple:
+        with self.clock(self.phase):
+            return self.env.step(action)
+
+
+class EncoderTap:
+    """The last output of the policy's encoder: the acting pass over the frame the policy acted on, which
+    `FeatureCache.offer` turns into that frame's view 0 (so the cache does not encode it a second time)."""
+
+    def __init__(self, td3: TD3) -> None:
+        self.last: torch.Tensor | None = None
+        assert td3.policy.encoder is not None
+        td3.policy.encoder.register_forward_hook(self._keep)
+
+    def _keep(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self.last = output
+
+    def clear(self) -> None:
+        self.last = None
 
 
 def record_demos(env: SimPickCube, expert: ScriptedExpert, episodes: int, buffers: DualBuffer, clock: Clock) -> None:
@@ -121,10 +157,11 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
     capacity = proto.budget + 100 * proto.demos + 1
     buffers = DualBuffer(spec, capacity, capacity)
     record_demos(env, ScriptedExpert(noise=actor.demo_noise, seed=seed + 6000), proto.demos, buffers, clock)
+    result["demo_steps"] = len(buffers.human)
     weights = out / f"encoder-seed{seed}.safetensors"
     with clock("pretrain"):
         result["pretrain"] = pretrain_encoder(spec, buffers.human, weights, steps=proto.pretrain_steps,
-                                              pad=algo.image_pad, seed=seed)
+                                              batch_size=proto.pretrain_batch, pad=algo.image_pad, seed=seed)
     algo = replace(algo, encoder_weights=str(weights))
     td3 = TD3(policy_config_for(spec, tuple(lcfg.hidden), lcfg.encoder), algo, torch.device("cpu"), seed=seed)
     states = buffers.human.valid_slice(tuple(f.name for f in spec.state_features))
@@ -134,19 +171,22 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
     batch_size = lcfg.batch_size
 
     def update(bc_weight: float, human_only: bool, update_actor: bool = True) -> None:
-        with clock("update"):
+        with clock("offline" if human_only else "update"):
             batch = cached_batch(cache, lambda: dual_indices(buffers, batch_size, lcfg.human_ratio, rng, human_only),
                                  spec, lock, rng)
             td3.update(batch, bc_weight=bc_weight, update_actor=update_actor)
 
+    eval_envs = [SimPickCube(seed=0, cameras=True) for _ in range(min(proto.eval_envs, proto.eval_episodes))]
+    timed_envs = [TimedEnv(e, clock, "eval_sim") for e in eval_envs]
+
     def evaluate_at(steps: int) -> None:
-        eval_env = SimPickCube(seed=0, cameras=True)
         with clock("eval"):
-            rate = evaluate(td3.policy, eval_env, proto.eval_episodes, seed=proto.eval_seed, progress=False)
-        eval_env.close()
+            rate = evaluate_batched(td3.policy, timed_envs, proto.eval_episodes, seed=proto.eval_seed)
         result["curve"].append([steps, rate["success_rate"]])
+        result["eval_steps"] = result.get("eval_steps", 0) + round(rate["mean_length"] * rate["episodes"])
         result.update(time_s={k: round(v, 1) for k, v in clock.seconds.items()},
-                      wall_s=round(time.monotonic() - started, 1), frames_encoded=cache.encoded)
+                      wall_s=round(time.monotonic() - started, 1), frames_encoded=cache.encoded,
+                      view0_from_acting=cache.reused)
         write_atomic(path, result)
         log(f"seed {seed}: online step {steps}: success {rate['success_rate']:.2f} ({result['wall_s']:.0f} s; "
             + ", ".join(f"{k} {v:.0f}" for k, v in result["time_s"].items()) + ")")
@@ -158,19 +198,18 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
                            scene=env.scene)
     runner = PolicyRunner(spec, actor.exploration_noise, np.random.default_rng(seed + 2))
     runner.policy = td3.policy
+    tap, policy_side = EncoderTap(td3), buffers.policy
     steps = updates = episodes = interventions = 0
     while steps < proto.budget:
         obs, done = env.reset(), False
         human.reset()
         episodes += 1
         while not done and steps < proto.budget:
-            takeover = human.poll(obs).takeover
-            with clock("act"):
-                action = runner.clamp(human.action(obs)) if takeover else runner.act(obs, explore=True)
-            with clock("sim"):
-                nxt, reward, terminated, truncated, _ = env.step(action)
-            buffers.add(Transition(obs, action, reward, nxt, terminated, truncated, episodes, takeover))
-            obs, done = nxt, terminated or truncated
+            tap.clear()
+            obs, done, takeover = online_step(env, human, runner, buffers, obs, episodes, clock)
+            if not takeover and tap.last is not None:  # the acting pass = view 0 of the frame acted on
+                row = (policy_side.added - 1) % policy_side.capacity
+                cache.offer(policy_side.frames, int(policy_side.obs_frame[row]), tap.last)
             steps, interventions = steps + 1, interventions + int(takeover)
             while updates < lcfg.utd_ratio * steps:
                 update(bc_weight_schedule(lcfg.online_bc_weight, lcfg.online_bc_decay_steps, updates), False,
@@ -180,6 +219,8 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
                 result.update(episodes=episodes, human_steps=interventions, updates=updates)
                 evaluate_at(steps)
     env.close()
+    for e in eval_envs:
+        e.close()
     result.update(finished=True, wall_s=round(time.monotonic() - started, 1))
     write_atomic(path, result)
     return result
@@ -197,7 +238,7 @@ def report(out: Path) -> str:
         value = float(np.mean(ys[-2:])) if len(ys) > 1 else float("nan")
         if r["finished"]:
             last2.append(value)
-        total = sum(r.get("time_s", {}).values()) or 1.0
+        total = sum(v for k, v in r.get("time_s", {}).items() if k != "eval_sim") or 1.0  # eval_sim is in eval
         shares = ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in r.get("time_s", {}).items())
         lines.append(f"| {r['seed']} | {100 * ys[0]:.0f} % | {100 * value:.0f} % | {r['finished']} | "
                      f"{r.get('wall_s', 0):.0f} | {shares} |")
@@ -214,7 +255,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[200, 201, 202])
     p.add_argument("--out", type=Path, default=Path("docs/camera-policy"), help="one JSON per seed here")
     p.add_argument("--report", action="store_true", help="print the table of the runs in --out")
-    for name in ("demos", "budget", "eval_every", "eval_episodes", "pretrain_steps", "offline_steps", "feature_views"):
+    for name in ("demos", "budget", "eval_every", "eval_episodes", "pretrain_steps", "pretrain_batch", "offline_steps",
+                 "feature_views", "eval_envs"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help="smoke runs only: override the protocol")
     args = p.parse_args()
     if args.report:

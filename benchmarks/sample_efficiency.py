@@ -28,6 +28,8 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -116,17 +118,26 @@ def online_loop_parts(td3: TD3, spec: Spec, settings: Settings, seed: int) -> tu
     return env, human, runner
 
 
-def online_step(env, human, runner, buffers: DualBuffer, obs: dict, episode: int) -> tuple[dict, bool, bool]:
+def online_step(env, human, runner, buffers: DualBuffer, obs: dict, episode: int,
+                clock: Callable[[str], AbstractContextManager] | None = None) -> tuple[dict, bool, bool]:
     """One online env step as the actor takes it: the scripted human once it has taken over (a chunked
     policy then drops its plan), else the policy with exploration noise; the transition goes into the dual
-    buffer. Returns (next observation, episode done, was a takeover)."""
+    buffer. Returns (next observation, episode done, was a takeover). ``clock(phase)``, if given, times the
+    choice of the action ("act") and the env step ("sim") (benchmarks/camera_study.py); it changes nothing else."""
+    timed = clock or _untimed
     takeover = human.poll(obs).takeover
     if takeover:
         runner.drop_plan()
-    action = runner.clamp(human.action(obs)) if takeover else runner.act(obs, explore=True)
-    next_obs, reward, terminated, truncated, _ = env.step(action)
+    with timed("act"):
+        action = runner.clamp(human.action(obs)) if takeover else runner.act(obs, explore=True)
+    with timed("sim"):
+        next_obs, reward, terminated, truncated, _ = env.step(action)
     buffers.add(Transition(obs, action, reward, next_obs, terminated, truncated, episode, takeover))
     return next_obs, terminated or truncated, takeover
+
+
+def _untimed(phase: str) -> AbstractContextManager:
+    return nullcontext()
 
 
 class Curve:

@@ -2,10 +2,12 @@
 :mod:`hilrl.buffers.lerobot_export`.
 
 Import: any LeRobotDataset root (``meta/info.json``) becomes hilrl steps through a `LeRobotMapping`
-(dataset feature -> our feature). Images (``dtype`` image or video) become uint8 HWC arrays, state
-features float32 vectors. ``next.reward`` is the reward after a frame's action; ``next.done`` on
-an episode's last frame means terminated, an episode that ends without it is truncated (a timeout:
-bootstrapped). ``complementary_info.is_intervention`` is kept when present (hilrl's exports and
+(dataset feature -> our feature). Images (``dtype`` image or video; video decoded by lerobot's own
+reader with its ``pyav`` backend) become uint8 HWC arrays at the policy's resolution (`image_shapes`:
+the learner's camera shape, else a hilrl export's own, else 128x128, resized with area interpolation as
+the actor's cameras are), state features float32 vectors. ``next.reward`` is the reward after a frame's
+action; ``next.done`` on an episode's last frame means terminated, an episode that ends without it is
+truncated (a timeout: bootstrapped). ``complementary_info.is_intervention`` is kept when present (hilrl's exports and
 lerobot's HIL-SERL recordings carry it); otherwise every step counts as a human step.
 
 Export: each episode's frames, then one extra frame holding the observation *after* its last step
@@ -46,6 +48,7 @@ from hilrl.buffers.spec import Feature, Spec
 log = logging.getLogger(__name__)
 
 IMAGES = "observation.images."
+POLICY_IMAGE_SIZE = 128  # what the actor's cameras give (hardware/cameras.py) and camera policies are built for
 FINAL = "complementary_info.is_final_observation"
 META = "meta/hilrl.json"
 Side = Literal["human", "policy", "all"]
@@ -84,6 +87,10 @@ class LeRobotMapping:
                                           "the gripper (g=1); beyond it g=2 closes, g=0 opens")
     joint_state: str = opt("observation.state", "to_ee: the measured joint positions feature (same joint "
                                                   "order as the action)")
+    image_size: int | None = opt(None, "camera frames are resized (area interpolation) to SIZE x SIZE; none = "
+                                         "the learner's camera shape, else a hilrl export's own (meta/hilrl.json), "
+                                         f"else {POLICY_IMAGE_SIZE}x{POLICY_IMAGE_SIZE} (the actor's cameras); "
+                                         "0 = the dataset's own size")
 
 
 def is_lerobot_dataset(path: str | Path) -> bool:
@@ -177,8 +184,8 @@ def dataset_spec(root: str | Path, mapping: LeRobotMapping, like: Spec | None = 
     features, _ = _features(root)
     cameras, states = map_features(root, mapping)
     obs = [Feature(name, "float32", tuple(features[k]["shape"])) for k, name in states.items()]
-    obs += [Feature(name, "uint8", _image_hwc(features[k]["shape"], features[k].get("names")))
-            for k, name in cameras.items()]
+    shapes = image_shapes(root, mapping, like)
+    obs += [Feature(name, "uint8", shapes[name]) for name in cameras.values()]
     action_shape = features[mapping.action]["shape"]
     if len(action_shape) != 1:
         raise LeRobotImportError(f"{root}: action feature {mapping.action!r} has shape {action_shape}; "
@@ -218,6 +225,24 @@ def dataset_spec(root: str | Path, mapping: LeRobotMapping, like: Spec | None = 
     return spec
 
 
+def image_shapes(root: Path, mapping: LeRobotMapping, like: Spec | None = None) -> dict[str, tuple[int, int, int]]:
+    """Camera name -> the HxWx3 shape its frames are imported at (see `LeRobotMapping.image_size`)."""
+    features, _ = _features(root)
+    cameras, _ = map_features(root, mapping)
+    own = {name: _image_hwc(features[k]["shape"], features[k].get("names")) for k, name in cameras.items()}
+    if mapping.image_size == 0:
+        return own
+    if mapping.image_size is not None:
+        return {name: (mapping.image_size, mapping.image_size, 3) for name in own}
+    known: dict[str, tuple[int, ...]] = {}
+    if like is not None:
+        known = {f.name: f.shape for f in like.image_features}
+    elif (root / META).is_file():  # a hilrl export: the shapes it was written at
+        known = {f.name: f.shape for f in Spec.from_dict(json.loads((root / META).read_text())["spec"]).image_features}
+    size = (POLICY_IMAGE_SIZE, POLICY_IMAGE_SIZE, 3)
+    return {name: tuple(known.get(name, size)) for name in own}  # type: ignore[misc]
+
+
 def _ee_converter(root: Path, mapping: LeRobotMapping, report: EEReport | None) -> JointToEE:
     try:
         names = dataset_joint_names(_features(root)[0], mapping.action, mapping.joint_state)
@@ -234,14 +259,20 @@ def _to_numpy(value: object) -> np.ndarray:
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
-def _image(value: object, feature: Feature) -> np.ndarray:
+def _image(value: object, source: tuple[int, int, int], feature: Feature) -> np.ndarray:
+    """A decoded frame (the dataset's ``source`` HxWx3, lerobot gives float CHW in [0, 1]) as uint8 at the
+    feature's shape (area interpolation, as the actor's cameras resize)."""
     arr = _to_numpy(value)
     if arr.dtype != np.uint8:  # lerobot decodes to float CHW in [0, 1]; PNG/video frames are uint8 underneath
         arr = np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    if arr.shape != feature.shape and arr.shape == (feature.shape[2], feature.shape[0], feature.shape[1]):
+    if arr.shape != source and arr.shape == (source[2], source[0], source[1]):
         arr = np.ascontiguousarray(arr.transpose(1, 2, 0))
+    if arr.shape != source:
+        raise LeRobotImportError(f"image {feature.name!r}: frame shape {arr.shape} != {source}")
     if arr.shape != feature.shape:
-        raise LeRobotImportError(f"image {feature.name!r}: frame shape {arr.shape} != {feature.shape}")
+        import cv2
+
+        arr = np.ascontiguousarray(cv2.resize(arr, (feature.shape[1], feature.shape[0]), interpolation=cv2.INTER_AREA))
     return arr
 
 
@@ -265,6 +296,8 @@ def import_lerobot(root: str | Path, mapping: LeRobotMapping | None = None, like
         raise LeRobotImportError(f"{root}: not a LeRobotDataset (no meta/info.json)")
     spec = dataset_spec(root, mapping, like)
     cameras, states = map_features(root, mapping)
+    features, _ = _features(root)
+    source = {k: _image_hwc(features[k]["shape"], features[k].get("names")) for k in cameras}
     to_ee = _ee_converter(root, mapping, ee_report) if mapping.to_ee else None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local roots only: never reach the hub
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -281,7 +314,7 @@ def import_lerobot(root: str | Path, mapping: LeRobotMapping | None = None, like
     def observation(item: dict) -> dict[str, np.ndarray]:
         obs = {name: _to_numpy(item[k]).astype(spec.feature(name).dtype).reshape(spec.feature(name).shape)
                for k, name in states.items()}
-        obs.update({name: _image(item[k], spec.feature(name)) for k, name in cameras.items()})
+        obs.update({name: _image(item[k], source[k], spec.feature(name)) for k, name in cameras.items()})
         return obs
 
     def action(item: dict) -> np.ndarray:

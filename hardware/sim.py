@@ -15,8 +15,9 @@ Observations (float32):
 
 Cameras (``cameras=True``, uint8 ``(128, 128, 3)`` each, HWC RGB): ``front`` (a fixed view of the
 table) and ``wrist`` (the hand camera), rendered by gym-hil with MuJoCo (``MUJOCO_GL=egl`` headless)
-with shadows off: about 8x faster than with shadows (measured here ~5 vs ~0.65 steps/s on a busy
-2-core box; ~25 vs ~3 on an idle one). With cameras, ``environment_state`` is *privileged* (a real
+with shadows and multisampling off (`_lighter_rendering`; benchmarks/sim_render.py: 0.6 steps/s with
+gym-hil's settings, 4.4 with shadows off, 5.9 with multisampling off too, on a busy 2-core box). With
+cameras, ``environment_state`` is *privileged* (a real
 arm does not know where the block is): it leaves the observation and the spec (``privileged=False``,
 the default with cameras), so it never reaches the stream, the store or the policy; the scripted
 human, who sees the scene as a person would, reads it from `scene()` instead.
@@ -107,6 +108,16 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
+def _lighter_rendering(sim: Any) -> None:
+    """Rendering settings that change nothing the policy needs (benchmarks/sim_render.py measures them):
+    no shadows (~7x the render time) and no 8x multisampling (gym-hil's scene.xml asks for it; it only
+    smooths edges: mean |pixel difference| under 1 of 255, and 1.3-1.6x the render time in software GL)."""
+    sim._viewer.close()
+    sim._model.vis.quality.offsamples = 0
+    sim._viewer = mujoco.Renderer(sim._model, height=IMAGE_SHAPE[0], width=IMAGE_SHAPE[1])
+    sim._viewer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+
+
 def pinch_point(obs: dict[str, np.ndarray]) -> np.ndarray:
     """The sim's end-effector position (metres) in an observation."""
     return np.asarray(obs["agent_pos"][TCP], dtype=np.float64)
@@ -130,8 +141,8 @@ class SimPickCube(Arm):
                 disable_env_checker=True,
                 max_episode_steps=self.max_steps,  # we count steps ourselves; keep TimeLimit in step
             )
-        if cameras:  # shadows cost ~8x the rendering time and carry nothing the policy needs
-            base.unwrapped._viewer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+        if cameras:
+            _lighter_rendering(base.unwrapped)
         with warnings.catch_warnings():  # its float64 -> float32 Box bounds are exact; silence the warning
             warnings.filterwarnings("ignore", message=".*precision lowered.*")
             self._env = EEActionWrapper(base, ee_action_step_size=DEFAULT_EE_STEP_SIZE, use_gripper=True)

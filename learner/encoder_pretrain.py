@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 
 def pretrain_encoder(spec: Any, buffer: Any, out: str | Path, steps: int = 2000, batch_size: int = 64,
                      lr: float = 3e-4, encoder: str = "resnet10", pad: int = 4, seed: int = 0,
-                     device: str | torch.device = "cpu") -> dict[str, float]:
+                     device: str | torch.device = "cpu", held_out: Any | None = None) -> dict[str, float]:
     """Behaviour-clone the demonstrations in ``buffer`` (a `ReplayBuffer`) for ``steps`` Adam steps and write
-    the trained trunk to ``out`` (safetensors). Returns the first and last BC losses and the seconds taken."""
+    the trained trunk to ``out`` (safetensors). Returns the first and last BC losses and the seconds taken;
+    with ``held_out`` (another `ReplayBuffer` of demonstrations) also the BC loss on all of it, unshifted."""
     if not spec.image_features:
         raise ValueError("encoder pretraining needs a spec with camera images")
     if len(buffer) == 0:
@@ -70,7 +71,27 @@ def pretrain_encoder(spec: Any, buffer: Any, out: str | Path, steps: int = 2000,
             first = loss_value
         if step % 200 == 0:
             log.info("encoder pretraining: step %d/%d, BC loss %.4f", step, steps, loss_value)
+    seconds = time.monotonic() - started
     trunk = {k: v.detach().to("cpu").contiguous() for k, v in policy.encoder.trunk.state_dict().items()}
     with atomic_path(Path(out)) as tmp:
         save_file(trunk, tmp)
-    return {"first_loss": first, "last_loss": loss_value, "seconds": time.monotonic() - started}
+    result = {"first_loss": first, "last_loss": loss_value, "seconds": seconds}
+    if held_out is not None:
+        result["held_out_loss"] = bc_loss(policy.eval(), spec, held_out, device)
+    return result
+
+
+@torch.no_grad()
+def bc_loss(policy: Policy, spec: Any, buffer: Any, device: torch.device, chunk: int = 64) -> float:
+    """Mean squared error (normalised actions) of ``policy`` on every valid transition of ``buffer``."""
+    obs, actions = buffer.valid_slice(), buffer.action[buffer.sampleable()]
+    cameras = tuple(f.name for f in spec.image_features)
+    total = 0.0
+    for start in range(0, len(actions), chunk):
+        part = {k: v[start:start + chunk] for k, v in obs.items()}
+        state = torch.as_tensor(state_vector(part, spec), device=device)
+        images = {c: torch.as_tensor(part[c]).to(device) for c in cameras}
+        target = policy.normalize_action(torch.as_tensor(actions[start:start + chunk], device=device)).clamp(-1, 1)
+        pred = policy.actor(policy.normalize_state(state), policy.encode(images))
+        total += float(F.mse_loss(pred, target, reduction="sum")) / target.shape[-1]
+    return total / len(actions)

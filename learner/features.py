@@ -21,6 +21,10 @@ holds frame ``f``'s views together with the frame number, so a frame overwritten
 re-encoded on its next use and nothing needs invalidating. Images of frames not yet cached are copied
 under the caller's lock (`missing_images`) and encoded outside it (`fill`). Only a trainable encoder
 changes its features, hence ``feature_views`` requires ``freeze_encoder``.
+
+Acting-time reuse. An actor acting in the same process (benchmarks/camera_study.py) has already encoded
+each frame it acted on, unshifted: that is view 0. `offer` keeps it for the frame, and `fill` then
+encodes only the shifted views 1..N-1 of such frames (one encoder pass fewer per frame).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class FeatureRing:
         self.capacity = capacity
         self.views = views
         self.frame = np.full(capacity, -1, dtype=np.int64)  # which frame each slot's views belong to
+        self.first = np.full(capacity, -1, dtype=np.int64)  # which frame's view 0 alone a slot holds (`offer`)
         self.data: Tensor | None = None  # [capacity, views, K, C, h, w] float16, allocated on first fill
 
     def missing(self, frames: np.ndarray) -> np.ndarray:
@@ -54,14 +59,29 @@ class FeatureRing:
         frames = np.unique(np.asarray(frames, dtype=np.int64))
         return frames[self.frame[frames % self.capacity] != frames]
 
-    def store(self, frames: np.ndarray, views: Tensor) -> None:
-        """Keep ``views`` ``[M, views, K, C, h, w]`` as the cached views of frame numbers `frames`."""
+    def _allocate(self, view_shape: tuple[int, ...]) -> Tensor:
         if self.data is None:
             # np.zeros maps untouched pages lazily: a large ring costs memory only for the frames cached.
-            self.data = torch.from_numpy(np.zeros((self.capacity, *views.shape[1:]), dtype=np.float16))
+            self.data = torch.from_numpy(np.zeros((self.capacity, self.views, *view_shape), dtype=np.float16))
+        return self.data
+
+    def store(self, frames: np.ndarray, views: Tensor) -> None:
+        """Keep ``views`` ``[M, views, K, C, h, w]`` as the cached views of frame numbers `frames`."""
+        data = self._allocate(tuple(views.shape[2:]))
         slots = torch.as_tensor(frames % self.capacity)
-        self.data[slots] = views.to("cpu", torch.float16)
+        data[slots] = views.to("cpu", torch.float16)
         self.frame[frames % self.capacity] = frames
+
+    def store_first(self, frames: np.ndarray, view0: Tensor) -> None:
+        """Keep ``view0`` ``[M, K, C, h, w]`` as view 0 of `frames` (the other views are still to encode)."""
+        frames = np.asarray(frames, dtype=np.int64)
+        data = self._allocate(tuple(view0.shape[1:]))
+        data[torch.as_tensor(frames % self.capacity), 0] = view0.to("cpu", torch.float16)
+        self.first[frames % self.capacity] = frames
+
+    def offered(self, frames: np.ndarray) -> np.ndarray:
+        """Which of `frames` (not fully cached) have their view 0 from `store_first`."""
+        return self.first[np.asarray(frames, dtype=np.int64) % self.capacity] == frames
 
     def pick(self, frames: np.ndarray, rng: np.random.Generator) -> Tensor:
         """One randomly chosen view per frame number (all cached): ``[B, K, C, h, w]`` float16 on the CPU."""
@@ -91,6 +111,7 @@ class FeatureCache:
         self.generator = generator
         self.rings: dict[int, FeatureRing] = {}  # id(FrameRing) -> its features
         self.encoded = 0  # frames encoded so far (for benchmarks and logs)
+        self.reused = 0  # of those, frames whose view 0 was `offer`ed (not encoded again)
 
     def ring(self, frame_ring: Any) -> FeatureRing:
         ring = self.rings.get(id(frame_ring))
@@ -104,18 +125,38 @@ class FeatureCache:
         missing = self.ring(frame_ring).missing(frames)
         return missing, frame_ring.get(missing, cameras) if len(missing) else {}
 
+    def offer(self, frame_ring: Any, frame: int, view0: Tensor) -> None:
+        """Frame `frame`'s view 0 (``[1, K, C, h, w]``: the unshifted encoder pass an actor made to act on it),
+        so that `fill` does not encode it again. Only valid while the encoder is the cache's (frozen) one."""
+        ring = self.ring(frame_ring)
+        if ring.frame[frame % ring.capacity] != frame:
+            ring.store_first(np.array([frame]), view0.detach())
+
     @torch.no_grad()
     def fill(self, frame_ring: Any, frames: np.ndarray, images: dict[str, np.ndarray]) -> None:
-        """Encode the views of `frames` (their uint8 images, name -> ``[M, H, W, 3]``) and cache them."""
+        """Encode the views of `frames` (their uint8 images, name -> ``[M, H, W, 3]``) and cache them; view 0
+        of frames `offer`ed is taken as it was offered."""
         if len(frames) == 0:
             return
         ring = self.ring(frame_ring)
+        frames = np.asarray(frames, dtype=np.int64)
+        offered = ring.offered(frames)
+        self.reused += int(offered.sum())
         for start in range(0, len(frames), ENCODE_CHUNK):
+            part, have = frames[start:start + ENCODE_CHUNK], offered[start:start + ENCODE_CHUNK]
             chunk = {k: torch.as_tensor(v[start:start + ENCODE_CHUNK]).to(self.device) for k, v in images.items()}
-            views = [self.encode(chunk)]  # view 0: the frame as the actor sees it
+            if not have.any():  # view 0: the frame as the actor sees it (encoded now, or when it acted)
+                first = self.encode(chunk)
+            else:
+                assert ring.data is not None
+                first = ring.data[torch.as_tensor(part % ring.capacity), 0].to(self.device, torch.float32)
+                if not have.all():
+                    need = torch.as_tensor(~have)
+                    first[need] = self.encode({k: v[need.to(v.device)] for k, v in chunk.items()}).to(first.dtype)
+            views = [first]
             for _ in range(1, self.views):
                 views.append(self.encode({k: random_shift(v, self.pad, self.generator) for k, v in chunk.items()}))
-            ring.store(frames[start:start + ENCODE_CHUNK], torch.stack(views, dim=1))
+            ring.store(part, torch.stack(views, dim=1))
         self.encoded += len(frames)
 
     def features(self, frame_ring: Any, frames: np.ndarray, rng: np.random.Generator) -> Tensor:

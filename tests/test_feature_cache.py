@@ -97,6 +97,46 @@ def test_each_frame_is_encoded_once_across_updates_and_the_update_runs():
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.critic.parameters(), strict=True))
 
 
+def test_an_offered_acting_pass_is_view_zero_and_only_the_shifted_views_are_encoded():
+    agent, buffers = td3(views=2, pad=2), filled()
+    cache, frames = feature_cache(agent), buffers.human.frames
+    assert cache is not None
+    images = {c: torch.as_tensor(v) for c, v in frames.get(np.arange(6), CAMS).items()}
+    with torch.no_grad():
+        fresh = agent.policy.encode(images)
+    for f in (1, 4):  # what an actor's encoder pass gave when it acted on frames 1 and 4 (batch of one)
+        with torch.no_grad():
+            cache.offer(frames, f, agent.policy.encode({c: v[f:f + 1] for c, v in images.items()}))
+    seen: list[int] = []
+    agent.encoder.register_forward_hook(lambda m, i, o: seen.append(len(o)))
+    cache.fill(frames, np.arange(6), frames.get(np.arange(6), CAMS))
+    assert seen == [4, 6]  # view 0 of the four frames not offered, then view 1 of all six
+    ring = cache.ring(frames)
+    assert torch.allclose(ring.data[:6, 0].float(), fresh, atol=2e-2, rtol=1e-2)
+    assert len(ring.missing(np.arange(6))) == 0
+    seen.clear()
+    cache.offer(frames, 2, torch.zeros_like(fresh[:1]))  # already cached: kept as it was
+    assert torch.allclose(ring.data[2, 0].float(), fresh[2], atol=2e-2, rtol=1e-2) and not seen
+
+
+def test_batched_evaluation_plays_evaluate_s_episodes():
+    from hilrl.actor.evaluate import evaluate, evaluate_batched
+    from hilrl.hardware.sim import SimPickCube
+    from hilrl.learner.networks import Policy
+
+    envs = [SimPickCube(seed=0, max_steps=20) for _ in range(3)]
+    torch.manual_seed(0)
+    policy = Policy(policy_config_for(envs[0].spec, (16,)))
+    policy.set_normalization(np.zeros(21), np.full(21, 0.1), envs[0].spec.action.low, envs[0].spec.action.high)
+    try:
+        one = evaluate(policy, envs[0], 4, seed=5, progress=False)
+        assert evaluate_batched(policy, envs, 4, seed=5) == one
+        assert evaluate_batched(policy, envs[:1], 4, seed=5) == one
+    finally:
+        for env in envs:
+            env.close()
+
+
 def test_an_overwritten_frame_is_encoded_again():
     agent, buffers = td3(views=1), filled(capacity=8, steps=8)
     cache, rng = feature_cache(agent), np.random.default_rng(0)

@@ -145,7 +145,9 @@ def lerobot_made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[d
 
 def test_a_lerobot_recorded_dataset_imports_with_the_default_mapping(lerobot_made) -> None:
     root, frames = lerobot_made
-    spec, steps = import_lerobot(root)
+    resized, _ = import_lerobot(root)  # by default at the camera policy's resolution
+    assert resized.feature("front").shape == (128, 128, 3)
+    spec, steps = import_lerobot(root, LeRobotMapping(image_size=0))  # the dataset's own size: frames bit for bit
     steps = list(steps)
     assert spec.observation_names == ("state", "front") and spec.feature("front").shape == (24, 32, 3)
     assert spec.action.shape == (6,) and len(steps) == len(frames)
@@ -216,7 +218,7 @@ def test_video_features_decode_to_uint8_frames(tmp_path: Path) -> None:
                       "action": np.linspace(-t, t, 6).astype(np.float32), "task": "x"})
     ds.save_episode()
     ds.finalize()
-    spec, steps = import_lerobot(tmp_path / "v", LeRobotMapping(reward=None, done=None))
+    spec, steps = import_lerobot(tmp_path / "v", LeRobotMapping(reward=None, done=None, image_size=0))
     steps = list(steps)
     assert spec.feature("front") == Feature("front", "uint8", (32, 48, 3)) and len(steps) == 6
     for s, img in zip(steps, images, strict=True):
@@ -224,3 +226,77 @@ def test_video_features_decode_to_uint8_frames(tmp_path: Path) -> None:
     assert steps[-1].truncated and not steps[-1].terminated and {s.reward for s in steps} == {0.0}
     actions = np.stack([s.action for s in steps])
     assert spec.action.low == tuple(actions.min(0)) and spec.action.high == tuple(actions.max(0))  # (a warning)
+
+
+@pytest.fixture(scope="module")
+def sim_video_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """What lerobot-record writes for the sim's cameras: video features (lerobot's own writer, use_videos=True) at
+    a camera's 4:3 size, not the policy's 128x128, plus agent_pos, the 4-d action, reward and done."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = tmp_path_factory.mktemp("lrv") / "sim_pick_video"
+    image = {"dtype": "video", "shape": (48, 64, 3), "names": ["height", "width", "channels"]}
+    features = {"observation.agent_pos": {"dtype": "float32", "shape": (18,), "names": None},
+                "observation.images.front": image, "observation.images.wrist": image,
+                "action": {"dtype": "float32", "shape": (4,), "names": None},
+                "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
+                "next.done": {"dtype": "bool", "shape": (1,), "names": None}}
+    ds = LeRobotDataset.create("user/sim_pick_video", fps=10, features=features, root=root, use_videos=True)
+    yy, xx = np.mgrid[0:48, 0:64]
+    rng, frames = np.random.default_rng(0), []
+    for ep in range(2):
+        for t in range(4):
+            done = t == 3
+            f = {"observation.agent_pos": rng.normal(size=18).astype(np.float32),
+                 "observation.images.front": np.stack([(xx * 4 + 20 * t) % 256, yy * 5, np.full_like(xx, 60 * ep)],
+                                                      -1).astype(np.uint8),
+                 "observation.images.wrist": np.stack([yy * 5, (xx * 3 + 30 * t) % 256, np.full_like(xx, 100)],
+                                                      -1).astype(np.uint8),
+                 "action": rng.uniform([-1, -1, -1, 0], [1, 1, 1, 2]).astype(np.float32),
+                 "next.reward": np.array([float(done)], np.float32), "next.done": np.array([done])}
+            frames.append(f)
+            ds.add_frame({**f, "task": "pick the cube"})
+        ds.save_episode()
+    ds.finalize()
+    return root, frames
+
+
+def test_video_frames_are_decoded_and_resized_to_the_policy_resolution(sim_video_dataset) -> None:
+    import cv2
+
+    from hilrl.hardware.sim import SimPickCube
+
+    root, frames = sim_video_dataset
+    with SimPickCube(cameras=True) as sim:
+        spec, steps = import_lerobot(root, like=sim.spec)
+        assert spec == sim.spec  # 128x128 cameras and the sim's bounds: a --sim-cameras actor is accepted
+    steps = list(steps)
+    assert len(steps) == len(frames) and [s.terminated for s in steps].count(True) == 2
+    for s, f in zip(steps, frames, strict=True):
+        for cam in ("front", "wrist"):
+            want = cv2.resize(f[f"observation.images.{cam}"], (128, 128), interpolation=cv2.INTER_AREA)
+            assert s.obs[cam].shape == (128, 128, 3) and s.obs[cam].dtype == np.uint8
+            assert np.abs(s.obs[cam].astype(int) - want).mean() < 8  # video is lossy (AV1, yuv420p)
+    plain, _ = import_lerobot(root, LeRobotMapping(image_size=96))
+    assert plain.feature("wrist").shape == (96, 96, 3)
+
+
+@pytest.mark.e2e
+def test_learner_seeded_from_a_video_dataset_runs_the_camera_cpu_route(spawn, sim_video_dataset, tmp_path) -> None:
+    """`hilrl learner --demos` on a lerobot video dataset: the camera spec at 128x128 (what a --sim-cameras actor
+    sends), the frozen encoder with cached features, offline updates and the first weights."""
+    from hilrl.hardware.sim import SimPickCube
+
+    root, frames = sim_video_dataset
+    port, out = free_port(), tmp_path / "out"
+    learner = spawn("learner", "--port", str(port), "--output-dir", str(out), "--demos", str(root),
+                    "--demo-map.action-low=-1,-1,-1,0", "--demo-map.action-high=1,1,1,2",
+                    "--demo-episodes", "2", "--offline-steps", "2", "--batch-size", "4", "--hidden", "16,16",
+                    "--human-capacity", "64", "--policy-capacity", "64", "--torch-threads", "1",
+                    "--algo.freeze-encoder", "--algo.feature-views", "2", name="learner")
+    status = wait_until(lambda: (s := hilrl_status(f"127.0.0.1:{port}")) and s["stage"] == "online" and s,
+                        150, "offline camera training from the video dataset", diagnose=lambda: learner.stderr[-2000:])
+    assert status["buffers"]["human"]["size"] == len(frames) and status["weight_version"] == 1
+    with SimPickCube(cameras=True) as sim:
+        assert Spec.from_dict(json.loads((out / "spec.json").read_text())) == sim.spec
+    assert learner.stop() == 0
