@@ -66,6 +66,26 @@ class Arm(Env, Protocol):
         return None
 
 
+GRIPPER_MODES = ("continuous", "states")
+GRIPPER_MODE = "continuous"  # the default of the sim and the SO-10x in ee mode (docs/other-expert.md)
+GRIPPER_HOLD_BAND = 0.0
+
+
+def executed_gripper(g: float, mode: str = "continuous", hold_band: float = 0.0) -> float:
+    """The incremental gripper command ``g`` (``[0, 2]``: 2 closes, 0 opens, 1 holds) as the arm executes it.
+
+    ``continuous``: ``g`` itself, except that a command within ``hold_band`` of 1 holds exactly (a deadband:
+    a policy's hold of 0.97 would otherwise open the gripper by 3 % every step, and 1.03 close it).
+    ``states``: the gamepad's three states, the nearest of open (0), hold (1) and close (2); 0.5 opens and
+    1.5 closes.
+    """
+    if mode == "states":
+        return 0.0 if g <= 0.5 else 2.0 if g >= 1.5 else 1.0
+    if mode != "continuous":
+        raise ValueError(f"gripper mode must be one of {GRIPPER_MODES}, got {mode!r}")
+    return 1.0 if abs(g - 1.0) < hold_band else float(g)
+
+
 def middle_of_bounds(spec: Spec) -> np.ndarray:
     """The middle of the spec's action bounds (for the sim's ``[dx, dy, dz, g]``: no motion, gripper held)."""
     low = np.asarray(spec.action.low, dtype=np.float32)

@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 from gym_hil.wrappers.hil_wrappers import DEFAULT_EE_STEP_SIZE, EEActionWrapper  # noqa: E402
 
 from hilrl.buffers.spec import Feature, Spec  # noqa: E402
-from hilrl.hardware.arm import Arm, EndEffector  # noqa: E402
+from hilrl.hardware.arm import GRIPPER_HOLD_BAND, GRIPPER_MODE, Arm, EndEffector, executed_gripper  # noqa: E402
 
 ENV_ID = "gym_hil/PandaPickCubeBase-v0"
 ACTION_LOW = (-1.0, -1.0, -1.0, 0.0)
@@ -127,6 +127,9 @@ class SimPickCube(Arm):
     """The gym-hil Panda pick-cube task, state observations, 4-d end-effector action (an `Arm`: it
     holds with the middle of its bounds, needs no go, and knows its pinch point from the observation)."""
 
+    gripper_mode = GRIPPER_MODE  # how `step` executes the gripper command (hardware.arm.executed_gripper)
+    gripper_hold_band = GRIPPER_HOLD_BAND
+
     def __init__(self, seed: int | None = None, max_steps: int = 100, cameras: bool = False,
                  privileged: bool | None = None) -> None:
         self.max_steps = int(max_steps)
@@ -180,6 +183,7 @@ class SimPickCube(Arm):
         if not np.all(np.isfinite(action)):
             raise ValueError("action contains NaN or inf")
         action = np.clip(action, self._low, self._high)
+        action[3] = executed_gripper(float(action[3]), self.gripper_mode, self.gripper_hold_band)
         obs, reward, terminated, _, info = self._env.step(action)
         self._steps += 1
         success = bool(info.get("succeed", False))

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hilrl.buffers.spec import Feature, Spec
-from hilrl.hardware.arm import Arm, EndEffector
+from hilrl.hardware.arm import GRIPPER_HOLD_BAND, GRIPPER_MODE, Arm, EndEffector, executed_gripper
 from hilrl.hardware.cameras import IMAGE_SIZE, Camera, CameraSpec
 from hilrl.hardware.ports import describe_ports, port_exists
 
@@ -73,6 +73,8 @@ class ArmConfig:
     rest_pose: tuple[float, ...] | None = None  # joint positions (degrees, gripper 0..100) to reset to
     rest_speed_deg_s: float = 30.0  # joint speed while moving to the rest pose
     fps: int = 30  # rate of the rest-pose move's intermediate targets
+    gripper_mode: str = GRIPPER_MODE  # ee mode: how the gripper command executes (hardware.arm.executed_gripper)
+    gripper_hold_band: float = GRIPPER_HOLD_BAND
 
     @property
     def robot_type(self) -> str:
@@ -296,7 +298,8 @@ class SOArm(Arm):
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), self.spec.action.low, self.spec.action.high)
         if self.cfg.action_mode == "joint":
             return {k: float(v) for k, v in zip(self.joint_keys, a, strict=True)}
-        delta = {"delta_x": a[0], "delta_y": a[1], "delta_z": a[2], "gripper": 2.0 - a[3]}  # lerobot: 0 closes
+        g = executed_gripper(float(a[3]), self.cfg.gripper_mode, self.cfg.gripper_hold_band)
+        delta = {"delta_x": a[0], "delta_y": a[1], "delta_z": a[2], "gripper": 2.0 - g}  # lerobot: 0 closes
         joints = {k: self._joints[k] for k in self.joint_keys}
         out = self._ee((delta, joints))
         return {k: float(out[k]) for k in self.joint_keys}

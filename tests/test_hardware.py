@@ -237,6 +237,23 @@ def test_ee_mode_through_lerobots_kinematic_steps(monkeypatch, step_m):
         assert robot.sent[-1]["gripper.pos"] == 100.0  # 0 opens
 
 
+def test_ee_gripper_states_like_the_gamepad(monkeypatch):
+    """gripper_mode="states": a policy's 0.9 holds (it would open by 10 % per step), 1.6 closes fully."""
+    monkeypatch.setattr("hilrl.hardware.so_arm.port_exists", lambda port: True)
+    for mode, after in (("continuous", 60.0), ("states", 50.0)):  # the gripper starts at 50 (0 closed, 100 open)
+        robot = FakeFollower()
+        with SOArm(ArmConfig(port="/dev/ttyACM0", action_mode="ee", gripper_mode=mode), robot=robot,
+                   kinematics=StubKinematics()) as arm:
+            arm.reset()
+            arm.step(np.array([0.0, 0.0, 0.0, 0.9], dtype=np.float32))
+            assert robot.sent[-1]["gripper.pos"] == pytest.approx(after), mode
+    cfg = ArmConfig(port="/dev/ttyACM0", action_mode="ee", gripper_mode="states")
+    with SOArm(cfg, robot=robot, kinematics=StubKinematics()) as arm:
+        arm.reset()
+        arm.step(np.array([0.0, 0.0, 0.0, 1.6], dtype=np.float32))
+        assert robot.sent[-1]["gripper.pos"] == 0.0
+
+
 # ----------------------------------------------------------------------------------------- ports, cameras
 def test_port_listing_with_faked_list_ports(monkeypatch):
     from serial.tools import list_ports

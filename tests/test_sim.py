@@ -99,6 +99,22 @@ def test_action_clipping(env: SimPickCube) -> None:
         env.step(np.zeros(3))
 
 
+def test_gripper_execution_modes(env: SimPickCube, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hold of 0.9 opens a closed gripper step by step when executed as it is; the gamepad's three
+    states (and a hold band) hold it exactly (docs/other-expert.md)."""
+
+    def setpoints(mode: str, band: float, holds: list[float]) -> list[float]:
+        monkeypatch.setattr(env, "gripper_mode", mode)
+        monkeypatch.setattr(env, "gripper_hold_band", band)
+        env.reset(seed=3)
+        env.step(np.array([0.0, 0.0, 0.0, 2.0]))  # closed
+        return [float(env.step(np.array([0.0, 0.0, 0.0, g]))[0]["agent_pos"][14]) for g in holds]
+
+    assert setpoints("continuous", 0.0, [0.9, 0.9]) == pytest.approx([229.5, 204.0])  # 10 % of 255 per step
+    assert setpoints("states", 0.0, [0.9, 1.4, 0.6, 0.5]) == [255.0, 255.0, 255.0, 0.0]
+    assert setpoints("continuous", 0.25, [0.8, 1.2, 0.5]) == pytest.approx([255.0, 255.0, 127.5])
+
+
 def test_expert_success_rate(env: SimPickCube) -> None:
     expert = ScriptedExpert(noise=0.0, seed=0)
     results = [run_expert(env, expert, env.reset(seed=100 + i)) for i in range(30)]
