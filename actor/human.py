@@ -53,6 +53,9 @@ class ScriptedTeleop:
     def action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         return self.expert.act(obs if self.scene is None else {**obs, **self.scene()})
 
+    def go(self) -> bool:
+        return True  # no go button: a scripted human never holds the arm at its rest pose
+
     def close(self) -> None:
         pass
 
@@ -79,8 +82,7 @@ class NoTakeover:
         raise RuntimeError("NoTakeover never hands control to the human")
 
     def go(self) -> bool:
-        go = getattr(self.device, "go", None)
-        return bool(go()) if go is not None else True
+        return self.device.go()
 
     def close(self) -> None:
         self.device.close()

@@ -230,9 +230,9 @@ class ActorLoop:
 
     def _wait_for_go(self, obs: Obs, human_episode: bool) -> None:
         """Real arm at its rest pose: wait for the operator's go (gamepad LB, key g) or an e-stop."""
-        go = getattr(self.human, "go", None)  # a device without a go button (the sim's scripted human) needs none
-        if not self.env.needs_go or go is None:
+        if not self.env.needs_go:
             return
+        go = self.human.go  # a device without a go button always says True
         go()  # a press from before the arm reached its rest pose does not count
         log.info("arm at its rest pose: press go (gamepad LB / key g) to start the %s episode",
                  "human (demonstration)" if human_episode else "policy")

@@ -35,6 +35,10 @@ class HumanInput(Protocol):
     def action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The human's action for this tick (only called while the takeover is held)."""
 
+    def go(self) -> bool:
+        """True once per press of the go button (gamepad LB, key g) since the last call; a device
+        without a go button (the sim's scripted human) always says True, so it never holds a real arm."""
+
     def close(self) -> None:
         """Release the device."""
 
