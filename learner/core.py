@@ -65,6 +65,7 @@ class LearnerCore:
         self.learner_step = 0
         self.offline_steps_done = 0
         self.demo_episodes = 0
+        self.episodes_ended = 0  # complete episodes of any kind (replayed on --resume too)
         self._demo_keys: set[int] = set()
         self.online_transitions = 0  # transitions received since the online stage began
         self.weights = EncodedWeights(0, b"", "")
@@ -262,6 +263,7 @@ class LearnerCore:
                 if self.stage == ONLINE:
                     self.online_transitions += 1
             if end is not None:
+                self.episodes_ended += 1
                 if record is not None:
                     record.episodes += 1
                 if end.all_human:
