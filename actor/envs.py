@@ -43,10 +43,11 @@ def make_real_arm(cfg) -> tuple[Any, Any]:
 
     if cfg.robot_port is None:
         raise SystemExit(f"--env {cfg.env} needs --robot-port (find it with: lerobot-find-port)")
-    if cfg.action_mode == "joint" and getattr(cfg, "checkpoint", None) is None:
+    if cfg.action_mode == "joint" and getattr(cfg, "checkpoint", None) is None and not cfg.residual_base:
         raise SystemExit("--action-mode joint: the gamepad and keyboard take over in end-effector space, so a "
                          "human-in-the-loop session needs --action-mode ee (with --urdf-path); joint mode runs "
-                         "only a trained policy (--checkpoint), with the buttons and e-stop but no takeover")
+                         "a trained policy (--checkpoint) or a residual session on a joint-space base "
+                         "(--residual-base, learner with --residual), with the buttons and e-stop but no takeover")
     cameras = []
     for item in cfg.cameras:
         name, sep, where = item.partition("=")

@@ -62,7 +62,8 @@ class ScriptedTeleop:
 
 class NoTakeover:
     """A device whose takeover is ignored (joint-mode policy runs: the human's actions are end-effector
-    deltas, which a joint-space arm cannot execute). Verdicts, e-stop and go still work."""
+    deltas, which a joint-space arm cannot execute). Verdicts, e-stop and go still work. Nobody can
+    demonstrate with it either: a residual actor runs its base instead (`hilrl.actor.loop`)."""
 
     def __init__(self, device) -> None:
         self.device = device

@@ -10,9 +10,9 @@ empties the queues (episode start); `drop_plan` does the same when a step is not
 takeover, a hold), so the base re-plans from the observation it sees when the policy resumes.
 
 Inputs: each of the policy's ``input_features`` is filled from one hilrl observation feature. The
-default name of ``observation.X`` / ``observation.images.X`` is ``X`` (what ``hilrl dataset export``
-writes, inverted); ``observation.state`` falls back to the robot's own state, ``joint_pos`` (real arm)
-or ``agent_pos`` (sim). ``--residual-base-map KEY=NAME`` overrides any of them. Every input must exist
+default name of ``observation.X`` / ``observation.images.X`` is ``X``, and ``observation.state`` is the
+robot's own state, ``state``, else ``joint_pos`` (real arm), else ``agent_pos`` (sim): what ``hilrl
+dataset export`` writes, inverted. ``--residual-base-map KEY=NAME`` overrides any of them. Every input must exist
 with the policy's shape (images: hilrl's ``(H, W, 3)`` uint8 is the policy's ``(3, H, W)``), and the
 policy's ``action`` must have the actor's action shape; one error lists every problem.
 """
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from hilrl.buffers.lerobot_io import STATE, robot_state
 from hilrl.buffers.spec import Feature, Spec
 
 SUPPORTED_TYPES = ("act", "diffusion")  # run and tested as bases; the VLA types need the hub and a task string
-STATE_FALLBACKS = ("state", "joint_pos", "agent_pos")  # observation.state: generic, real arm, sim
 REQUIRED_FILES = ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json")
 
 
@@ -55,8 +55,8 @@ def parse_map(entries: tuple[str, ...]) -> dict[str, str]:
 def default_name(key: str, names: set[str]) -> str:
     """hilrl feature name for a policy input key when no ``--residual-base-map`` entry names one."""
     short = key.removeprefix("observation.images.").removeprefix("observation.")
-    if key == "observation.state" and short not in names:
-        return next((n for n in STATE_FALLBACKS if n in names), short)
+    if key == STATE:  # the robot's own state, as `hilrl dataset export` writes it
+        return robot_state(names) or short
     return short
 
 

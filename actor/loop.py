@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from hilrl.actor.config import ActorConfig
-from hilrl.actor.human import Schedule
+from hilrl.actor.human import NoTakeover, Schedule
 from hilrl.actor.interfaces import EpisodeCounter, Link, Outbox
 from hilrl.actor.outbox import OutboxWriter
 from hilrl.actor.policy_runner import PolicyRunner
@@ -133,6 +133,7 @@ class ActorLoop:
         self._next_tick = 0.0
         self._episode_start = 0.0
         self.schedule = Schedule(cfg.schedule)
+        self._said_base = False
         self.watch = None if standalone else LearnerWatch(link, outbox, cfg.learner_lost_after_s,
                                                           cfg.on_learner_lost)
         replay = isinstance(env, ReplaySource)  # a replay executes nothing: no limits to enforce
@@ -181,11 +182,20 @@ class ActorLoop:
                     said.add(mode)
                     log.info({"wait_learner": f"waiting for the learner at {self.cfg.learner} ...",
                               "wait_weights": "learner is pretraining; waiting for the first weights ...",
+                              "wait_demos": "the learner waits for demonstrations, which nobody can give on a "
+                                            "joint-mode arm: seed it with --demos, or run a residual session",
                               "wait_learner_lost": "learner lost (--on-learner-lost hold): the arm holds and no "
                                                    "policy episode starts until it is back"}[mode])
                 self.stop.wait(0.1)
                 continue
             said.clear()
+            if mode == "base":
+                if not self._said_base:
+                    self._said_base = True
+                    log.info("the learner waits for data and a joint-mode arm cannot demonstrate: running the "
+                             "residual base alone (the untrained residual) until the first weights")
+                self._episode(human_episode=False)
+                continue
             scheduled = mode.endswith("*")  # the schedule chose this episode's kind
             mode = mode.rstrip("*")
             if scheduled:
@@ -201,7 +211,10 @@ class ActorLoop:
         if stage is None:
             return "wait_learner"
         if stage == "waiting_for_demos":
-            return "human"
+            if not isinstance(self.human, NoTakeover):
+                return "human"
+            # a joint-mode arm: nobody can demonstrate; a residual actor runs its base (the untrained residual)
+            return "base" if isinstance(self.env, ResidualBaseEnv) else "wait_demos"
         if self.runner.policy is None:
             return "wait_weights"
         kind = self.schedule.next() if self.schedule else "policy"
@@ -221,9 +234,12 @@ class ActorLoop:
     def _swap_weights(self) -> None:
         new = self.link.take_policy()
         if new is not None:
+            first = self.runner.policy is None
             self.runner.version, self.runner.policy = new
             self.link.weight_version_applied = self.runner.version
             log.info("applied weights v%d", self.runner.version)
+            if first and (bound := self.runner.residual_bound()):
+                log.info(bound)
 
     def _hold(self) -> np.ndarray:
         return self.safety.hold(self.runner.hold(self.env))
@@ -314,7 +330,10 @@ class ActorLoop:
         elif human:
             action = self.safety.clamp(self.human.action(obs), obs)
         else:
-            policy = self.runner.act(obs, explore=True)
+            if self.runner.policy is not None:
+                policy = self.runner.act(obs, explore=True)
+            else:  # residual base episodes before the first weights (`_mode`: "base")
+                policy = self.runner.act_base(obs, explore=True)
             if policy is None:
                 action, why = self._hold(), "policy output was NaN/inf"
             elif policy_held:

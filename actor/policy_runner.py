@@ -11,6 +11,7 @@ import torch
 from hilrl.buffers.spec import Spec, state_vector
 from hilrl.hardware.arm import Arm, middle_of_bounds
 from hilrl.learner.networks import Policy
+from hilrl.learner.residual import BASE_ACTION
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,23 @@ class PolicyRunner:
             if chunked:  # [h, A]: execute the first now, keep the rest
                 self._plan.extend(action[1:])
                 action = action[0]
+        return self._explore(action, explore)
+
+    def residual_bound(self) -> str | None:
+        """A residual policy's bound on its correction, per action entry in the arm's units; None otherwise."""
+        scale = self.policy.cfg.residual_scale if self.policy is not None else 0.0
+        if scale <= 0:
+            return None
+        bound = np.round(scale * (self.high.astype(np.float64) - self.low) / 2, 4).tolist()
+        return (f"residual policy: each action entry is the base's plus at most +-{bound} (scale {scale:g} x half "
+                "the action range; in joint mode: degrees per joint, gripper units 0..100)")
+
+    def act_base(self, obs: dict[str, np.ndarray], explore: bool) -> np.ndarray:
+        """What the untrained residual policy does, before the learner's first weights: exactly the base's
+        action (the ``base_action`` observation, learner/residual.py), plus noise when exploring, clamped."""
+        return self._explore(np.asarray(obs[BASE_ACTION], dtype=np.float32), explore)
+
+    def _explore(self, action: np.ndarray, explore: bool) -> np.ndarray:
         if explore and self.noise_std.any():
             action = action + self.rng.normal(0.0, 1.0, size=action.shape) * self.noise_std
         return self.clamp(action)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -33,7 +33,20 @@ from hilrl.buffers.spec import Feature, Spec, state_vector
 from hilrl.hardware.arm import Arm, EndEffector
 from hilrl.learner.residual import BASE_ACTION
 
+if TYPE_CHECKING:
+    from hilrl.actor.replay import ReplaySource
+
 Base = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class ResidualOptions(Protocol):
+    """The ``--residual-base*`` options `residual_env` reads (`ActorConfig` and `EvalConfig` both have them)."""
+
+    env: str
+    residual_base: str | None
+    residual_bias: tuple[float, ...]
+    residual_base_map: tuple[str, ...]
+    residual_base_device: str | None
 
 
 class ResidualBaseEnv(Arm):
@@ -134,8 +147,8 @@ def make_base(name: str, env_spec: Spec, bias: tuple[float, ...] = (), base_map:
     raise SystemExit(f"unknown --residual-base {name!r}; use expert, checkpoint:PATH or lerobot:PATH")
 
 
-def residual_env(env: Any, cfg: Any) -> ResidualBaseEnv:
-    """The actor's env wrapped for ``--residual-base`` (an `ActorConfig`); replays and bad bases are refused."""
+def residual_env(env: Arm | ReplaySource, cfg: ResidualOptions) -> ResidualBaseEnv:
+    """The actor's env wrapped for ``cfg.residual_base``; replays and bad bases are refused (SystemExit, env closed)."""
     from hilrl.actor.replay import ReplaySource
 
     if isinstance(env, ReplaySource):
@@ -150,6 +163,9 @@ def residual_env(env: Any, cfg: Any) -> ResidualBaseEnv:
         env.close()
         raise SystemExit("--residual-base expert is the sim's scripted expert; on a real arm use "
                          "--residual-base checkpoint:PATH or lerobot:PATH")
+    if cfg.residual_base is None:
+        env.close()
+        raise SystemExit("residual_env needs --residual-base")
     try:
         base, reset = make_base(cfg.residual_base, env.spec, tuple(cfg.residual_bias), tuple(cfg.residual_base_map),
                                 cfg.residual_base_device)

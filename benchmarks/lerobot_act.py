@@ -3,11 +3,9 @@
 The pipeline a user would run, step by step:
 
 1. ``hilrl record``: scripted-expert demonstrations on the sim (``--demo-noise`` noisy execution);
-2. the robot's own state renamed ``agent_pos`` -> ``state``, so the export writes ``observation.state``
-   (LeRobot 0.4.4's ACT needs that exact key; it does not train on ``observation.agent_pos``);
-3. ``hilrl dataset export``: a local LeRobotDataset (``observation.state``, ``observation.environment_state``,
-   ``action``; no images);
-4. ``lerobot-train --policy.type=act``: the ``pretrained_model`` directory that ``hilrl actor
+2. ``hilrl dataset export``: a local LeRobotDataset (``observation.state`` = the sim's ``agent_pos``, as
+   LeRobot 0.4.4's ACT needs, ``observation.environment_state``, ``action``; no images);
+3. ``lerobot-train --policy.type=act``: the ``pretrained_model`` directory that ``hilrl actor
    --residual-base lerobot:PATH`` loads (its default mapping reads ``observation.state`` from ``agent_pos``).
 
 ``--tiny`` makes the few-kilobyte policy the CI test loads (tests/data/lerobot_act_tiny, a handful of
@@ -26,10 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
-
-from hilrl.buffers.recording import StepRecorder, read_steps
 
 TINY = {"dim_model": 32, "dim_feedforward": 64, "n_heads": 2, "n_encoder_layers": 1, "n_decoder_layers": 1,
         "chunk_size": 5, "n_action_steps": 5, "use_vae": "false"}
@@ -55,26 +50,12 @@ def _run(cmd: list[str], what: str, log: Path | None = None) -> str:
     return out
 
 
-def rename_state(src: Path, dst: Path, old: str = "agent_pos", new: str = "state") -> None:
-    """Copy a recording with its observation feature ``old`` renamed ``new`` (values untouched)."""
-    spec, steps = read_steps(src)
-    spec = replace(spec, observation=tuple(replace(f, name=new) if f.name == old else f for f in spec.observation))
-
-    def ren(obs):
-        return None if obs is None else {(new if k == old else k): v for k, v in obs.items()}
-
-    with StepRecorder(dst, spec) as rec:
-        for s in steps:
-            rec.add(replace(s, obs=ren(s.obs), final_obs=ren(s.final_obs)))
-
-
 def make_dataset(out: Path, episodes: int, seed: int, demo_noise: float) -> dict:
-    """``out``/demos.zarr (as recorded), ``out``/demos-state.zarr (renamed) and ``out``/dataset (exported)."""
+    """``out``/demos.zarr (as recorded) and ``out``/dataset (exported: ``agent_pos`` is ``observation.state``)."""
     hilrl = [sys.executable, "-m", "hilrl.deploy.cli"]
     rec = json.loads(_run([*hilrl, "record", "--output", str(out / "demos.zarr"), "--episodes", str(episodes),
                            "--seed", str(seed), "--demo-noise", str(demo_noise)], "hilrl record").splitlines()[-1])
-    rename_state(out / "demos.zarr", out / "demos-state.zarr")
-    _run([*hilrl, "dataset", "export", "--recording", str(out / "demos-state.zarr"), "--output",
+    _run([*hilrl, "dataset", "export", "--recording", str(out / "demos.zarr"), "--output",
           str(out / "dataset")], "hilrl dataset export")
     return rec
 

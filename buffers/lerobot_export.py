@@ -3,8 +3,13 @@
 Each episode's frames, then one extra frame holding the observation *after* its last step
 (``complementary_info.is_final_observation`` = true, zero action and reward): lerobot's tools see an
 ordinary dataset, and :func:`hilrl.buffers.lerobot_io.import_lerobot` turns that frame back into
-the final observation (export -> import is bit-exact). ``meta/hilrl.json`` keeps our spec. Exporting
-one side of the dual buffer writes every maximal run of that side's steps as an episode of its own.
+the final observation (export -> import is bit-exact). The robot's own state (``joint_pos`` on an
+arm, ``agent_pos`` on the sim, see `robot_state`) is written as LeRobot's ``observation.state``, any other
+state feature X as ``observation.X``, cameras as ``observation.images.X``: a policy that ``lerobot-train``
+trains on the export reads the names a real arm's LeRobot pipeline uses. ``meta/hilrl.json`` keeps our
+spec and the renaming (``names``: dataset key -> our name), so the import gives our names back.
+Exporting one side of the dual buffer writes every maximal run of that side's steps as an episode of
+its own.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hilrl.buffers.assembler import Discard, Step, episode_runs
-from hilrl.buffers.lerobot_io import FINAL, IMAGES, META, Side
+from hilrl.buffers.lerobot_io import FINAL, IMAGES, META, STATE, Side, robot_state
 from hilrl.buffers.spec import Spec
 
 
@@ -77,11 +82,18 @@ def _split(run: list[Step], side: Side) -> Iterator[list[Step]]:
             start = i
 
 
+def state_keys(spec: Spec) -> dict[str, str]:
+    """Our state feature name -> its dataset key: the robot's own state is ``observation.state``."""
+    own = robot_state(f.name for f in spec.state_features)
+    return {f.name: STATE if f.name == own else f"observation.{f.name}" for f in spec.state_features}
+
+
 def lerobot_features(spec: Spec) -> dict[str, dict]:
     """LeRobotDataset features for our spec (images as PNG ``image`` features; no video codec needed)."""
     feats: dict[str, dict] = {}
+    keys = state_keys(spec)
     for f in spec.state_features:
-        feats[f"observation.{f.name}"] = {"dtype": f.dtype, "shape": f.shape or (1,), "names": None}
+        feats[keys[f.name]] = {"dtype": f.dtype, "shape": f.shape or (1,), "names": None}
     for f in spec.image_features:
         feats[f"{IMAGES}{f.name}"] = {"dtype": "image", "shape": f.shape, "names": ["height", "width", "channels"]}
     feats["action"] = {"dtype": "float32", "shape": (spec.action_dim,), "names": None}
@@ -107,10 +119,11 @@ def export_lerobot(episodes: Iterable[list[Step]], spec: Spec, output: str | Pat
     ds = LeRobotDataset.create(repo_id or f"local/{output.name}", fps=fps, features=lerobot_features(spec),
                                root=output, use_videos=False)
     n_episodes = n_steps = 0
+    keys = state_keys(spec)
 
     def frame(obs: dict[str, np.ndarray], action: np.ndarray, reward: float, done: bool, truncated: bool,
               human: bool, final: bool) -> dict:
-        out: dict = {f"observation.{f.name}": np.asarray(obs[f.name], dtype=f.dtype).reshape(f.shape or (1,))
+        out: dict = {keys[f.name]: np.asarray(obs[f.name], dtype=f.dtype).reshape(f.shape or (1,))
                      for f in spec.state_features}
         out.update({f"{IMAGES}{f.name}": np.asarray(obs[f.name], dtype=np.uint8) for f in spec.image_features})
         out.update({"action": np.asarray(action, dtype=np.float32), "next.reward": np.array([reward], np.float32),
@@ -133,7 +146,8 @@ def export_lerobot(episodes: Iterable[list[Step]], spec: Spec, output: str | Pat
             n_steps += len(run)
     finally:
         ds.finalize()
+    names = {key: name for name, key in keys.items() if key != f"observation.{name}"}
     (output / META).write_text(json.dumps({"format": "hilrl-lerobot-export", "version": 1,
-                                           "spec": spec.to_dict()}, indent=2))
+                                           "spec": spec.to_dict(), "names": names}, indent=2))
     return {"output": str(output), "episodes": n_episodes, "steps": n_steps, "frames": n_steps + n_episodes,
             "fps": fps}

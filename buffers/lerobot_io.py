@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,6 +51,8 @@ IMAGES = "observation.images."
 POLICY_IMAGE_SIZE = 128  # what the actor's cameras give (hardware/cameras.py) and camera policies are built for
 FINAL = "complementary_info.is_final_observation"
 META = "meta/hilrl.json"
+STATE = "observation.state"  # LeRobot's name for the robot's own state (what its policies read)
+ROBOT_STATE = ("state", "joint_pos", "agent_pos")  # hilrl's names for it: generic, real arm (SOArm), sim
 Side = Literal["human", "policy", "all"]
 
 
@@ -122,6 +124,24 @@ def _default_name(key: str) -> str:
     return key.removeprefix(IMAGES).removeprefix("observation.")
 
 
+def robot_state(names: Iterable[str]) -> str | None:
+    """Which of ``names`` is the robot's own state (exported as ``observation.state``): the first of `ROBOT_STATE`."""
+    names = set(names)
+    return next((n for n in ROBOT_STATE if n in names), None)
+
+
+def _state_name(root: Path, key: str, like: Spec | None) -> str:
+    """Our name of dataset state feature `key`: as a hilrl export names it (meta/hilrl.json ``names``), else
+    ``observation.state`` -> the learner's robot state (``joint_pos`` on an arm), else the key less its prefix."""
+    meta = root / META
+    renamed = json.loads(meta.read_text()).get("names", {}) if meta.is_file() else {}
+    if key in renamed:
+        return renamed[key]
+    if key == STATE and like is not None and (own := robot_state(like.observation_names)) is not None:
+        return own
+    return _default_name(key)
+
+
 def _image_hwc(shape: list[int], names: list[str] | None) -> tuple[int, int, int]:
     if names and list(names)[:3] == ["channels", "height", "width"]:
         return int(shape[1]), int(shape[2]), int(shape[0])
@@ -133,14 +153,15 @@ def _features(root: Path) -> tuple[dict, int]:
     return info["features"], int(info.get("fps", 10))
 
 
-def map_features(root: Path, mapping: LeRobotMapping) -> tuple[dict[str, str], dict[str, str]]:
-    """(cameras, states) as dataset key -> our name; raises naming every missing feature."""
+def map_features(root: Path, mapping: LeRobotMapping,
+                 like: Spec | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """(cameras, states) as dataset key -> our name (`_state_name`); raises naming every missing feature."""
     features, _ = _features(root)
     is_image = {k for k, v in features.items() if v["dtype"] in ("image", "video")}
     cameras = _pairs(mapping.cameras, "camera") if mapping.cameras else {
         k: _default_name(k) for k in features if k in is_image and k.startswith(IMAGES)}
     states = _pairs(mapping.state, "state") if mapping.state else {
-        k: _default_name(k) for k in features if k.startswith("observation.") and k not in is_image}
+        k: _state_name(root, k, like) for k in features if k.startswith("observation.") and k not in is_image}
     wanted = [*cameras, *states, mapping.action, *(k for k in (mapping.reward, mapping.done) if k)]
     missing = [k for k in wanted if k not in features]
     problems = [f"missing feature {k!r}" for k in missing]
@@ -182,7 +203,7 @@ def dataset_spec(root: str | Path, mapping: LeRobotMapping, like: Spec | None = 
     """Our spec for a LeRobotDataset under `mapping` (image features uint8 HWC, state float32)."""
     root = Path(root)
     features, _ = _features(root)
-    cameras, states = map_features(root, mapping)
+    cameras, states = map_features(root, mapping, like)
     obs = [Feature(name, "float32", tuple(features[k]["shape"])) for k, name in states.items()]
     shapes = image_shapes(root, mapping, like)
     obs += [Feature(name, "uint8", shapes[name]) for name in cameras.values()]
@@ -228,7 +249,7 @@ def dataset_spec(root: str | Path, mapping: LeRobotMapping, like: Spec | None = 
 def image_shapes(root: Path, mapping: LeRobotMapping, like: Spec | None = None) -> dict[str, tuple[int, int, int]]:
     """Camera name -> the HxWx3 shape its frames are imported at (see `LeRobotMapping.image_size`)."""
     features, _ = _features(root)
-    cameras, _ = map_features(root, mapping)
+    cameras, _ = map_features(root, mapping, like)
     own = {name: _image_hwc(features[k]["shape"], features[k].get("names")) for k, name in cameras.items()}
     if mapping.image_size == 0:
         return own
@@ -295,7 +316,7 @@ def import_lerobot(root: str | Path, mapping: LeRobotMapping | None = None, like
     if not is_lerobot_dataset(root):
         raise LeRobotImportError(f"{root}: not a LeRobotDataset (no meta/info.json)")
     spec = dataset_spec(root, mapping, like)
-    cameras, states = map_features(root, mapping)
+    cameras, states = map_features(root, mapping, like)
     features, _ = _features(root)
     source = {k: _image_hwc(features[k]["shape"], features[k].get("names")) for k in cameras}
     to_ee = _ee_converter(root, mapping, ee_report) if mapping.to_ee else None

@@ -37,7 +37,8 @@ class LearnerConfig(ServerSecurity):
     demo_map: LeRobotMapping = field(default_factory=LeRobotMapping,
                                      metadata={"help": "--demos LeRobotDataset feature mapping (dataset -> hilrl)"})
 
-    demo_episodes: int = opt(20, "complete human demonstration episodes to wait for before the offline stage")
+    demo_episodes: int = opt(20, "complete human demonstration episodes to wait for before the offline stage (0: "
+                                 "start after the first complete episode of any kind, e.g. a residual base's)")
     offline_steps: int = opt(5000, "TD3+BC updates on the human buffer before going online (0 skips)")
     online_bc_weight: float = opt(1.0, "BC weight (on human rows only) during online TD3; 0 = pure TD3 (the "
                                        "seed recipe; collapsed on few demos, see README 'Defaults')")

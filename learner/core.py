@@ -59,6 +59,7 @@ class LearnerCore:
         self.learner_step = 0
         self.offline_steps_done = 0
         self.demo_episodes = 0
+        self.episodes_ended = 0  # complete episodes of any kind (replayed on --resume too)
         self._demo_keys: set[int] = set()
         self.online_transitions = 0  # transitions received since the online stage began
         # Weight subscribers wait on the publisher's own condition (same mutex): a stored batch (notifying `lock`)
@@ -209,6 +210,7 @@ class LearnerCore:
 
     def episode_ended(self, episode_key: int, all_human: bool, event: dict) -> None:
         """An episode's last transition reached the buffers (call under the lock)."""
+        self.episodes_ended += 1
         if all_human:
             self.demo_episodes += 1
             self._demo_keys.add(episode_key)

@@ -167,7 +167,8 @@ class Trainer:
             self._report()
             stage = core.stage
             if stage == WAITING:
-                if core.demo_episodes >= self.cfg.demo_episodes and self._has_data():
+                if core.demo_episodes >= self.cfg.demo_episodes and self._has_data() and (
+                        self.cfg.demo_episodes > 0 or core.episodes_ended > 0):  # no demos: one whole episode
                     self._start_offline()
                 else:
                     stop.wait(0.05)
@@ -223,8 +224,9 @@ class Trainer:
         assert states is not None and self.core.spec is not None
         mean, std = compute_state_stats(states)
         self.td3.set_normalization(mean, std, self.core.spec.action.low, self.core.spec.action.high)
-        log.info("normalisation from %d human transitions; offline TD3+BC for %d updates",
-                 len(states), self.cfg.offline_steps)
+        side = "human" if len(self.core.buffers.human) else "policy"  # type: ignore[union-attr]
+        log.info("normalisation from %d %s transitions; offline TD3+BC for %d updates",
+                 len(states), side, self.cfg.offline_steps)
         self.core.set_stage(OFFLINE)
 
     # ------------------------------------------------------------------ one update

@@ -81,6 +81,29 @@ def test_export_then_import_gives_identical_steps_and_lerobot_reads_the_export(t
     assert [k for k in ds.meta.camera_keys] == ["observation.images.front"]
 
 
+@pytest.mark.parametrize("own", ["agent_pos", "joint_pos"])
+def test_the_robot_state_is_exported_as_observation_state_and_imported_back(tmp_path: Path, own: str) -> None:
+    """LeRobot's conventional names: the sim's agent_pos (an arm's joint_pos) becomes observation.state, so a
+    policy lerobot-train trains on the export reads the real arm's name; the import gives our names back."""
+    spec = Spec(observation=(Feature(own, "float32", (3,)), Feature("environment_state", "float32", (2,)),
+                             Feature("front", "uint8", (16, 16, 3))), action=SPEC.action)
+    rng = np.random.default_rng(0)
+
+    def o() -> dict[str, np.ndarray]:
+        return {own: rng.normal(size=3).astype(np.float32), "environment_state": rng.normal(size=2).astype(
+            np.float32), "front": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)}
+
+    steps = [Step(o(), rng.uniform(-1, 1, 2).astype(np.float32), 0.0, False, t == 2, False, 0, t,
+                  o() if t == 2 else None) for t in range(3)]
+    export_lerobot([steps], spec, tmp_path / "ds")
+    info = json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())["features"]
+    assert "observation.state" in info and f"observation.{own}" not in info
+    assert "observation.environment_state" in info and "observation.images.front" in info
+    back_spec, back = import_lerobot(tmp_path / "ds")
+    assert back_spec == spec
+    assert_same_steps(steps, list(back))
+
+
 def test_exporting_one_side_of_the_store_gives_that_buffers_transitions(tmp_path: Path) -> None:
     store = BufferStore(tmp_path / "store", SPEC)
     a, b = episodes(3, seed=1), episodes(2, seed=2)
@@ -177,10 +200,13 @@ def test_mapping_errors_list_every_missing_feature_and_what_the_dataset_has(lero
         import_lerobot(root, like=ee)
     arm = Spec(observation=(Feature("joint_pos", "float32", (6,)), Feature("front", "uint8", (24, 32, 3))),
                action=Feature("action", "float32", (6,), (-100,) * 6, (100,) * 6))
-    with pytest.raises(LeRobotImportError, match="--demo-map.state KEY=NAME"):
-        import_lerobot(root, like=arm)
-    spec, _ = import_lerobot(root, LeRobotMapping(state=("observation.state=joint_pos",)), like=arm)
+    spec, _ = import_lerobot(root, like=arm)  # observation.state is the arm's own state: joint_pos
     assert spec == arm  # the learner's bounds, not the dataset's min/max
+    other = Spec(observation=(Feature("angles", "float32", (6,)), *arm.observation[1:]), action=arm.action)
+    with pytest.raises(LeRobotImportError, match="--demo-map.state KEY=NAME"):
+        import_lerobot(root, like=other)
+    spec, _ = import_lerobot(root, LeRobotMapping(state=("observation.state=angles",)), like=other)
+    assert spec == other
     r = run_hilrl("learner", "--port", str(free_port()), "--output-dir", str(tmp_path / "o"), "--demos", str(root),
                   "--demo-map.done", "episode_end", timeout=120)
     assert r.returncode != 0 and "--demos" in r.stderr and "missing feature 'episode_end'" in r.stderr

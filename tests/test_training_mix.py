@@ -19,7 +19,7 @@ from hilrl.buffers.assembler import Step
 from hilrl.buffers.spec import Feature, Spec
 from hilrl.learner import td3 as td3_module
 from hilrl.learner.config import LearnerConfig
-from hilrl.learner.core import ONLINE, LearnerCore
+from hilrl.learner.core import ONLINE, WAITING, LearnerCore
 from hilrl.learner.training import Trainer
 
 SPEC = Spec(observation=(Feature("agent_pos", "float32", (5,)), Feature("environment_state", "float32", (3,))),
@@ -136,6 +136,19 @@ def test_without_demos_online_minibatches_are_all_policy_until_a_takeover(learne
     feed.episode_of([False] * 2 + [True] * 3)
     settle(core, shares, 2 * 9)
     assert set(shares[8:]) == {(BATCH // 2, BATCH)}
+
+
+def test_without_demos_the_learner_starts_after_the_first_complete_episode(learner) -> None:
+    """--demo-episodes 0 (a joint-space residual session): normalisation from a whole episode, not a first batch."""
+    start, _ = learner
+    core, feed = start(demo_episodes=0, utd_ratio=1)
+    partial = [Step(feed.obs(), np.zeros(2, np.float32), 0.0, False, False, False, 0, t) for t in range(6)]
+    assert core.ingest_batches("actor-0", [(1, partial)], 0)[0] is False  # an episode still going
+    time.sleep(5.0)  # the trainer is built and polling by then (a regression starts it here)
+    assert core.stage == WAITING and len(core.buffers.policy) > 0
+    feed.seq, feed.episode = 1, 1
+    feed.episode_of([False] * 4)  # the first complete episode
+    wait_until(lambda: core.stage == ONLINE, 60, "the online stage", interval=0.05)
 
 
 def test_wandb_offline_run_mirrors_the_tensorboard_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
