@@ -105,6 +105,18 @@ def run_episode(env: Env, obs: Obs, decide: Callable[[Obs, int], Decision], epis
     return result
 
 
+_SAYS = {  # what the console says, once, while the loop waits (or runs the residual base alone)
+    "wait_learner": "waiting for the learner at {learner} ...",
+    "wait_weights": "learner is pretraining; waiting for the first weights ...",
+    "wait_demos": "the learner waits for demonstrations, which nobody can give on a joint-mode arm: seed it with "
+                  "--demos, or run a residual session",
+    "wait_learner_lost": "learner lost (--on-learner-lost hold): the arm holds and no policy episode starts until "
+                         "it is back",
+    "base": "the learner waits for data and a joint-mode arm cannot demonstrate: running the residual base alone "
+            "(the untrained residual) until the first weights",
+}
+
+
 class ActorLoop:
     def __init__(self, cfg: ActorConfig, env: Arm | ReplaySource, human, link: Link, outbox: Outbox,
                  episodes: EpisodeCounter, stop: threading.Event, recorder: StepRecorder | None = None,
@@ -126,14 +138,13 @@ class ActorLoop:
         self.runner = PolicyRunner(self.spec, cfg.exploration_noise, self.rng)
         self.stats = Stats()
         self._items: list[pb.Item] = []
-        self._writer = OutboxWriter(outbox)  # type: ignore[arg-type]  # any `Outbox`
+        self._writer = OutboxWriter(outbox)
         self._period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
         self._watchdog_s = self._period * cfg.watchdog_periods if cfg.watchdog_periods > 0 else 0.0
         self._last_tick: float | None = None  # the current episode's previous tick (perf_counter)
         self._next_tick = 0.0
         self._episode_start = 0.0
         self.schedule = Schedule(cfg.schedule)
-        self._said_base = False
         self.watch = None if standalone else LearnerWatch(link, outbox, cfg.learner_lost_after_s,
                                                           cfg.on_learner_lost)
         replay = isinstance(env, ReplaySource)  # a replay executes nothing: no limits to enforce
@@ -177,25 +188,16 @@ class ActorLoop:
                 continue
             said.discard("full")
             mode = self._mode()
-            if mode.startswith("wait"):
+            if mode.startswith("wait") or mode == "base":
                 if mode not in said:
                     said.add(mode)
-                    log.info({"wait_learner": f"waiting for the learner at {self.cfg.learner} ...",
-                              "wait_weights": "learner is pretraining; waiting for the first weights ...",
-                              "wait_demos": "the learner waits for demonstrations, which nobody can give on a "
-                                            "joint-mode arm: seed it with --demos, or run a residual session",
-                              "wait_learner_lost": "learner lost (--on-learner-lost hold): the arm holds and no "
-                                                   "policy episode starts until it is back"}[mode])
-                self.stop.wait(0.1)
+                    log.info(_SAYS[mode].format(learner=self.cfg.learner))
+                if mode == "base":  # before the first weights, a residual actor runs its base alone
+                    self._episode(human_episode=False)
+                else:
+                    self.stop.wait(0.1)
                 continue
             said.clear()
-            if mode == "base":
-                if not self._said_base:
-                    self._said_base = True
-                    log.info("the learner waits for data and a joint-mode arm cannot demonstrate: running the "
-                             "residual base alone (the untrained residual) until the first weights")
-                self._episode(human_episode=False)
-                continue
             scheduled = mode.endswith("*")  # the schedule chose this episode's kind
             mode = mode.rstrip("*")
             if scheduled:

@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from hilrl.actor import interfaces
 from hilrl.buffers.durable import atomic_write, temp_path
 from hilrl.protos.v1 import learner_pb2 as pb
 
@@ -322,7 +323,7 @@ class OutboxWriter:
 
     RETRY_S = 1.0
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: interfaces.Outbox) -> None:
         self.outbox = outbox
         self.failing = ""  # why the outbox cannot be written right now (the loop holds the arm meanwhile)
         self._abandon = threading.Event()
