@@ -85,6 +85,9 @@ RECIPES: dict[str, Recipe] = {
     "noise0.1": Recipe(policy_noise=0.1),
     "actor-lr1e-4": Recipe(actor_lr=1e-4),
     "defaults": Recipe.defaults(),  # whatever learner/config.py says now
+    "warmup1000": Recipe.defaults(critic_warmup_steps=1000),  # the critic alone for the first 1000 online updates
+    "seeded-defaults": Recipe.defaults(seed_policy_buffer=True),  # the defaults, policy buffer seeded with the demos
+    "bc2.5": Recipe.defaults(online_bc_weight=2.5),  # a stronger anchor on the human rows online
 }
 
 
