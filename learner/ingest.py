@@ -5,9 +5,11 @@
     them to the log as one record and returns once the log is fsynced; the service then acknowledges them.
     Batches of concurrent streams that arrive while an fsync runs share the next one (group commit).
     The writer thread takes every logged batch not stored yet and appends them to the zarr store in ONE commit
-    (compression, chunking, each source's `(actor_id, seq)` record), then feeds them to the dual buffer (whose
-    `EpisodeAssembler` pairs each step with its successor). Log segments whose batches are all in the store
-    are deleted, so the log stays small.
+    (compression, chunking, each source's `(actor_id, seq)` record); the feeder thread then feeds each stored
+    round, in order, to the dual buffer (whose `EpisodeAssembler` pairs each step with its successor) while the
+    writer already stores the next round (a pipeline: the buffer copy overlaps the store's compression and
+    fsyncs). Log segments whose batches are all in the store and the buffers are deleted, so the log stays
+    small.
 
 The log is `<store>/log/<segment>.log` (`buffers.durable.BatchLog`): records of `[magic, length, crc32][payload]`,
 the payload being `pack_items` of the batch (below; no pickle). Crash recovery (`attach`, when the store is
@@ -29,6 +31,7 @@ import struct
 import threading
 from collections import Counter, deque
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +72,13 @@ class Ingest:
         self.store_lock = threading.Lock()  # held while the store is written (see LearnerCore.store_read_guard)
         self.log: BatchLog | None = None
         self._cond = threading.Condition()
-        self._queue: deque[_Logged] = deque()
+        self._queue: deque[_Logged] = deque()  # logged, not in the buffers yet (the first `_taken` are stored)
         self._queued_bytes = 0
+        self._taken = 0  # entries at the head of `_queue` that are stored and wait for the feeder
+        self._stored: deque[list[_Logged]] = deque()  # those entries, as the rounds the writer stored
         self._segments: Counter[int] = Counter()  # batches per log segment not stored yet
         self._writer: threading.Thread | None = None
+        self._feeder: threading.Thread | None = None
         self._writer_error: BaseException | None = None
         self._stopping = False
         self._actor_locks: dict[str, threading.Lock] = {}
@@ -100,7 +106,9 @@ class Ingest:
         self.log.drop(self.log.segment)
         if self._writer is None:  # (a spec adoption that failed after this point attaches again)
             self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+            self._feeder = threading.Thread(target=self._feed_loop, name="ingest-feeder", daemon=True)
             self._writer.start()
+            self._feeder.start()
         return recovered
 
     # ------------------------------------------------------------------ the acknowledgement path
@@ -165,11 +173,11 @@ class Ingest:
     def _write_loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._stopping)
-                if not self._queue:
+                self._cond.wait_for(lambda: len(self._queue) > self._taken or self._stopping)
+                if len(self._queue) <= self._taken:
                     return
                 take, size = [], 0
-                for entry in self._queue:
+                for entry in islice(self._queue, self._taken, None):
                     if take and size + entry.size > WRITE_MAX_BYTES:
                         break
                     take.append(entry)
@@ -187,6 +195,21 @@ class Ingest:
                     if self._cond.wait_for(lambda: self._stopping, timeout=RETRY_S):
                         return  # the log keeps them; the next start stores them
                 continue
+            with self._cond:
+                self._taken += len(take)
+                self._stored.append(take)
+                self._writer_error = None
+                self._cond.notify_all()
+            self._recovered()
+
+    def _feed_loop(self) -> None:
+        """Feed the stored rounds to the buffers, in the order they were stored."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stored or self._stopping)
+                if not self._stored:
+                    return
+                take = self._stored[0]
             self._applied(take)
 
     def _applied(self, take: list[_Logged]) -> None:
@@ -200,16 +223,18 @@ class Ingest:
             core.lock.notify_all()
         with self._cond:
             for entry in take:
-                self._queue.popleft()
-                self._queued_bytes -= entry.size
                 self._segments[entry.segment] -= 1
                 if not self._segments[entry.segment]:
                     del self._segments[entry.segment]
-            self._writer_error = None
             keep_from = min(self._segments, default=self.log.segment)
+        self.log.drop(keep_from)  # before they leave the queue: `drain` returning means their segments are gone
+        with self._cond:
+            self._stored.popleft()
+            self._taken -= len(take)
+            for entry in take:
+                self._queue.popleft()
+                self._queued_bytes -= entry.size
             self._cond.notify_all()
-        self.log.drop(keep_from)
-        self._recovered()
 
     def _failed(self, exc: BaseException, path: Path) -> None:
         problem = store_failure(exc, path) if isinstance(exc, OSError) else \
@@ -234,8 +259,9 @@ class Ingest:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._writer is not None:
-            self._writer.join(timeout)
+        for thread in (self._writer, self._feeder):
+            if thread is not None:
+                thread.join(timeout)
         if self.log is not None:
             self.log.close()
 
