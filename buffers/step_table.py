@@ -115,6 +115,7 @@ class StepTable:
     def __init__(self, group: zarr.Group, spec: Spec) -> None:
         self.group = group
         self.spec = spec
+        self._scratch: dict[str, np.ndarray] = {}  # reused row memory of `rows` (fresh memory page-faults)
         self.scalars = {**STEP_COLUMNS, **(SOURCE if "source" in group else {})}
 
     @classmethod
@@ -140,10 +141,11 @@ class StepTable:
 
     def rows(self, steps: list[Step], first_row: int = 0) -> tuple[Rows, Rows]:
         """The step rows and the final-observation rows of `steps` (which become rows `first_row..`);
-        no `source` column."""
+        no `source` column. The observation rows live in memory the next call reuses: write them first."""
         if not steps:
             return {}, {}
-        rows = {f"obs/{f.name}": np.stack([s.obs[f.name] for s in steps]) for f in self.spec.observation}
+        rows = {f"obs/{f.name}": self._stack(f"obs/{f.name}", [s.obs[f.name] for s in steps])
+                for f in self.spec.observation}
         rows["action"] = np.stack([s.action for s in steps]).astype(np.float32)
         for name, dtype in STEP_COLUMNS.items():
             rows[name] = np.asarray([getattr(s, name) for s in steps], dtype=dtype)
@@ -154,6 +156,16 @@ class StepTable:
                       for f in self.spec.observation}
             finals["final_index"] = np.asarray([i for i, _ in ended], dtype=np.int64)
         return rows, finals
+
+    def _stack(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
+        """`np.stack(arrays)` (spec dtype) into this table's reused memory for `name` (grown as needed)."""
+        first = np.asarray(arrays[0])
+        dtype = self.group[name].dtype
+        buf = self._scratch.get(name)
+        if buf is None or len(buf) < len(arrays) or buf.shape[1:] != first.shape:
+            buf = self._scratch[name] = np.empty((max(len(arrays), 2 * len(buf) if buf is not None else 0),
+                                                  *first.shape), dtype=dtype)
+        return np.stack(arrays, out=buf[:len(arrays)], casting="unsafe")
 
     def put(self, rows: Rows, finals: Rows, steps: int, ended: int) -> None:
         """Write `rows` at row `steps` and `finals` at final row `ended` of their arrays, and make them those arrays'

@@ -39,7 +39,8 @@ def encode_tensor(array: np.ndarray) -> pb.Tensor:
 
 
 def decode_tensor(msg: pb.Tensor, what: str = "tensor", *, allow_nonfinite: bool = False) -> np.ndarray:
-    """Return a writable numpy copy of a Tensor message, after checking it is well formed."""
+    """The array of a Tensor message, after checking it is well formed: a read-only view over the message's
+    `data` bytes (no copy; a native-order copy only on big-endian hosts)."""
     if msg.dtype not in SUPPORTED_DTYPES:
         raise DecodeError(f"{what}: unsupported dtype {msg.dtype!r} (supported: {', '.join(SUPPORTED_DTYPES)})")
     shape = tuple(int(s) for s in msg.shape)
@@ -47,9 +48,12 @@ def decode_tensor(msg: pb.Tensor, what: str = "tensor", *, allow_nonfinite: bool
         raise DecodeError(f"{what}: invalid shape {list(shape)}")
     dtype = np.dtype(msg.dtype).newbyteorder("<")
     expected = math.prod(shape) * dtype.itemsize
-    if len(msg.data) != expected:
-        raise DecodeError(f"{what}: {len(msg.data)} bytes for {msg.dtype}{list(shape)}, expected {expected}")
-    array = np.frombuffer(msg.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    data = msg.data  # (each read of a bytes field makes a new copy)
+    if len(data) != expected:
+        raise DecodeError(f"{what}: {len(data)} bytes for {msg.dtype}{list(shape)}, expected {expected}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
     if not allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
         raise DecodeError(f"{what}: contains NaN or inf")
     return array
