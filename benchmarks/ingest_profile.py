@@ -80,6 +80,22 @@ def instrument() -> None:
 PROFILES: list[tuple[str, cProfile.Profile]] = []
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of every live thread of this process, summed by Python thread name (digits
+    dropped, so a pool is one row) or, for threads Python did not start (gRPC's), by their OS name."""
+    names = {t.native_id: t.name.rstrip("0123456789_-") for t in threading.enumerate()}
+    tick, out = os.sysconf("SC_CLK_TCK"), defaultdict(float)
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        name = names.get(int(task.name)) or f"(os) {comm.rstrip('0123456789_-')}"
+        out[name] += (int(fields[11]) + int(fields[12])) / tick
+    return dict(out)
+
+
 def _start_profile(frame, event, arg) -> None:  # noqa: ARG001 - the sys.setprofile signature
     p = cProfile.Profile()
     with _LOCK:
@@ -93,9 +109,13 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--cprofile", action="store_true", help="also a cProfile per thread group")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--round-mb", type=int, default=None, help="the writer's round size (WRITE_MAX_BYTES)")
     parser.add_argument("--json", type=Path, default=None, help="write the stage table here")
     args = parser.parse_args()
     instrument()
+    if args.round_mb:
+        from hilrl.learner import ingest
+        ingest.WRITE_MAX_BYTES = args.round_mb << 20
     work = Path(tempfile.mkdtemp(prefix="hilrl-ingest-profile-"))
     try:
         core, server, address = tt._learner_server(work / "learner", None)
@@ -110,6 +130,7 @@ def main() -> None:
             p.start()
         tt._wait_ready(ready, procs)
         load, cpu0, t0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
+        threads0 = thread_cpu()
         go.set()
         got = [results.get(timeout=args.seconds + 300) for _ in procs]
         window = max(e for _, _, e in got)
@@ -117,6 +138,7 @@ def main() -> None:
         assert core.ingest.drain(600)
         total = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
+        threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu().items()}
         threading.setprofile(None)
         assert core.store.commit["steps"] == acked
         server.stop(grace=None).wait()
@@ -130,9 +152,14 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, (wall, c, calls) in STAGES.items():
         print(f"| {name} | {calls:,} | {wall:.2f} | {c:.2f} | {c / acked * 1e6:,.0f} |")
+    print("\n| thread (group) | CPU s | CPU us / transition |\n| --- | ---: | ---: |")
+    for name, c in sorted(threads.items(), key=lambda kv: -kv[1]):
+        if c >= 0.05:
+            print(f"| {name} | {c:.2f} | {c / acked * 1e6:,.0f} |")
     if args.json:
         args.json.write_text(json.dumps({"actors": args.actors, "window_s": window, "total_s": total, "acked": acked,
-                                         "process_cpu_s": cpu, "load": load, "stages": dict(STAGES)}, indent=1))
+                                         "process_cpu_s": cpu, "load": load, "stages": dict(STAGES),
+                                         "thread_cpu_s": threads}, indent=1))
     if args.cprofile:
         groups: dict[str, list[cProfile.Profile]] = defaultdict(list)
         for name, p in PROFILES:

@@ -116,6 +116,7 @@ class StepTable:
         self.group = group
         self.spec = spec
         self._scratch: dict[str, np.ndarray] = {}  # reused row memory of `rows` (fresh memory page-faults)
+        self._arrays: dict[str, zarr.Array] = {}  # opened once for writing (an open reads its metadata file)
         self.scalars = {**STEP_COLUMNS, **(SOURCE if "source" in group else {})}
 
     @classmethod
@@ -160,7 +161,7 @@ class StepTable:
     def _stack(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
         """`np.stack(arrays)` (spec dtype) into this table's reused memory for `name` (grown as needed)."""
         first = np.asarray(arrays[0])
-        dtype = self.group[name].dtype
+        dtype = self._array(name).dtype
         buf = self._scratch.get(name)
         if buf is None or len(buf) < len(arrays) or buf.shape[1:] != first.shape:
             buf = self._scratch[name] = np.empty((max(len(arrays), 2 * len(buf) if buf is not None else 0),
@@ -172,7 +173,7 @@ class StepTable:
         last rows (an array may be longer after a failed write: what lies past the given length is not kept)."""
         for start, part in ((steps, rows), (ended, finals)):
             for name, values in part.items():
-                arr = self.group[name]
+                arr = self._array(name)
                 stop = start + len(values)
                 arr.resize((stop, *arr.shape[1:]))
                 lo, hi = _put_whole_chunks(arr, values, start)
@@ -190,10 +191,16 @@ class StepTable:
 
     def arrays(self) -> Iterator[tuple[str, zarr.Array]]:
         for f in self.spec.observation:
-            yield f"obs/{f.name}", self.group[f"obs/{f.name}"]
-            yield f"final/{f.name}", self.group[f"final/{f.name}"]
+            yield f"obs/{f.name}", self._array(f"obs/{f.name}")
+            yield f"final/{f.name}", self._array(f"final/{f.name}")
         for name in ("action", *self.scalars, "final_index"):
-            yield name, self.group[name]
+            yield name, self._array(name)
+
+    def _array(self, name: str) -> zarr.Array:
+        """The array `name`, opened once (its resizes update this object and its metadata file)."""
+        if (arr := self._arrays.get(name)) is None:
+            arr = self._arrays[name] = self.group[name]
+        return arr
 
     # ------------------------------------------------------------------ reading
 
