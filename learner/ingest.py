@@ -206,9 +206,9 @@ class Ingest:
                 if not self._segments[entry.segment]:
                     del self._segments[entry.segment]
             self._writer_error = None
-            keep_from = min(self._segments, default=self.log.segment)
+            # before `drain` can see the empty queue: once it returns, stored batches' segments are gone
+            self.log.drop(min(self._segments, default=self.log.segment))
             self._cond.notify_all()
-        self.log.drop(keep_from)
         self._recovered()
 
     def _failed(self, exc: BaseException, path: Path) -> None:
