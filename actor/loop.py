@@ -122,14 +122,8 @@ class ActorLoop:
                  episodes: EpisodeCounter, stop: threading.Event, recorder: StepRecorder | None = None,
                  standalone: bool = False) -> None:
         """``standalone``: no learner (``--checkpoint``, hilrl.actor.standalone): nothing watches for a lost one."""
-        self.cfg = cfg
-        self.env = env
-        self.human = human
-        self.link = link
-        self.outbox = outbox
-        self.episodes = episodes
-        self.stop = stop
-        self.recorder = recorder
+        self.cfg, self.env, self.human, self.link, self.outbox = cfg, env, human, link, outbox
+        self.episodes, self.stop, self.recorder = episodes, stop, recorder
         self.spec: Spec = env.spec
         self.success_gate = SuccessGate.from_config(cfg.success)  # None: the env (sim) or the buttons judge
         if self.success_gate is not None:

@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hilrl.actor.evaluate import evaluate
@@ -65,15 +64,10 @@ def score(policy, variants: list[str], episodes: int, seed: int, label: str, out
 def study_policy(seed: int, work: Path):
     """The study's condition (a) policy at online step 0 (learning_study.run's offline stage), cached."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from learning_study import Regime, algorithm
+    from learning_study import Regime, algorithm, offline_start
     from sample_efficiency import Settings as LoopSettings
-    from sample_efficiency import record_demos, td3_batch
 
     from hilrl.actor.config import ActorConfig
-    from hilrl.buffers.replay import DualBuffer
-    from hilrl.buffers.spec import state_vector
-    from hilrl.learner.networks import PolicyConfig, compute_state_stats
-    from hilrl.learner.td3 import TD3, TD3Config
 
     path = work / f"study-a-seed{seed}.safetensors"
     if path.exists():
@@ -81,21 +75,7 @@ def study_policy(seed: int, work: Path):
     regime, algo, actor = Regime(), algorithm("a", Regime()), ActorConfig()
     loop = LoopSettings(demos=regime.demos, demo_noise=actor.demo_noise, exploration_noise=actor.exploration_noise,
                         takeover_after=actor.takeover_after, batch_size=algo["batch_size"])
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    spec, demos = record_demos(loop, seed)
-    buffers = DualBuffer(spec, algo["human_capacity"], algo["policy_capacity"])
-    td3 = TD3(PolicyConfig(spec.state_dim, spec.action_dim, tuple(algo["hidden"])), TD3Config(**algo["algo"]),
-              torch.device("cpu"), seed=seed)
-    for t in demos:
-        buffers.add(t)
-    td3.set_normalization(*compute_state_stats(np.stack([state_vector(t.obs, spec) for t in demos])),
-                          np.array(spec.action.low), np.array(spec.action.high))
-    for _ in range(algo["offline_steps"]):
-        idx = buffers.human.sample_indices(algo["batch_size"], rng)
-        part = buffers.human.gather(idx)
-        part["human"] = np.ones(algo["batch_size"], np.float32)
-        td3.update(td3_batch(part, spec), bc_weight=1.0)
+    _, _, td3, _ = offline_start("a", seed, algo, loop)
     work.mkdir(parents=True, exist_ok=True)
     path.write_bytes(policy_to_safetensors_bytes(td3.policy))
     return load_policy_file(path)

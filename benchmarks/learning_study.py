@@ -116,6 +116,29 @@ def held_out_eval(td3: TD3, regime: Regime, episodes: int) -> float:
         env.close()
 
 
+def offline_start(condition: str, seed: int, algo: dict, loop: LoopSettings) -> tuple:
+    """(spec, buffers, td3, rng) of one run at online step 0: the seed's demos in the human buffer (not for
+    (d)) and, for (a), the trainer's offline stage (TD3+BC updates on human rows, BC weight 1). `rng` is the
+    run's sampling stream, to be continued online."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    spec, demos = record_demos(loop, seed)
+    buffers = DualBuffer(spec, algo["human_capacity"], algo["policy_capacity"])
+    td3 = TD3(PolicyConfig(spec.state_dim, spec.action_dim, tuple(algo["hidden"])), TD3Config(**algo["algo"]),
+              torch.device("cpu"), seed=seed)
+    if condition != "d":
+        for t in demos:
+            buffers.add(t)
+        td3.set_normalization(*compute_state_stats(np.stack([state_vector(t.obs, spec) for t in demos])),
+                              np.array(spec.action.low), np.array(spec.action.high))
+    for _ in range(algo["offline_steps"] if condition == "a" else 0):  # the trainer's offline stage
+        idx = buffers.human.sample_indices(algo["batch_size"], rng)
+        part = buffers.human.gather(idx)
+        part["human"] = np.ones(algo["batch_size"], np.float32)
+        td3.update(td3_batch(part, spec), bc_weight=1.0)
+    return spec, buffers, td3, rng
+
+
 def run(condition: str, seed: int, regime: Regime, path: Path, log=print) -> dict:
     """One run to the full budget; the result (curve included) is rewritten at `path` after every evaluation."""
     algo = algorithm(condition, regime)
@@ -127,22 +150,8 @@ def run(condition: str, seed: int, regime: Regime, path: Path, log=print) -> dic
               "actor": {"demo_noise": actor.demo_noise, "exploration_noise": actor.exploration_noise,
                         "takeover_after": actor.takeover_after}, "commit": commit(), "curve": [],
               "finished": False}
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    spec, demos = record_demos(loop, seed)
-    buffers = DualBuffer(spec, algo["human_capacity"], algo["policy_capacity"])
-    td3 = TD3(PolicyConfig(spec.state_dim, spec.action_dim, tuple(algo["hidden"])), TD3Config(**algo["algo"]),
-              torch.device("cpu"), seed=seed)
+    spec, buffers, td3, rng = offline_start(condition, seed, algo, loop)
     low, high = np.array(spec.action.low), np.array(spec.action.high)
-    if condition != "d":
-        for t in demos:
-            buffers.add(t)
-        td3.set_normalization(*compute_state_stats(np.stack([state_vector(t.obs, spec) for t in demos])), low, high)
-    for _ in range(algo["offline_steps"] if condition == "a" else 0):  # the trainer's offline stage
-        idx = buffers.human.sample_indices(algo["batch_size"], rng)
-        part = buffers.human.gather(idx)
-        part["human"] = np.ones(algo["batch_size"], np.float32)
-        td3.update(td3_batch(part, spec), bc_weight=1.0)
     result["offline_wall_s"] = round(time.monotonic() - started, 1)
 
     def evaluate_at(steps: int, episodes: int) -> None:

@@ -138,6 +138,8 @@ class Trainer:
                 if self.core.stage == ONLINE and self._published_step != self.core.learner_step:
                     self._publish()  # the final weights, so policy.safetensors is what training ended with
                 self.checkpoint()
+            if not self.core.weights.flush():  # the weight files are written on their own thread
+                log.error("the newest weight files were not written within 60 s")
             self.writer.close()
             if run is not None:
                 run.finish()

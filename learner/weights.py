@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -30,6 +31,8 @@ from hilrl.learner.tensor_blob import BlobError, decode, layout, new_buffer
 FILES_WAIT_S = 1.0  # publish: how long the weight files wait for the subscribers to be sent the new version
 LEARNER_BUFFERS = 3  # reused encode buffers per layout (the current version, one being streamed late, the next)
 PIECE = 1 << 20  # the publisher fills its buffer in pieces this large; streams send each piece once it is in
+
+log = logging.getLogger(__name__)
 
 
 def _fill(flat: Tensor, spans: list[tuple[str, int, int]], tensors: dict[str, Tensor],
@@ -153,6 +156,10 @@ class WeightPublisher:
         self._files, self._keep, self._learner = files, keep, learner
         self._subscribers: dict[object, int] = {}  # live weight streams -> the newest version each was sent
         self._buffers: list[_Buffer] = []
+        self._unwritten: EncodedWeights | None = None  # the newest version whose files the file thread owes
+        self._writing = False
+        self._files_thread: threading.Thread | None = None
+        self.files_problem = ""  # why the newest weight files could not be written ("" while they can)
 
     @property
     def version(self) -> int:
@@ -167,7 +174,8 @@ class WeightPublisher:
         are copied and the first chunks stream; the last chunk (which carries the sha256, so no actor applies the
         version before) waits for it. The weight files are written once every subscriber has been sent the
         version (at most `FILES_WAIT_S` later), so the disk writes do not compete with the streaming (a crash in
-        between leaves the previous policy file under the new version number until the next publish)."""
+        between leaves the previous policy file under the new version number until the next publish). They are
+        written on their own thread: the trainer goes on as soon as the tensors are copied (`flush` waits)."""
         previous = self.current
         version = previous.version + 1
         persisted = _in_thread(self._files.write_weights_version, version)
@@ -189,14 +197,49 @@ class WeightPublisher:
             with self._changed:  # streams of this version fail before its last chunk; nothing was applied
                 self.current = previous if self.current is weights else self.current
             raise
-        with self._sent:
-            self._sent.wait_for(lambda: all(v >= version for v in self._subscribers.values()), timeout=FILES_WAIT_S)
-        if weights.read():
+        if weights.read():  # the buffer stays this version's until its files are written
+            with self._sent:
+                if self._unwritten is not None:  # never written: a newer version replaces it
+                    self._unwritten.done()
+                self._unwritten = weights
+                if self._files_thread is None:
+                    self._files_thread = threading.Thread(target=self._write_files, name="weight-files", daemon=True)
+                    self._files_thread.start()
+                self._sent.notify_all()
+        return version
+
+    def _write_files(self) -> None:
+        """The file thread: the newest unwritten version's files, once every stream has been sent it (or after
+        `FILES_WAIT_S`); a version published meanwhile replaces an older one still waiting."""
+        while True:
+            with self._sent:
+                self._sent.wait_for(lambda: self._unwritten is not None)
+                weights, self._unwritten, self._writing = self._unwritten, None, True
+                version = weights.version
+                self._sent.wait_for(lambda v=version: self._all_sent(v), timeout=FILES_WAIT_S)
             try:
                 self._files.write_weights(version, weights.data, self._keep)
+                if self.files_problem:
+                    log.info("weight files are written again (was: %s)", self.files_problem)
+                self.files_problem = ""
+            except OSError as exc:  # said once until it works again; the actors still get every version
+                if not self.files_problem:
+                    log.error("weight files of v%d not written: %s", version, exc)
+                self.files_problem = f"weight files of v{version} not written: {exc}"
             finally:
                 weights.done()
-        return version
+                with self._sent:
+                    self._writing = False
+                    self._sent.notify_all()
+
+    def _all_sent(self, version: int) -> bool:
+        return all(v >= version for v in self._subscribers.values())
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until the newest published version's files are written (or failed: `files_problem`); False on
+        timeout."""
+        with self._sent:
+            return self._sent.wait_for(lambda: self._unwritten is None and not self._writing, timeout=timeout)
 
     def _buffer(self, tensors: dict[str, Tensor], metadata: dict[str, str] | None) -> _Buffer:
         """A free buffer of this layout (not the current version's, read by no one), or a new one."""

@@ -327,7 +327,9 @@ def test_loop_keeps_its_rate_while_the_learner_is_frozen(tmp_path: Path, spawn) 
     assert actor.stop(timeout=60) == 0, actor.stderr[-3000:]
     summary = json.loads(actor.stdout.strip().splitlines()[-1])
     expected = summary["episode_s"] * 30  # ticks the time inside episodes allowed (resets are not ticks)
-    assert 0.95 * expected <= summary["ticks"] <= 1.01 * expected + 1, json.dumps(summary)
+    # a loop that waited for the frozen learner would lose its 8 s of ~21 s (ticks <= 0.62 x expected); a loaded
+    # 2-core CI runner loses a few percent of ticks to late wake-ups (0.92 seen), so the bound sits between
+    assert 0.8 * expected <= summary["ticks"] <= 1.01 * expected + 1, json.dumps(summary)
     assert summary["episode_s"] >= 0.9 * summary["loop_s"] >= 0.9 * 18, summary
     assert 30.0 <= summary["loop_period_p50_ms"] <= 36.7, summary
     assert summary["learner_lost"] >= 1 and summary["unacked"] == 0, summary  # noticed, then caught up

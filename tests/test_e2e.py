@@ -55,9 +55,15 @@ def test_sim_actor_trains_against_learner_and_applies_new_weights(spawn, tmp_pat
                         diagnose=lambda: f"learner:\n{learner.stderr[-2000:]}\nactor:\n{actor.stderr[-2000:]}")
     assert status["actors"][0]["id"] == "sim-e2e"
     assert status["actors"][0]["last_acked_seq"] > 0
-    v1, v2 = load_file(out / "weights" / "v000001.safetensors"), load_file(out / "weights" / "v000002.safetensors")
-    assert v1.keys() == v2.keys()
-    assert any(not np.array_equal(v1[k], v2[k]) for k in v1 if k.startswith("actor.")), "v2 weights equal v1"
+    # the weight files follow on the publisher's file thread (which writes the newest version waiting)
+    def weight_files() -> list[Path] | None:
+        found = sorted((out / "weights").glob("v*.safetensors"))
+        return found if len(found) >= 2 else None
+
+    files = wait_until(weight_files, 30, "two weight files")
+    v1, v2 = load_file(files[0]), load_file(files[-1])
+    assert files[0].name == "v000001.safetensors" and v1.keys() == v2.keys()
+    assert any(not np.array_equal(v1[k], v2[k]) for k in v1 if k.startswith("actor.")), "later weights equal v1"
     np.testing.assert_array_equal(v1["obs_mean"], v2["obs_mean"])  # normalisation frozen after offline
 
     assert actor.stop() == 0

@@ -27,9 +27,11 @@ from tcp_proxy import TcpProxy
 
 from hilrl.actor.outbox import JOURNAL, read_journal
 from hilrl.buffers.assembler import Step
+from hilrl.buffers.durable import BatchLog
 from hilrl.buffers.recording import read_steps
 from hilrl.buffers.spec import Spec
 from hilrl.buffers.store import BufferStore
+from hilrl.learner.ingest import unpack_items
 from hilrl.protos import codec
 from hilrl.protos.v1 import learner_pb2 as pb
 
@@ -210,6 +212,12 @@ def test_actor_sigkilled_mid_episode_restarts_on_its_state_dir(spawn, tmp_path: 
     at_kill = BufferStore(tmp_path / "store-at-kill", spec)  # opening it truncates what was not committed
     stored_seq = at_kill.last_seqs().get("arm", 0)
     durable = [step for source, step in at_kill.replay() if source == "arm" and isinstance(step, Step)]
+    # acknowledged but not stored yet: in the learner's ingest log, which the next start stores (as it does below)
+    for _, payload in BatchLog(tmp_path / "store-at-kill" / "log").read():
+        meta, items = unpack_items(spec, payload)
+        if meta["source"] == "arm" and meta["seq"] > stored_seq:
+            durable += [s for s in items if isinstance(s, Step)]
+            stored_seq = meta["seq"]
     pending = []
     for path in sorted((tmp_path / "outbox-at-kill").glob("*.batch")):
         batch = pb.TransitionBatch.FromString(path.read_bytes())

@@ -70,10 +70,11 @@ def test_weight_versions_persist_and_never_repeat(tmp_path: Path) -> None:
     c = core(tmp_path)
     c.hello("a", SPEC)
     assert c.weights.publish(b"one") == 1 and c.weights.publish(b"two") == 2
+    assert c.weights.flush()
     c.save_state()
     resumed = core(tmp_path, resume=True)
     assert resumed.weights.version == 2 and resumed.weights.current.data == b"two"
-    assert resumed.weights.publish(b"three") == 3
+    assert resumed.weights.publish(b"three") == 3 and resumed.weights.flush()
     assert sorted(p.name for p in (tmp_path / "out" / "weights").iterdir())[-1] == "v000003.safetensors"
 
 

@@ -78,7 +78,7 @@ def test_learner_seeded_from_recorded_demos_trains_without_any_actor(spawn, tmp_
                         120, "offline training from the seeded demos", diagnose=lambda: learner.stderr[-2000:])
     assert status["buffers"]["human"]["size"] == recorded["steps"]
     assert status["demo_episodes"] == 3 and status["weight_version"] == 1 and status["actors"] == []
-    assert (tmp_path / "out" / "policy.safetensors").exists()
+    wait_until(lambda: (tmp_path / "out" / "policy.safetensors").exists(), 30, "the v1 policy file")  # file thread
 
 
 def test_learner_names_a_bad_demos_file(tmp_path: Path) -> None:

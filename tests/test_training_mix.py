@@ -143,7 +143,7 @@ def test_without_demos_the_learner_starts_after_the_first_complete_episode(learn
     start, _ = learner
     core, feed = start(demo_episodes=0, utd_ratio=1)
     partial = [Step(feed.obs(), np.zeros(2, np.float32), 0.0, False, False, False, 0, t) for t in range(6)]
-    assert core.ingest_batches("actor-0", [(1, partial)], 0)[0] is False  # an episode still going
+    assert ingest(core, "actor-0", [(1, partial)])[0] is False  # an episode still going
     time.sleep(5.0)  # the trainer is built and polling by then (a regression starts it here)
     assert core.stage == WAITING and len(core.buffers.policy) > 0
     feed.seq, feed.episode = 1, 1

@@ -274,12 +274,14 @@ def test_learner_buffers_are_reused_only_when_no_stream_reads_them(tmp_path: Pat
     assert id(first.data.obj) not in buffers and len(buffers) == 2  # v1's buffer is left alone; two others alternate
     rest = b"".join(bytes(c[1]) for c in streaming)
     assert EncodedWeights.of(bytes(head[1]) + rest).sha256 == first.sha256
+    assert core.weights.flush()  # the weight files are written on their own thread
     assert [p.name for p in core.run_dir.weight_files()][-1] == "v000007.safetensors"
     late = core.weights.current
     for _ in range(3):  # the three buffers in turn (v1's is free again): late's is taken for v10
         publish()
     assert list(late.chunks(64)) == []
     now = core.weights.current
+    assert core.weights.flush()
     assert b"".join(bytes(c[1]) for c in now.chunks(64)) == bytes(policy_to_safetensors_bytes(policy))
     assert core.run_dir.policy.read_bytes() == bytes(now.data)
 
@@ -292,6 +294,7 @@ def test_publish_serves_the_encoded_version_and_writes_its_files(tmp_path: Path)
     blob = policy_to_safetensors_bytes(policy)
     assert core.weights.version == 3 and bytes(core.weights.current.data) == blob
     assert core.weights.current.sha256 == EncodedWeights.of(blob).sha256
+    assert core.weights.flush()  # the weight files are written on their own thread
     assert core.run_dir.policy.read_bytes() == blob
     assert [p.name for p in core.run_dir.weight_files()] == [core.run_dir.weight_file(v).name for v in (2, 3)]
     core.save_state()
@@ -299,6 +302,42 @@ def test_publish_serves_the_encoded_version_and_writes_its_files(tmp_path: Path)
     resumed.open()
     assert resumed.weights.version == 3 and resumed.weights.current.data == blob
     assert resumed.weights.current.sha256 == core.weights.current.sha256
+
+
+def test_the_weight_files_are_written_off_the_trainer_thread(tmp_path: Path, monkeypatch, caplog) -> None:
+    """`publish` returns once the tensors are copied: a slow disk delays only the weight files (`flush` waits for
+    them), and a failing one is said once and costs no version; the next write that works clears the problem."""
+    core = LearnerCore(LearnerConfig(output_dir=tmp_path))
+    core.open()
+    policy = Policy(PolicyConfig(6, 2, (16,)))
+    run_dir_type, write = type(core.run_dir), type(core.run_dir).write_weights
+    disk = threading.Event()
+
+    def slow(self, version: int, data, keep: int) -> None:
+        assert disk.wait(60)
+        write(self, version, data, keep)
+
+    monkeypatch.setattr(run_dir_type, "write_weights", slow)
+    assert core.weights.publish(policy.state_dict(), policy_metadata(policy)) == 1
+    assert not core.run_dir.policy.exists()  # publish did not wait for the disk
+    disk.set()
+    assert core.weights.flush() and core.run_dir.policy.read_bytes() == policy_to_safetensors_bytes(policy)
+
+    def full(self, version: int, data, keep: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_dir_type, "write_weights", full)
+    assert core.weights.publish(policy.state_dict(), policy_metadata(policy)) == 2
+    assert core.weights.flush() and "No space" in core.weights.files_problem
+    assert "weight files of v2 not written" in caplog.text
+    monkeypatch.setattr(run_dir_type, "write_weights", write)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(1.0)
+    assert core.weights.publish(policy.state_dict(), policy_metadata(policy)) == 3
+    assert core.weights.flush() and core.weights.files_problem == ""
+    assert core.run_dir.policy.read_bytes() == policy_to_safetensors_bytes(policy)
+    assert [p.name for p in core.run_dir.weight_files()] == ["v000001.safetensors", "v000003.safetensors"]
 
 
 def test_no_actor_can_apply_a_version_whose_number_is_not_on_disk(tmp_path: Path, monkeypatch) -> None:
