@@ -264,6 +264,7 @@ def test_learner_buffers_are_reused_only_when_no_stream_reads_them(tmp_path: Pat
                 p.add_(1.0)
         core.weights.publish(policy.state_dict(), policy_metadata(policy))
         assert core.weights.current.sha256  # hashed (the hash, too, holds the buffer while it reads)
+        assert core.weights.flush()  # its files, too (the file thread holds the buffer meanwhile), as in training
         return core.weights.current
 
     first = publish()
@@ -274,14 +275,12 @@ def test_learner_buffers_are_reused_only_when_no_stream_reads_them(tmp_path: Pat
     assert id(first.data.obj) not in buffers and len(buffers) == 2  # v1's buffer is left alone; two others alternate
     rest = b"".join(bytes(c[1]) for c in streaming)
     assert EncodedWeights.of(bytes(head[1]) + rest).sha256 == first.sha256
-    assert core.weights.flush()  # the weight files are written on their own thread
     assert [p.name for p in core.run_dir.weight_files()][-1] == "v000007.safetensors"
     late = core.weights.current
     for _ in range(3):  # the three buffers in turn (v1's is free again): late's is taken for v10
         publish()
     assert list(late.chunks(64)) == []
     now = core.weights.current
-    assert core.weights.flush()
     assert b"".join(bytes(c[1]) for c in now.chunks(64)) == bytes(policy_to_safetensors_bytes(policy))
     assert core.run_dir.policy.read_bytes() == bytes(now.data)
 
