@@ -53,7 +53,7 @@ from hilrl.learner.encoder_pretrain import pretrain_encoder
 from hilrl.learner.features import cached_batch, dual_indices, feature_cache
 from hilrl.learner.networks import compute_state_stats, policy_config_for
 from hilrl.learner.td3 import TD3
-from hilrl.learner.training import bc_weight_schedule
+from hilrl.learner.training import actor_holds_still, bc_weight_schedule
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,8 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
             steps, interventions = steps + 1, interventions + int(takeover)
             while updates < lcfg.utd_ratio * steps:
                 update(bc_weight_schedule(lcfg.online_bc_weight, lcfg.online_bc_decay_steps, updates), False,
-                       update_actor=updates >= lcfg.critic_warmup_steps)
+                       update_actor=not actor_holds_still(
+                           lcfg.critic_warmup_steps, proto.offline_steps > 0, updates))
                 updates += 1
             if steps % proto.eval_every == 0:
                 result.update(episodes=episodes, human_steps=interventions, updates=updates)

@@ -40,7 +40,7 @@ from hilrl.buffers.spec import state_vector
 from hilrl.learner.config import LearnerConfig
 from hilrl.learner.networks import PolicyConfig, compute_state_stats
 from hilrl.learner.td3 import TD3, TD3Config
-from hilrl.learner.training import bc_weight_schedule
+from hilrl.learner.training import actor_holds_still, bc_weight_schedule
 
 COLLAPSE_DROP = 0.15
 
@@ -137,7 +137,8 @@ def online_stage(recipe: Recipe, settings: Settings, seed: int, spec, demos: lis
                 w = bc_weight_schedule(recipe.online_bc_weight, recipe.online_bc_decay_steps, updates)
                 sampled = buffers.sample(settings.batch_size, settings.human_ratio, rng)
                 td3.update(td3_batch(sampled, spec), bc_weight=w,
-                           update_actor=updates >= recipe.critic_warmup_steps)
+                           update_actor=not actor_holds_still(
+                               recipe.critic_warmup_steps, recipe.offline_steps > 0, updates))
                 updates += 1
             if steps % settings.eval_every == 0:
                 curve.append((steps, _eval(td3, settings, seed)))

@@ -55,7 +55,7 @@ from hilrl.learner.config import LearnerConfig
 from hilrl.learner.memory import STATE_CAPACITIES
 from hilrl.learner.networks import PolicyConfig, compute_state_stats
 from hilrl.learner.td3 import TD3, TD3Config
-from hilrl.learner.training import bc_weight_schedule
+from hilrl.learner.training import actor_holds_still, bc_weight_schedule
 
 CONDITIONS = {"a": "defaults: offline, then online 50/50", "b": "same demos, online from scratch (RLPD-style)",
               "c": "offline only ((a) at online step 0)", "d": "no demos"}
@@ -183,7 +183,8 @@ def run(condition: str, seed: int, regime: Regime, path: Path, log=print) -> dic
                 sampled = buffers.sample(algo["batch_size"], algo["human_ratio"], rng)
                 td3.update(td3_batch(sampled, spec), bc_weight=bc_weight_schedule(
                     algo["online_bc_weight"], algo["online_bc_decay_steps"], updates),
-                           update_actor=updates >= algo["critic_warmup_steps"])
+                           update_actor=not actor_holds_still(
+                               algo["critic_warmup_steps"], algo["offline_steps"] > 0, updates))
                 updates += 1
             if steps % regime.eval_every == 0:
                 result.update(episodes=episodes, human_steps=interventions, updates=updates)
@@ -225,18 +226,25 @@ def bootstrap(values: list[float], stat, n: int = 10_000, seed: int = 0) -> tupl
     return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def load(out: Path) -> dict[str, dict[int, dict]]:
+def load(out: Path, carry: Path | None = None) -> dict[str, dict[int, dict]]:
+    """The finished runs in `out`; a condition with none there is taken from `carry` (an earlier study whose
+    runs of that condition the change under test does not affect)."""
     runs: dict[str, dict[int, dict]] = {c: {} for c in CONDITIONS}
     for f in sorted(out.glob("*-seed*.json")):
         r = json.loads(f.read_text())
         if r.get("finished"):
             runs[r["condition"]][r["seed"]] = r
+    if carry is not None:
+        earlier = load(carry)
+        for c in RUN_CONDITIONS:
+            if not runs[c]:
+                runs[c] = earlier[c]
     runs["c"] = {s: r for s, r in runs["a"].items()}
     return runs
 
 
-def report(out: Path, plot: Path | None) -> str:
-    runs = load(out)
+def report(out: Path, plot: Path | None, carry: Path | None = None) -> str:
+    runs = load(out, carry)
     per = {c: {s: (offline_only(r) if c == "c" else metrics(r)) for s, r in rs.items()} for c, rs in runs.items()}
     any_run = next((r for rs in runs.values() for r in rs.values()), None)
     if any_run is None:
@@ -325,9 +333,11 @@ def main() -> None:
     p.add_argument("--budget", type=int, help="pilot only: override the online budget (not for the study)")
     p.add_argument("--report", action="store_true", help="print the tables of the finished runs in --out")
     p.add_argument("--plot", type=Path, help="with --report: draw the curves to this PNG")
+    p.add_argument("--carry", type=Path, help="with --report: take the conditions that have no run in --out from "
+                                              "this earlier study's directory")
     args = p.parse_args()
     if args.report:
-        print(report(args.out, args.plot))
+        print(report(args.out, args.plot, args.carry))
         return
     torch.set_num_threads(1)
     regime = Regime()

@@ -44,7 +44,9 @@ class LearnerConfig(ServerSecurity):
                                        "seed recipe; collapsed on few demos, see README 'Defaults')")
     online_bc_decay_steps: int = opt(0, "decay the online BC weight linearly to 0 over this many online updates "
                                         "(0 = keep it constant)")
-    critic_warmup_steps: int = opt(0, "first online updates that train only the critic (the actor holds still)")
+    critic_warmup_steps: int = opt(1000, "first online updates after the offline stage that train only the critic "
+                                         "(the actor holds still; not applied without an offline stage); 0 = off, "
+                                         "see README 'Defaults'")
     utd_ratio: float = opt(1.0, "online updates per received transition (update-to-data ratio)")
     batch_size: int = opt(256, "minibatch size")
     residual: bool = opt(False, "residual action fine-tuning (learner/residual.py, docs/residual.md): train only a "

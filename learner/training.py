@@ -76,6 +76,13 @@ def bc_weight_schedule(weight: float, decay_steps: int, online_updates: int) -> 
     return weight if decay_steps <= 0 else weight * max(0.0, 1.0 - online_updates / decay_steps)
 
 
+def actor_holds_still(warmup_steps: int, pretrained: bool, online_updates: int) -> bool:
+    """Critic warm-up: whether online update number `online_updates` leaves the actor alone. Only a policy
+    that had an offline stage (`pretrained`) is held, for its first `warmup_steps` online updates, while the
+    critic adapts to the policy's own data; an untrained policy has nothing to protect."""
+    return pretrained and online_updates < warmup_steps
+
+
 class WandbMirror:
     """A TensorBoard SummaryWriter that also sends each scalar and figure to a W&B run. TensorBoard steps
     differ per tag (updates, episodes), so each W&B row carries its own "step" key rather than W&B's step."""
@@ -191,7 +198,7 @@ class Trainer:
                     stop.wait(0.005)
                     continue
                 done_online = core.learner_step - core.offline_steps_done  # persisted: survives --resume
-                warming_up = done_online < self.cfg.critic_warmup_steps
+                warming_up = actor_holds_still(self.cfg.critic_warmup_steps, core.offline_steps_done > 0, done_online)
                 self._update(bc_weight=self.online_bc_weight(done_online), human_only=False,
                              update_actor=not warming_up)
                 online_updates += 1

@@ -252,6 +252,14 @@ def test_critic_warmup_keeps_the_actor_still_and_moves_only_the_critic_target():
     assert not torch.equal(flat_params(td3.target_critic), critic_target_before)
 
 
+def test_critic_warmup_holds_only_a_pretrained_actor_and_only_for_its_first_updates():
+    from hilrl.learner.training import actor_holds_still
+
+    assert [actor_holds_still(1000, True, n) for n in (0, 999, 1000, 5000)] == [True, True, False, False]
+    assert not actor_holds_still(1000, False, 0)  # no offline stage: an untrained actor is never held
+    assert not actor_holds_still(0, True, 0)  # warm-up off
+
+
 def test_checkpoints_are_complete_or_ignored_and_only_the_last_k_are_kept(tmp_path):
     from hilrl.buffers.spec import Feature, Spec
     from hilrl.learner.config import LearnerConfig
