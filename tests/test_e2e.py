@@ -23,8 +23,10 @@ from hilrl.protos.v1 import learner_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 
-FAST_LEARNER = ["--demo-episodes", "3", "--offline-steps", "60", "--publish-every", "20", "--batch-size", "64",
-                "--keep-weight-versions", "1000", "--torch-threads", "1", "--hidden", "64,64"]
+# a short run, scaled down: the default 1000-update critic warm-up (the actor holds still after the offline
+# stage) becomes 10 updates, so the actor moves before the second published version (publish every 20)
+FAST_LEARNER = ["--demo-episodes", "3", "--offline-steps", "60", "--critic-warmup-steps", "10", "--publish-every", "20",
+                "--batch-size", "64", "--keep-weight-versions", "1000", "--torch-threads", "1", "--hidden", "64,64"]
 
 
 def learner_args(port: int, out: Path, *extra: str) -> list[str]:

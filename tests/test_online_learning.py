@@ -4,8 +4,9 @@ The weakest offline start: 5 scripted demos in the human buffer and no offline u
 its random initialisation, 0 % success). ONLINE_STEPS online env steps of the synchronous in-process
 loop of benchmarks/defaults_sweep.py (the project's own `SimPickCube`, `ScriptedTeleop`,
 `PolicyRunner`, `DualBuffer` and `TD3`, with the alpha, online BC weight, decay, warm-up, UTD and TD3
-hyper-parameters read from `LearnerConfig()`'s defaults) must raise the deterministic policy's success
-over EVAL_EPISODES evaluation episodes by at least MARGIN.
+hyper-parameters read from `LearnerConfig()`'s defaults; the critic warm-up holds only an actor that had an
+offline stage, so it does not apply here) must raise the deterministic policy's success over
+EVAL_EPISODES evaluation episodes by at least MARGIN.
 
 How MARGIN was set: the same update rule from the same start (condition (b) of
 docs/sample-efficiency.json: 5 demos, alpha 0.5, online BC weight 1.0 on human rows, no offline
