@@ -88,6 +88,10 @@ RECIPES: dict[str, Recipe] = {
     "warmup1000": Recipe.defaults(critic_warmup_steps=1000),  # the critic alone for the first 1000 online updates
     "seeded-defaults": Recipe.defaults(seed_policy_buffer=True),  # the defaults, policy buffer seeded with the demos
     "bc2.5": Recipe.defaults(online_bc_weight=2.5),  # a stronger anchor on the human rows online
+    # condition (b) of the learning studies (the demos, online from scratch, no offline stage), tuned:
+    "scratch-rlpd": Recipe.defaults(offline_steps=0, online_bc_weight=0.0, utd_ratio=2),  # the studies' (b)
+    "scratch-bc": Recipe.defaults(offline_steps=0),  # + the online BC term on the human rows, UTD 1
+    "scratch-bc-utd2": Recipe.defaults(offline_steps=0, utd_ratio=2),  # + the online BC term, UTD 2
 }
 
 
