@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_LIVE: dict[int, subprocess.Popen] = {}  # pid -> every spawned process not yet reaped
+
+
+def _kill_spawned_then_die(signum: int, frame: object) -> None:
+    """SIGTERM/SIGHUP of the test run: kill the hilrl processes the tests spawned (each leads its own
+    session, so nothing else reaches them and they would run on), then die of the same signal."""
+    for pid in list(_LIVE):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _kill_spawned_then_die)
+
+
 class Proc:
     """A `hilrl ...` subprocess whose stdout/stderr go to files under the test's tmp dir."""
 
@@ -35,6 +54,7 @@ class Proc:
         self.popen = subprocess.Popen([sys.executable, "-m", "hilrl.deploy.cli", *args],
                                       stdout=open(self.stdout_path, "wb"), stderr=open(self.stderr_path, "wb"),  # noqa: SIM115
                                       env=env, start_new_session=True)
+        _LIVE[self.popen.pid] = self.popen
 
     @property
     def stdout(self) -> str:
@@ -72,6 +92,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         if p.popen.poll() is None:
             p.popen.kill()
             p.popen.wait()
+        _LIVE.pop(p.popen.pid, None)
 
 
 def run_hilrl(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
