@@ -8,7 +8,8 @@ Conditions (every run goes to the full ``--budget`` of online env steps; no earl
 * ``a``: the learner's defaults: TD3+BC offline on the demos for ``offline_steps`` updates, then online on the
   50/50 dual buffer with the default online settings;
 * ``b``: the same demos in the human buffer, online from a random policy, no offline stage, RLPD / HIL-SERL
-  style (LayerNorm critics, which every hilrl critic has, UTD ``B_UTD``, 50/50, no BC term);
+  style (LayerNorm critics, which every hilrl critic has, the regime's UTD ``b_utd``, 50/50, no critic
+  warm-up) with the regime's online BC weight on the human rows ``b_bc_weight`` (0 in studies 1 and 2);
 * ``c``: offline only: (a)'s policy at online step 0 (its start evaluation; no separate run);
 * ``d``: no demos: the (a) settings with an empty human buffer at the start (it holds only takeovers), no
   offline stage.
@@ -74,14 +75,21 @@ class Regime:
     eval_seed: int = 987_654_321  # the held-out block positions (no training episode draws from this stream)
     target: float = 0.8
     b_utd: int = 2  # (b)'s update-to-data ratio (the CPU limit of the issue: a UTD above 2 is GPU only)
+    b_bc_weight: float = 0.0  # (b)'s online BC weight on the human rows (0: RLPD-style, studies 1 and 2)
+
+
+REGIMES = {  # --regime: each study's, fixed by its protocol (docs/learning-study*.md)
+    "5-demos": Regime(),  # studies 1 and 2
+    "3-demos": Regime(demos=3, budget=6000, b_utd=1, b_bc_weight=1.0),  # study 3 (b from pilot 4)
+}
 
 
 def algorithm(condition: str, regime: Regime) -> dict:
     """The learner settings of one condition: the defaults, with (b)'s and (d)'s documented changes."""
     cfg = LearnerConfig()
     if condition == "b":
-        cfg = replace(cfg, offline_steps=0, online_bc_weight=0.0, online_bc_decay_steps=0, critic_warmup_steps=0,
-                      utd_ratio=float(regime.b_utd))
+        cfg = replace(cfg, offline_steps=0, online_bc_weight=regime.b_bc_weight, online_bc_decay_steps=0,
+                      critic_warmup_steps=0, utd_ratio=float(regime.b_utd))
     elif condition == "d":
         cfg = replace(cfg, offline_steps=0)
     keys = ("offline_steps", "online_bc_weight", "online_bc_decay_steps", "critic_warmup_steps", "utd_ratio",
@@ -329,6 +337,8 @@ def main() -> None:
     p.add_argument("--conditions", nargs="+", default=list(RUN_CONDITIONS), choices=list(RUN_CONDITIONS))
     p.add_argument("--seeds", nargs="+", type=int, default=list(range(100, 110)))
     p.add_argument("--out", type=Path, default=Path("docs/learning-study"), help="one JSON per run here")
+    p.add_argument("--regime", choices=list(REGIMES), default="5-demos",
+                   help="the study's regime: 5-demos (studies 1 and 2), 3-demos (study 3)")
     p.add_argument("--demos", type=int, help="pilot only: override the regime's demo count (not for the study)")
     p.add_argument("--budget", type=int, help="pilot only: override the online budget (not for the study)")
     p.add_argument("--report", action="store_true", help="print the tables of the finished runs in --out")
@@ -340,7 +350,7 @@ def main() -> None:
         print(report(args.out, args.plot, args.carry))
         return
     torch.set_num_threads(1)
-    regime = Regime()
+    regime = REGIMES[args.regime]
     if args.demos is not None or args.budget is not None:
         regime = replace(regime, demos=regime.demos if args.demos is None else args.demos,
                          budget=regime.budget if args.budget is None else args.budget)
