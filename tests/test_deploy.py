@@ -205,11 +205,12 @@ def test_every_referenced_path_exists():
         assert (ROOT / path[len(IMAGE_ROOT):]).exists(), f"{UNIT.name}: {path}"
     for path in re.findall(r"/etc/hilrl/[\w./-]+\.yaml", unit):
         assert Path(PATH_MAP[path]).exists(), f"{UNIT.name}: {path} has no example in deploy/configs"
-    # repository paths named in the deploy files and the docs (deploy/..., docs/...); a command's --output file
-    # (a study's results, written when it runs) need not exist yet
+    # repository paths named in the deploy files and the docs (deploy/..., docs/...); a command's --output or
+    # --plot file (a study's results or figure, written when it runs) need not exist yet
     texts = [COMPOSE, *DOCKERFILES, UNIT, *DOCS, *sorted((ROOT / "deploy" / "configs").glob("*.yaml"))]
+    named = re.compile(r"(?<![\w/.~-])(?<!--output )(?<!--plot )((?:deploy|docs)/[\w.-]+(?:/[\w.-]+)*)")
     for file in texts:
-        for rel in re.findall(r"(?<![\w/.~-])(?<!--output )((?:deploy|docs)/[\w.-]+(?:/[\w.-]+)*)", file.read_text()):
+        for rel in named.findall(file.read_text()):
             rel = rel.rstrip(".")
             assert (ROOT / rel).exists(), f"{file.relative_to(ROOT)} names {rel}, which does not exist"
 
