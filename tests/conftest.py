@@ -31,9 +31,10 @@ _LIVE: dict[int, subprocess.Popen] = {}  # pid -> every spawned process not yet 
 def _kill_spawned_then_die(signum: int, frame: object) -> None:
     """SIGTERM/SIGHUP of the test run: kill the hilrl processes the tests spawned (each leads its own
     session, so nothing else reaches them and they would run on), then die of the same signal."""
-    for pid in list(_LIVE):
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
+    for pid, popen in list(_LIVE.items()):
+        if popen.poll() is None:  # never signal a reaped pid: it may belong to someone else by now
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
