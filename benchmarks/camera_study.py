@@ -69,6 +69,8 @@ class Protocol:
     pretrain_batch: int = 64
     offline_steps: int = 2000
     feature_views: int = 2
+    encoder: str = "resnet10"
+    image_size: int = 128
     eval_envs: int = 10  # envs stepped together in an evaluation (one encoder pass per step for all): speed only
     goal_mean: float = 0.70
     goal_each: float = 0.60
@@ -151,7 +153,7 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
                         "takeover_after": actor.takeover_after}, "finished": False}
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    env = SimPickCube(seed=seed, cameras=True)
+    env = SimPickCube(seed=seed, cameras=True, image_size=proto.image_size)
     spec = env.spec
     assert "environment_state" not in {f.name for f in spec.observation}, "privileged state in a camera spec"
     capacity = proto.budget + 100 * proto.demos + 1
@@ -161,9 +163,10 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
     weights = out / f"encoder-seed{seed}.safetensors"
     with clock("pretrain"):
         result["pretrain"] = pretrain_encoder(spec, buffers.human, weights, steps=proto.pretrain_steps,
-                                              batch_size=proto.pretrain_batch, pad=algo.image_pad, seed=seed)
+                                              batch_size=proto.pretrain_batch, pad=algo.image_pad, seed=seed,
+                                              encoder=proto.encoder)
     algo = replace(algo, encoder_weights=str(weights))
-    td3 = TD3(policy_config_for(spec, tuple(lcfg.hidden), lcfg.encoder), algo, torch.device("cpu"), seed=seed)
+    td3 = TD3(policy_config_for(spec, tuple(lcfg.hidden), proto.encoder), algo, torch.device("cpu"), seed=seed)
     states = buffers.human.valid_slice(tuple(f.name for f in spec.state_features))
     td3.set_normalization(*compute_state_stats(state_vector(states, spec)), spec.action.low, spec.action.high)
     cache, lock = feature_cache(td3), nullcontext()
@@ -176,7 +179,8 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
                                  spec, lock, rng)
             td3.update(batch, bc_weight=bc_weight, update_actor=update_actor)
 
-    eval_envs = [SimPickCube(seed=0, cameras=True) for _ in range(min(proto.eval_envs, proto.eval_episodes))]
+    eval_envs = [SimPickCube(seed=0, cameras=True, image_size=proto.image_size)
+                 for _ in range(min(proto.eval_envs, proto.eval_episodes))]
     timed_envs = [TimedEnv(e, clock, "eval_sim") for e in eval_envs]
 
     def evaluate_at(steps: int) -> None:
@@ -257,8 +261,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("docs/camera-policy"), help="one JSON per seed here")
     p.add_argument("--report", action="store_true", help="print the table of the runs in --out")
     for name in ("demos", "budget", "eval_every", "eval_episodes", "pretrain_steps", "pretrain_batch", "offline_steps",
-                 "feature_views", "eval_envs"):
+                 "feature_views", "eval_envs", "image_size"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help="smoke runs only: override the protocol")
+    p.add_argument("--encoder", choices=("resnet10", "resnet18", "convnet"),
+                   help="smoke runs only: override the protocol")
     args = p.parse_args()
     if args.report:
         print(report(args.out))

@@ -108,13 +108,13 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-def _lighter_rendering(sim: Any) -> None:
+def _lighter_rendering(sim: Any, image_size: int) -> None:
     """Rendering settings that change nothing the policy needs (benchmarks/sim_render.py measures them):
     no shadows (~7x the render time) and no 8x multisampling (gym-hil's scene.xml asks for it; it only
     smooths edges: mean |pixel difference| under 1 of 255, and 1.3-1.6x the render time in software GL)."""
     sim._viewer.close()
     sim._model.vis.quality.offsamples = 0
-    sim._viewer = mujoco.Renderer(sim._model, height=IMAGE_SHAPE[0], width=IMAGE_SHAPE[1])
+    sim._viewer = mujoco.Renderer(sim._model, height=image_size, width=image_size)
     sim._viewer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
 
 
@@ -131,8 +131,11 @@ class SimPickCube(Arm):
     gripper_hold_band = GRIPPER_HOLD_BAND
 
     def __init__(self, seed: int | None = None, max_steps: int = 100, cameras: bool = False,
-                 privileged: bool | None = None) -> None:
+                 privileged: bool | None = None, image_size: int = IMAGE_SHAPE[0]) -> None:
         self.max_steps = int(max_steps)
+        if not 32 <= int(image_size) <= 512:
+            raise ValueError(f"image_size must be 32-512 pixels, got {image_size}")
+        self.image_shape = (int(image_size), int(image_size), 3)
         self.cameras = CAMERAS if cameras else ()
         self.privileged = not cameras if privileged is None else privileged  # environment_state in the spec
         self._rng = np.random.default_rng(seed)
@@ -145,7 +148,7 @@ class SimPickCube(Arm):
                 max_episode_steps=self.max_steps,  # we count steps ourselves; keep TimeLimit in step
             )
         if cameras:
-            _lighter_rendering(base.unwrapped)
+            _lighter_rendering(base.unwrapped, self.image_shape[0])
         with warnings.catch_warnings():  # its float64 -> float32 Box bounds are exact; silence the warning
             warnings.filterwarnings("ignore", message=".*precision lowered.*")
             self._env = EEActionWrapper(base, ee_action_step_size=DEFAULT_EE_STEP_SIZE, use_gripper=True)
@@ -153,7 +156,7 @@ class SimPickCube(Arm):
             observation=(
                 Feature("agent_pos", "float32", (AGENT_POS_DIM,)),
                 *((Feature("environment_state", "float32", (3,)),) if self.privileged else ()),
-                *(Feature(name, "uint8", IMAGE_SHAPE) for name in self.cameras),
+                *(Feature(name, "uint8", self.image_shape) for name in self.cameras),
             ),
             action=Feature("action", "float32", (4,), ACTION_LOW, ACTION_HIGH),
         )

@@ -75,8 +75,9 @@ class LearnerConfig(ServerSecurity):
     policy_capacity: int | None = opt(None, "transitions kept in the policy buffer; none = auto: 500000 for state "
                                             "specs, see --human-capacity for camera specs")
     hidden: tuple[int, ...] = opt((256, 256), "hidden layer sizes of actor and critics")
-    encoder: Literal["resnet10", "resnet18"] = opt("resnet10", "image encoder of camera policies (the spec's uint8 "
-                                                               "HxWx3 features); see also --algo.freeze-encoder")
+    encoder: Literal["resnet10", "resnet18", "convnet"] = opt(
+        "resnet10", "image encoder of camera policies (the spec's uint8 HxWx3 features): resnet10/resnet18 "
+                    "(HIL-SERL's trunk), convnet (4 convolutions, for CPU learners); see also --algo.freeze-encoder")
     max_message_mb: int = opt(16, "largest gRPC message accepted or sent, in MiB")
     max_actors: int = opt(32, "actors served at once (each holds two streams); more are refused and retry "
                               "(see learner/limits.py)")

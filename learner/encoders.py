@@ -2,8 +2,10 @@
 
 Design (DrQ / DrQ-v2, Yarats et al. 2021; HIL-SERL's ResNet-10):
 
-* One ResNet trunk (``resnet10``: one BasicBlock per stage, or ``resnet18``: two) is **shared by all
-  cameras**: every camera's images go through the same convolutions in a single batched call
+* One trunk is **shared by all cameras**: ``resnet10`` (one BasicBlock per stage, HIL-SERL's) or
+  ``resnet18`` (two), with ImageNet-compatible key names; or ``convnet``, a four-layer stride-2 ConvNet
+  (41 M multiply-adds per 128x128 image against ResNet-10's 290 M; 10 M at 64x64) for CPU learners. Every
+  camera's images go through the same convolutions in a single batched call
   (``[B*K, 3, H, W]``). Half the weights of a trunk per camera, one large convolution call instead of
   K small ones (better on a GPU), and ImageNet-style pretrained filters are camera-agnostic anyway.
   What is camera-specific is learned by the per-camera `Projection` heads (1x1 conv bottleneck,
@@ -27,8 +29,10 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-ENCODERS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2)}
+RESNETS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2)}  # BasicBlocks per stage
+ENCODERS = (*RESNETS, "convnet")
 STAGE_CHANNELS = (64, 128, 256, 512)
+CONVNET_LAYERS = ((32, 2), (64, 2), (64, 2), (64, 1))  # (channels, stride) of each 3x3 convolution
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORED_PRETRAINED_KEYS = ("fc.",)  # a torchvision classifier head is not part of the trunk
@@ -80,14 +84,14 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, name: str = "resnet10") -> None:
         super().__init__()
-        if name not in ENCODERS:
-            raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
+        if name not in RESNETS:
+            raise ValueError(f"unknown ResNet {name!r}; choose one of {sorted(RESNETS)}")
         self.name = name
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = FrozenBatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_ch = 64
-        for i, (blocks, ch) in enumerate(zip(ENCODERS[name], STAGE_CHANNELS, strict=True)):
+        for i, (blocks, ch) in enumerate(zip(RESNETS[name], STAGE_CHANNELS, strict=True)):
             stage = [BasicBlock(in_ch, ch, 1 if i == 0 else 2)] + [BasicBlock(ch, ch, 1) for _ in range(blocks - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
             in_ch = ch
@@ -100,13 +104,52 @@ class ResNetTrunk(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def feature_map_shape(image_hw: tuple[int, int]) -> tuple[int, int, int]:
-    """``(C, h, w)`` of the trunk's output for ``H x W`` inputs (conv1 /2, maxpool /2, three /2 stages)."""
+class ConvTrunk(nn.Module):
+    """``convnet``: four 3x3 convolutions with ReLU (strides 2, 2, 2, 1; padding 1), no normalisation:
+    ``[N, 3, H, W]`` -> ``[N, 64, H/8, W/8]``. A CPU-sized trunk: 10.3 M multiply-adds per 64x64 image,
+    against ResNet-10's 290 M at 128x128 (counted with torch's FlopCounterMode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "convnet"
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for ch, stride in CONVNET_LAYERS:
+            layers += [nn.Conv2d(in_ch, ch, 3, stride, 1), nn.ReLU()]
+            in_ch = ch
+        self.convs = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.convs(x)
+
+
+def make_trunk(name: str) -> nn.Module:
+    """The trunk called ``name`` (one of `ENCODERS`), randomly initialised."""
+    if name == "convnet":
+        return ConvTrunk()
+    if name in RESNETS:
+        return ResNetTrunk(name)
+    raise ValueError(f"unknown encoder {name!r}; choose one of {list(ENCODERS)}")
+
+
+def feature_map_shape(image_hw: tuple[int, int], name: str = "resnet10") -> tuple[int, int, int]:
+    """``(C, h, w)`` of the trunk's output for ``H x W`` inputs. ResNets: conv1 /2, maxpool /2, three /2
+    stages; ``convnet``: its strided convolutions."""
 
     def down(n: int, k: int, s: int, p: int) -> int:
         return (n + 2 * p - k) // s + 1
 
     h, w = image_hw
+    if name == "convnet":
+        for _, stride in CONVNET_LAYERS:
+            h, w = down(h, 3, stride, 1), down(w, 3, stride, 1)
+        return CONVNET_LAYERS[-1][0], h, w
+    if name not in RESNETS:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {list(ENCODERS)}")
     h, w = down(h, 7, 2, 3), down(w, 7, 2, 3)
     h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
     for _ in range(3):
@@ -150,7 +193,7 @@ class ImageEncoder(nn.Module):
     def __init__(self, name: str = "resnet10") -> None:
         super().__init__()
         self.name = name
-        self.trunk = ResNetTrunk(name)
+        self.trunk = make_trunk(name)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -195,8 +238,9 @@ def random_shift(images: Tensor, pad: int, generator: torch.Generator | None = N
     return shift_images(images, shifts[0], shifts[1])
 
 
-def load_trunk_weights(trunk: ResNetTrunk, path: str | Path) -> None:
-    """Load pretrained trunk weights from a local safetensors file (torchvision ResNet key names).
+def load_trunk_weights(trunk: nn.Module, path: str | Path) -> None:
+    """Load pretrained trunk weights from a local safetensors file (a ResNet's: torchvision key names;
+    a ``convnet``'s: as `pretrain_encoder` saves them).
 
     A classifier head (``fc.*``) and ``num_batches_tracked`` counters in the file are ignored; any
     other difference (a missing key, an unexpected key, a shape mismatch) is an error that lists it.
@@ -222,5 +266,6 @@ def load_trunk_weights(trunk: ResNetTrunk, path: str | Path) -> None:
             if items:
                 more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
                 problems.append(f"{label}: {', '.join(items[:5])}{more}")
-        raise ValueError(f"encoder weights {path} do not fit the {trunk.name} trunk: " + "; ".join(problems))
+        name = getattr(trunk, "name", type(trunk).__name__)
+        raise ValueError(f"encoder weights {path} do not fit the {name} trunk: " + "; ".join(problems))
     trunk.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=True)

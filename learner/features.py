@@ -227,5 +227,5 @@ def cached_feature_bytes(spec: Any, cfg: Any) -> int:
     cameras = spec.image_features
     if not cfg.algo.feature_views or not cameras:
         return 0
-    c, h, w = feature_map_shape(tuple(cameras[0].shape[:2]))
+    c, h, w = feature_map_shape(tuple(cameras[0].shape[:2]), cfg.encoder)
     return cfg.algo.feature_views * len(cameras) * c * h * w * 2  # float16

@@ -79,7 +79,7 @@ class PolicyConfig:
             if min(self.image_shape[:2]) < 32:
                 raise ValueError(f"camera images must be at least 32x32 pixels, got {self.image_shape[:2]}")
             if self.encoder not in ENCODERS:
-                raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {sorted(ENCODERS)}")
+                raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {list(ENCODERS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,7 +93,7 @@ class PolicyConfig:
     @property
     def feature_map(self) -> tuple[int, int, int] | None:
         """``(C, h, w)`` of the encoder's output per camera; None for a state-only policy."""
-        return feature_map_shape(self.image_shape[:2]) if self.cameras else None
+        return feature_map_shape(self.image_shape[:2], self.encoder) if self.cameras else None
 
 
 def policy_config_for(spec: Any, hidden: tuple[int, ...], encoder: str = "resnet10",

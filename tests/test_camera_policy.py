@@ -13,7 +13,14 @@ from safetensors.torch import save_file
 
 from hilrl.buffers.spec import Feature, Spec, state_vector
 from hilrl.buffers.torch_batch import state_tensor, to_torch
-from hilrl.learner.encoders import ResNetTrunk, feature_map_shape, load_trunk_weights, random_shift, shift_images
+from hilrl.learner.encoders import (
+    ResNetTrunk,
+    feature_map_shape,
+    load_trunk_weights,
+    make_trunk,
+    random_shift,
+    shift_images,
+)
 from hilrl.learner.networks import (
     Policy,
     PolicyConfig,
@@ -85,6 +92,30 @@ def test_shapes_of_encoder_actor_and_critic():
         policy(torch.randn(B, S))
     with pytest.raises(ValueError, match="wrist"):
         policy(torch.randn(B, S), {"front": images()["front"]})
+
+
+def test_the_cpu_sized_convnet_trunk_fits_the_policy_and_its_weights_load(tmp_path: Path):
+    for hw in (64, 100, 128):  # the shape arithmetic agrees with the real trunk
+        assert make_trunk("convnet")(torch.zeros(1, 3, hw, hw)).shape[1:] == feature_map_shape((hw, hw), "convnet")
+    assert feature_map_shape((64, 64), "convnet") == (64, 8, 8)
+    cfg = cam_cfg(encoder="convnet")
+    assert cfg.feature_map == (64, 8, 8)
+    torch.manual_seed(0)
+    policy = Policy(cfg)
+    assert policy(torch.randn(B, S), images()).shape == (B, A)
+    q1, _ = make_critic(cfg)(torch.randn(B, S), torch.randn(B, A), policy.encode(images()))
+    assert q1.shape == (B,)
+    saved = tmp_path / "convnet.safetensors"
+    save_file(policy.encoder.trunk.state_dict(), str(saved))
+    fresh = make_trunk("convnet")
+    load_trunk_weights(fresh, saved)
+    assert all(torch.equal(v, policy.encoder.trunk.state_dict()[k]) for k, v in fresh.state_dict().items())
+    with pytest.raises(ValueError, match="do not fit the resnet10 trunk: missing: bn1"):
+        load_trunk_weights(ResNetTrunk("resnet10"), saved)  # a convnet file is not a ResNet's
+    with pytest.raises(ValueError, match="unknown encoder 'vit'"):
+        make_trunk("vit")
+    with pytest.raises(ValueError, match="unknown encoder 'vit'"):
+        cam_cfg(encoder="vit")
 
 
 def test_policy_config_from_spec_and_json():

@@ -43,15 +43,16 @@ def filled(capacity: int = 64, steps: int = 40, seed: int = 0) -> DualBuffer:
     return buffers
 
 
-def td3(views: int = 2, pad: int = 2) -> TD3:
-    cfg = policy_config_for(SPEC, (16, 16), "resnet10", image_feature_dim=8)
+def td3(views: int = 2, pad: int = 2, encoder: str = "resnet10") -> TD3:
+    cfg = policy_config_for(SPEC, (16, 16), encoder, image_feature_dim=8)
     agent = TD3(cfg, TD3Config(freeze_encoder=True, feature_views=views, image_pad=pad), CPU, seed=0)
     agent.set_normalization(np.zeros(S), np.ones(S), -np.ones(A), np.ones(A))
     return agent
 
 
-def test_cached_view_zero_equals_a_fresh_encoder_pass_and_shifted_views_equal_shifted_passes():
-    agent, buffers = td3(views=3, pad=2), filled()
+@pytest.mark.parametrize("encoder", ["resnet10", "convnet"])
+def test_cached_view_zero_equals_a_fresh_encoder_pass_and_shifted_views_equal_shifted_passes(encoder: str):
+    agent, buffers = td3(views=3, pad=2, encoder=encoder), filled()
     cache = feature_cache(agent)
     assert cache is not None
     frames = np.arange(5)

@@ -164,3 +164,14 @@ def test_cameras_keep_the_block_position_out_of_the_observation_and_give_it_to_t
         env.close()
     with SimPickCube(seed=0, cameras=True, privileged=True) as full:  # opt-in, e.g. for an asymmetric critic
         assert [f.name for f in full.spec.observation][1] == "environment_state"
+
+
+def test_camera_resolution_is_a_constructor_setting() -> None:
+    with SimPickCube(seed=0, cameras=True, image_size=64) as env:
+        assert [f.shape for f in env.spec.image_features] == [(64, 64, 3), (64, 64, 3)]
+        obs = env.reset(seed=3)
+        nxt, *_ = env.step(np.zeros(4, np.float32))
+        assert obs["front"].shape == nxt["wrist"].shape == (64, 64, 3)
+        assert obs["front"].std() > 5  # a rendered scene, not a blank frame
+    with pytest.raises(ValueError, match="image_size must be 32-512"):
+        SimPickCube(cameras=True, image_size=8)
