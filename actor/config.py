@@ -42,8 +42,9 @@ class ActorConfig(ClientSecurity):
     fps: int = opt(10, "control rate in Hz (0 = as fast as the sim steps; sim and replay only)")
     max_episodes: int = opt(0, "stop after this many episodes (0 = run until SIGINT/SIGTERM)")
     seed: int | None = opt(None, "seed of the sim, the exploration noise and the scripted human; none = random")
-    sim_cameras: bool = opt(False, "--env sim: add the front and wrist cameras (uint8 128x128x3) to the observation, "
-                                   "so the learner trains a camera policy")
+    sim_cameras: bool = opt(False, "--env sim: add the front and wrist cameras (uint8, --sim-image-size square) to "
+                                   "the observation, so the learner trains a camera policy")
+    sim_image_size: int = opt(128, "--env sim --sim-cameras: camera resolution in pixels (square; 32-512)")
     residual_base: str | None = opt(None, "residual mode: run this frozen base policy, 'expert' (the sim's scripted "
                                           "expert), 'checkpoint:PATH' (a learner --output-dir or policy file) or "
                                           "'lerobot:PATH' (a lerobot-train pretrained_model directory, ACT or "

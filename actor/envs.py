@@ -6,7 +6,7 @@ from typing import Any
 
 
 def make_env(name: str, seed: int | None, demo_noise: float, takeover_after: int = 0,
-             cameras: bool = False) -> tuple[Any, Any]:
+             cameras: bool = False, image_size: int = 128) -> tuple[Any, Any]:
     """Return (env, human): the arm/sim and the takeover device that produces human actions.
 
     'sim': the gym-hil Panda pick-cube with the scripted expert standing in for the person with
@@ -27,7 +27,10 @@ def make_env(name: str, seed: int | None, demo_noise: float, takeover_after: int
         from hilrl.hardware.sim import SimPickCube
 
         expert = ScriptedExpert(noise=demo_noise, seed=None if seed is None else seed + 1)
-        env = SimPickCube(seed=seed, cameras=cameras)  # with cameras: no privileged state in the spec
+        try:
+            env = SimPickCube(seed=seed, cameras=cameras, image_size=image_size)  # cameras: no privileged state
+        except ValueError as exc:
+            raise SystemExit(f"--env sim: {exc} (--sim-image-size)") from exc
         return env, ScriptedTeleop(expert, takeover_after, scene=env.scene)
     raise SystemExit(f"unknown --env {name!r}; supported: sim, replay:PATH, so101, so100")
 

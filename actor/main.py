@@ -30,7 +30,8 @@ def make_arm(cfg: ActorConfig, takeover_after: int):
     if cfg.env in ("so101", "so100"):
         env, human = make_real_arm(cfg)
     else:
-        env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise, takeover_after, cameras=cfg.sim_cameras)
+        env, human = make_env(cfg.env, cfg.seed, cfg.demo_noise, takeover_after, cameras=cfg.sim_cameras,
+                              image_size=cfg.sim_image_size)
     if getattr(cfg, "residual_base", None):  # residual mode: base(s) rides in every observation
         from hilrl.actor.residual_base import residual_env
 

@@ -36,7 +36,8 @@ def run_eval(cfg: EvalConfig) -> int:
     if residual != bool(cfg.residual_base):
         raise SystemExit(f"{policy_file} is a residual policy: add --residual-base (the base it was trained on)"
                          if residual else "--residual-base is only for residual policies; drop it")
-    env, _ = make_env(cfg.env, cfg.seed, 0.0, cameras=bool(policy.cfg.cameras))  # a camera policy needs images
+    env, _ = make_env(cfg.env, cfg.seed, 0.0, cameras=bool(policy.cfg.cameras),  # a camera policy needs images
+                      image_size=policy.cfg.image_shape[0] if policy.cfg.cameras else 128)  # at its resolution
     if residual:  # its observations carry base(s), as on the actor
         from hilrl.actor.residual_base import residual_env
 

@@ -175,3 +175,7 @@ def test_camera_resolution_is_a_constructor_setting() -> None:
         assert obs["front"].std() > 5  # a rendered scene, not a blank frame
     with pytest.raises(ValueError, match="image_size must be 32-512"):
         SimPickCube(cameras=True, image_size=8)
+    from hilrl.actor.envs import make_env
+
+    with pytest.raises(SystemExit, match="--sim-image-size"):  # the actor's flag, named in its error
+        make_env("sim", seed=0, demo_noise=0.0, cameras=True, image_size=1000)
