@@ -83,6 +83,16 @@ def actor_holds_still(warmup_steps: int, pretrained: bool, online_updates: int) 
     return pretrained and online_updates < warmup_steps
 
 
+def warmup_note(warmup_steps: int, offline_updates: int) -> str:
+    """What the learner says about the critic warm-up when it goes online (`actor_holds_still`'s rule)."""
+    if warmup_steps <= 0:
+        return "critic warm-up off (--critic-warmup-steps 0): the actor trains from the first online update"
+    if offline_updates <= 0:
+        return (f"critic warm-up skipped: --critic-warmup-steps {warmup_steps} applies after an offline stage "
+                f"only, and none ran (untrained actor, nothing to protect)")
+    return f"critic warm-up: the actor holds still for the first {warmup_steps} online updates"
+
+
 class WandbMirror:
     """A TensorBoard SummaryWriter that also sends each scalar and figure to a W&B run. TensorBoard steps
     differ per tag (updates, episodes), so each W&B row carries its own "step" key rather than W&B's step."""
@@ -184,6 +194,7 @@ class Trainer:
             elif stage == OFFLINE:
                 if core.offline_steps_done >= self.cfg.offline_steps:
                     self._publish(checkpoint=False)  # weights v1 exist before anyone sees "online"
+                    log.info(warmup_note(self.cfg.critic_warmup_steps, core.offline_steps_done))
                     core.set_stage(ONLINE)
                     self.checkpoint()  # after the switch: a learner resumed from it does not redo the end
                     continue

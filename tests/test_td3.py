@@ -253,11 +253,15 @@ def test_critic_warmup_keeps_the_actor_still_and_moves_only_the_critic_target():
 
 
 def test_critic_warmup_holds_only_a_pretrained_actor_and_only_for_its_first_updates():
-    from hilrl.learner.training import actor_holds_still
+    from hilrl.learner.training import actor_holds_still, warmup_note
 
     assert [actor_holds_still(1000, True, n) for n in (0, 999, 1000, 5000)] == [True, True, False, False]
     assert not actor_holds_still(1000, False, 0)  # no offline stage: an untrained actor is never held
     assert not actor_holds_still(0, True, 0)  # warm-up off
+    # the learner says which case it is in when it goes online (a skipped warm-up is not silent)
+    assert "holds still for the first 1000" in warmup_note(1000, 5000)
+    assert "skipped" in warmup_note(1000, 0) and "--critic-warmup-steps 1000" in warmup_note(1000, 0)
+    assert "off" in warmup_note(0, 5000)
 
 
 def test_checkpoints_are_complete_or_ignored_and_only_the_last_k_are_kept(tmp_path):
