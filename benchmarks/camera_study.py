@@ -1,12 +1,12 @@
 """The pre-registered camera-policy study of docs/camera-policy.md (issue 17): runner and report.
 
-    MUJOCO_GL=egl python benchmarks/camera_study.py --seeds 200 201 202 --out docs/camera-policy
-    python benchmarks/camera_study.py --report --out docs/camera-policy
+    for s in 200 201 202; do MUJOCO_GL=egl python benchmarks/camera_study.py --seeds $s --out docs/camera-policy & done
+    python benchmarks/camera_study.py --report --out docs/camera-policy --plot docs/camera-policy.png
     smoke: MUJOCO_GL=egl python benchmarks/camera_study.py --seeds 999 --demos 2 --budget 4 --eval-every 2 \\
         --eval-episodes 1 --pretrain-steps 2 --offline-steps 2 --out /tmp/cs
 
-Observation = ``front`` + ``wrist`` cameras (128x128) + ``agent_pos``; ``SimPickCube(cameras=True)`` has no
-``environment_state`` in its spec, so no privileged state reaches the buffers, the encoder pretraining, the
+Observation = ``front`` + ``wrist`` cameras (64x64 in the protocol) + ``agent_pos``; ``SimPickCube(cameras=True)``
+has no ``environment_state`` in its spec, so no privileged state reaches the buffers, the encoder pretraining, the
 policy or the critic. The scripted human reads the block position from ``SimPickCube.scene()`` to act.
 
 One run (the product's classes in a synchronous in-process loop, so the update-to-data ratio does not
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from learning_study import commit
-from sample_efficiency import online_step
+from sample_efficiency import draw_curves, online_step
 
 from hilrl.actor.config import ActorConfig
 from hilrl.actor.evaluate import evaluate_batched
@@ -58,19 +58,20 @@ from hilrl.learner.training import actor_holds_still, bc_weight_schedule
 
 @dataclass(frozen=True)
 class Protocol:
-    """Pre-registered in docs/camera-policy.md before any run (overrides are for smoke runs only)."""
+    """docs/camera-policy.md's study protocol, revised after pilot C1 and pre-registered before any online run
+    (overrides are for pilots and smoke runs only)."""
 
     demos: int = 30
-    budget: int = 20_000
-    eval_every: int = 2500
+    budget: int = 5_000
+    eval_every: int = 1000
     eval_episodes: int = 50
     eval_seed: int = 777_777  # held-out block positions: a stream no training episode uses
     pretrain_steps: int = 2000
     pretrain_batch: int = 64
-    offline_steps: int = 2000
+    offline_steps: int = LearnerConfig().offline_steps
     feature_views: int = 2
-    encoder: str = "resnet10"
-    image_size: int = 128
+    encoder: str = "convnet"
+    image_size: int = 64
     eval_envs: int = 10  # envs stepped together in an evaluation (one encoder pass per step for all): speed only
     goal_mean: float = 0.70
     goal_each: float = 0.60
@@ -231,11 +232,17 @@ def run(seed: int, proto: Protocol, out: Path, log=print) -> dict:
     return result
 
 
-def report(out: Path) -> str:
+def report(out: Path, plot: Path | None = None) -> str:
     runs = [json.loads(f.read_text()) for f in sorted(out.glob("seed*.json"))]
     if not runs:
         return "no runs"
     proto = Protocol(**runs[0]["protocol"])
+    if plot is not None:
+        colors = [f"C{i % 10}" for i in range(len(runs))]
+        draw_curves([(f"seed {r['seed']}", color, [r]) for r, color in zip(runs, colors, strict=True)],
+                    proto.goal_mean, f"eval success, % ({proto.eval_episodes} held-out positions)",
+                    f"pick-cube from two {proto.image_size}x{proto.image_size} cameras + agent_pos, {proto.demos} "
+                    f"demos, frozen BC-pretrained {proto.encoder}; step 0 = offline only", plot)
     lines = ["| seed | offline only | last two evaluations | finished | wall s | time shares |", "| --- " * 6 + "|"]
     last2 = []
     for r in runs:
@@ -260,6 +267,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[200, 201, 202])
     p.add_argument("--out", type=Path, default=Path("docs/camera-policy"), help="one JSON per seed here")
     p.add_argument("--report", action="store_true", help="print the table of the runs in --out")
+    p.add_argument("--plot", type=Path, help="with --report: draw the curves to this PNG")
     for name in ("demos", "budget", "eval_every", "eval_episodes", "pretrain_steps", "pretrain_batch", "offline_steps",
                  "feature_views", "eval_envs", "image_size"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help="smoke runs only: override the protocol")
@@ -267,7 +275,7 @@ def main() -> None:
                    help="smoke runs only: override the protocol")
     args = p.parse_args()
     if args.report:
-        print(report(args.out))
+        print(report(args.out, args.plot))
         return
     torch.set_num_threads(1)
     overrides = {k: getattr(args, k) for k in asdict(Protocol()) if getattr(args, k, None) is not None}
