@@ -69,8 +69,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "hilrl.deploy.outbox:OutboxConfig", "hilrl.deploy.outbox:run_outbox", verb="action"),
     "encoder": Subcommand(
         "pretrain a camera policy's image encoder on demos (for --algo.encoder-weights)",
-        "Behaviour-clone the demonstrations to pretrain the image encoder; writes the trunk for "
-        "hilrl learner --algo.freeze-encoder --algo.feature-views 2 --algo.encoder-weights FILE.",
+        "Behaviour-clone the demonstrations to pretrain the image encoder ahead of time (the learner also does "
+        "this itself, --encoder-pretrain-steps); writes the trunk for hilrl learner --algo.encoder-weights FILE.",
         "hilrl.deploy.encoder:EncoderConfig", "hilrl.deploy.encoder:run_encoder", logs=True),
     "record": Subcommand(
         "record human demonstrations to a file (seed a learner with: hilrl learner --demos FILE)",

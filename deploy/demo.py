@@ -39,9 +39,16 @@ class DemoConfig:
                                    "policy (docs/camera-policy.md)")
 
 
-# --sim-cameras: the CPU route (frozen encoder, features cached per frame); small batches keep updates fast
-CAMERA_EVAL_EPISODES = 5
-CAMERA_LEARNER_ARGS = ("--algo.freeze-encoder", "--algo.feature-views", "2", "--batch-size", "64")
+# --sim-cameras: the learner's camera defaults (convnet encoder pretrained on the demos, then frozen, features
+# cached per frame) on 64x64 cameras, with a budget cut to fit the demo's minutes on a CPU
+CAMERA_EVAL_EPISODES = 10
+CAMERA_IMAGE_SIZE = 64
+CAMERA_OFFLINE_STEPS = 1000
+CAMERA_LEARNER_ARGS = ("--batch-size", "64", "--encoder-pretrain-steps", "300")
+
+
+def _offline_steps(cfg: DemoConfig) -> int:
+    return min(cfg.offline_steps, CAMERA_OFFLINE_STEPS) if cfg.sim_cameras else cfg.offline_steps
 
 
 def _spawn(args: list[str], log_path: Path, stdout_path: Path | None = None) -> subprocess.Popen:
@@ -91,7 +98,7 @@ def run_demo(cfg: DemoConfig) -> int:
     print(f"hilrl demo: learner + simulated arm over loopback gRPC; output in {out}", flush=True)
     learner = _spawn(["learner", "--port", "0", "--output-dir", str(learner_dir), "--seed", str(cfg.seed),
                       "--torch-threads", "1", "--demo-episodes", str(cfg.demo_episodes),
-                      "--offline-steps", str(cfg.offline_steps), "--publish-every", str(cfg.publish_every),
+                      "--offline-steps", str(_offline_steps(cfg)), "--publish-every", str(cfg.publish_every),
                       "--keep-weight-versions", "100000",
                       *(CAMERA_LEARNER_ARGS if cfg.sim_cameras else ())],
                      learner_log)
@@ -101,7 +108,8 @@ def run_demo(cfg: DemoConfig) -> int:
         actor = _spawn(["actor", "--learner", address, "--env", "sim", "--fps", "0", "--actor-id", "sim-0",
                         "--state-dir", str(out / "actor-state"), "--seed", str(cfg.seed),
                         "--takeover-after", str(cfg.takeover_after),
-                        *(("--sim-cameras",) if cfg.sim_cameras else ())], actor_log, out / "actor.summary.json")
+                        *(("--sim-cameras", "--sim-image-size", str(CAMERA_IMAGE_SIZE)) if cfg.sim_cameras else ())],
+                       actor_log, out / "actor.summary.json")
         status = _train(cfg, address, learner, actor, fetch_status)
     finally:
         actor_rc = _stop(actor) if actor is not None else None
@@ -115,7 +123,7 @@ def run_demo(cfg: DemoConfig) -> int:
 
 
 def _train(cfg: DemoConfig, address: str, learner, actor, fetch_status) -> dict:
-    total = cfg.offline_steps + cfg.online_steps
+    total = _offline_steps(cfg) + cfg.online_steps
     deadline = time.monotonic() + cfg.train_minutes * 60
     status: dict = {}
     with tqdm(total=total, desc="training", unit="upd", dynamic_ncols=True) as bar:
@@ -162,9 +170,10 @@ def _evaluate_and_report(cfg: DemoConfig, out: Path, status: dict, actor_summary
     episodes = cfg.eval_episodes
     if cfg.sim_cameras and episodes > CAMERA_EVAL_EPISODES:  # rendering + an encoder pass per step: minutes each
         print(f"--sim-cameras: evaluating {CAMERA_EVAL_EPISODES} episodes, not {episodes}, to stay within the "
-              f"demo's time (each costs up to 100 rendered steps with a ResNet pass)", flush=True)
+              f"demo's time (each costs up to 100 rendered steps)", flush=True)
         episodes = CAMERA_EVAL_EPISODES
-    with SimPickCube(seed=cfg.seed + 10_000, cameras=cfg.sim_cameras) as env:
+    with SimPickCube(seed=cfg.seed + 10_000, cameras=cfg.sim_cameras, image_size=CAMERA_IMAGE_SIZE
+                     if cfg.sim_cameras else 128) as env:
         result = evaluate(policy, env, episodes, seed=cfg.seed + 10_000)
     summary = {
         "episodes": actor_summary["episodes"],

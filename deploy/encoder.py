@@ -1,9 +1,10 @@
 """`hilrl encoder`: pretrain a camera policy's image encoder on demonstrations (behaviour cloning).
 
-The CPU route for camera policies freezes the encoder and caches its features
-(``hilrl learner --algo.freeze-encoder --algo.feature-views 2``); its filters must see what matters
-first. This trains them on the demonstrations the learner will be seeded with (a `hilrl record` file or
-a LeRobotDataset) and writes the trunk for ``--algo.encoder-weights FILE`` (docs/camera-policy.md).
+The CPU route for camera policies (the learner's defaults) freezes the encoder and caches its features;
+its filters must see what matters first. The learner pretrains it on its demos by itself
+(``--encoder-pretrain-steps``); this command does the same ahead of time, on the demonstrations the learner
+will be seeded with (a `hilrl record` file or a LeRobotDataset), and writes the trunk for
+``--algo.encoder-weights FILE`` (docs/camera-policy.md).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class EncoderConfig:
     output: Path = opt(Path("encoder.safetensors"), "trunk weights to write (for --algo.encoder-weights)")
     steps: int = opt(2000, "behaviour-cloning Adam steps")
     batch_size: int = opt(64, "minibatch size")
-    encoder: Literal["resnet10", "resnet18"] = opt("resnet10", "the learner's --encoder")
+    encoder: Literal["resnet10", "resnet18", "convnet"] = opt("convnet", "the learner's --encoder")
     image_pad: int = opt(4, "DrQ random-shift pixels during pretraining (0 = none)")
     seed: int = opt(0, "random seed")
     device: str = opt("cpu", "torch device (cpu, cuda)")

@@ -76,8 +76,12 @@ class LearnerConfig(ServerSecurity):
                                             "specs, see --human-capacity for camera specs")
     hidden: tuple[int, ...] = opt((256, 256), "hidden layer sizes of actor and critics")
     encoder: Literal["resnet10", "resnet18", "convnet"] = opt(
-        "resnet10", "image encoder of camera policies (the spec's uint8 HxWx3 features): resnet10/resnet18 "
-                    "(HIL-SERL's trunk), convnet (4 convolutions, for CPU learners); see also --algo.freeze-encoder")
+        "convnet", "image encoder of camera policies (the spec's uint8 HxWx3 features): convnet (4 convolutions; "
+                   "what docs/camera-policy.md measured, CPU-sized) or resnet10/resnet18 (HIL-SERL's trunk, "
+                   "for a GPU); see also --algo.freeze-encoder")
+    encoder_pretrain_steps: int = opt(2000, "camera policies with a frozen encoder and no --algo.encoder-weights: "
+                                            "behaviour-clone the encoder on the demos for this many steps before "
+                                            "the offline stage (learner/encoder_pretrain.py); 0 = keep it random")
     max_message_mb: int = opt(16, "largest gRPC message accepted or sent, in MiB")
     max_actors: int = opt(32, "actors served at once (each holds two streams); more are refused and retry "
                               "(see learner/limits.py)")
@@ -85,7 +89,3 @@ class LearnerConfig(ServerSecurity):
                                     "the actor back")
     algo: TD3Config = field(default_factory=TD3Config, metadata={"help": "TD3 / TD3+BC hyper-parameters"})
 
-    def __post_init__(self) -> None:
-        if self.chunk > 1 and self.algo.feature_views:
-            raise ValueError(f"--algo.feature-views caches features for one-step TD3 only; it cannot be combined "
-                             f"with --chunk {self.chunk} (use --chunk 1, or drop --algo.feature-views)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from safetensors.torch import save_file
 
 from hilrl.buffers.durable import atomic_path
 from hilrl.buffers.spec import state_vector
-from hilrl.learner.encoders import random_shift
+from hilrl.learner.encoders import load_trunk_weights, random_shift
 from hilrl.learner.networks import Policy, compute_state_stats, policy_config_for
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,13 @@ log = logging.getLogger(__name__)
 
 def pretrain_encoder(spec: Any, buffer: Any, out: str | Path, steps: int = 2000, batch_size: int = 64,
                      lr: float = 3e-4, encoder: str = "resnet10", pad: int = 4, seed: int = 0,
-                     device: str | torch.device = "cpu", held_out: Any | None = None) -> dict[str, float]:
+                     device: str | torch.device = "cpu", held_out: Any | None = None,
+                     lock: Any = None, stop: Any = None) -> dict[str, float]:
     """Behaviour-clone the demonstrations in ``buffer`` (a `ReplayBuffer`) for ``steps`` Adam steps and write
     the trained trunk to ``out`` (safetensors). Returns the first and last BC losses and the seconds taken;
-    with ``held_out`` (another `ReplayBuffer` of demonstrations) also the BC loss on all of it, unshifted."""
+    with ``held_out`` (another `ReplayBuffer` of demonstrations) also the BC loss on all of it, unshifted.
+    ``lock`` (the learner's, while actors may still append) is held around every read of ``buffer``; a set
+    ``stop`` event ends it early with ``stopped`` in the result and no file written."""
     if not spec.image_features:
         raise ValueError("encoder pretraining needs a spec with camera images")
     if len(buffer) == 0:
@@ -48,7 +52,9 @@ def pretrain_encoder(spec: Any, buffer: Any, out: str | Path, steps: int = 2000,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         policy = Policy(policy_config_for(spec, (256, 256), encoder))
-    states = buffer.valid_slice(tuple(f.name for f in spec.state_features))
+    lock = lock if lock is not None else nullcontext()
+    with lock:
+        states = buffer.valid_slice(tuple(f.name for f in spec.state_features))
     mean, std = compute_state_stats(state_vector(states, spec))
     policy.set_normalization(mean, std, spec.action.low, spec.action.high)
     policy = policy.to(device).train()
@@ -56,7 +62,10 @@ def pretrain_encoder(spec: Any, buffer: Any, out: str | Path, steps: int = 2000,
     started, first, loss_value = time.monotonic(), float("nan"), float("nan")
     cameras = tuple(f.name for f in spec.image_features)
     for step in range(steps):
-        batch = buffer.gather(buffer.sample_indices(batch_size, rng))
+        if stop is not None and stop.is_set():
+            return {"stopped": True, "steps": step, "seconds": time.monotonic() - started}
+        with lock:
+            batch = buffer.gather(buffer.sample_indices(batch_size, rng))
         obs = batch["obs"]
         state = torch.as_tensor(state_vector(obs, spec), device=device)
         images = {c: random_shift(torch.as_tensor(obs[c]).to(device), pad, gen) for c in cameras}
@@ -79,6 +88,34 @@ def pretrain_encoder(spec: Any, buffer: Any, out: str | Path, steps: int = 2000,
     if held_out is not None:
         result["held_out_loss"] = bc_loss(policy.eval(), spec, held_out, device)
     return result
+
+
+def pretrain_learner_encoder(td3: Any, cfg: Any, spec: Any, human: Any, out: Path, device: torch.device,
+                             lock: Any, stop: Any = None) -> bool:
+    """The learner's step before its offline stage (``cfg`` a `LearnerConfig`): a camera policy with a frozen
+    encoder and no ``--algo.encoder-weights`` gets its trunk behaviour-cloned on the human buffer for
+    ``--encoder-pretrain-steps`` (a frozen random encoder does not see the block: docs/camera-policy.md),
+    written to ``out`` and loaded into ``td3``. A resumed run restores it with the rest of the policy.
+    False only when ``stop`` (a `threading.Event`) was set before the pretraining finished."""
+    encoder = td3.policy.encoder
+    if encoder is None or not cfg.algo.freeze_encoder or cfg.algo.encoder_weights:
+        return True
+    if cfg.encoder_pretrain_steps <= 0 or len(human) == 0:
+        why = "--encoder-pretrain-steps 0" if cfg.encoder_pretrain_steps <= 0 else "no demonstrations to learn from"
+        log.warning("frozen image encoder without pretraining (%s): its features stay those of a random "
+                    "initialisation", why)
+        return True
+    log.info("encoder pretraining: %d behaviour-cloning steps on %d human transitions, then frozen",
+             cfg.encoder_pretrain_steps, len(human))
+    result = pretrain_encoder(spec, human, out, steps=cfg.encoder_pretrain_steps, encoder=cfg.encoder,
+                              pad=cfg.algo.image_pad, seed=cfg.seed or 0, device=device, lock=lock, stop=stop)
+    if result.get("stopped"):
+        log.info("encoder pretraining stopped at step %d of %d", result["steps"], cfg.encoder_pretrain_steps)
+        return False
+    load_trunk_weights(encoder.trunk, out)
+    log.info("encoder pretraining done in %.0f s (BC loss %.3f -> %.3f); trunk in %s",
+             result["seconds"], result["first_loss"], result["last_loss"], out)
+    return True
 
 
 @torch.no_grad()

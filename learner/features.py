@@ -212,12 +212,18 @@ def dual_indices(buffers: Any, batch_size: int, human_ratio: float, rng: np.rand
 
 
 def feature_cache(td3: Any, chunk: int = 1) -> FeatureCache | None:
-    """The cache a `TD3` with ``feature_views > 0`` reads (None without, or for a state policy)."""
+    """The cache a `TD3` with a frozen encoder and ``feature_views > 0`` reads; None for a state policy,
+    without views, with a trained encoder (its features change every update) or with action chunks."""
     views = td3.cfg.feature_views
     if not views or td3.encoder is None:
         return None
+    if not td3.cfg.freeze_encoder:
+        log.info("feature cache off: the encoder is trained (--algo.freeze-encoder false), every batch is encoded")
+        return None
     if chunk > 1:
-        raise ValueError("--algo.feature-views works with one-step TD3 only (--chunk 1)")
+        log.warning("feature cache off: it serves one-step TD3 only; with --chunk %d every batch is encoded "
+                    "(slower on a CPU)", chunk)
+        return None
     log.info("feature cache: %d view(s) per frame (float16), the frozen encoder runs once per frame", views)
     return FeatureCache(td3.policy.encode, views, td3.cfg.image_pad, td3.device, td3.generator)
 
@@ -225,7 +231,7 @@ def feature_cache(td3: Any, chunk: int = 1) -> FeatureCache | None:
 def cached_feature_bytes(spec: Any, cfg: Any) -> int:
     """Bytes the cache holds per frame for a learner config (0 without ``--algo.feature-views``)."""
     cameras = spec.image_features
-    if not cfg.algo.feature_views or not cameras:
+    if not cfg.algo.feature_views or not cfg.algo.freeze_encoder or cfg.chunk > 1 or not cameras:
         return 0
     c, h, w = feature_map_shape(tuple(cameras[0].shape[:2]), cfg.encoder)
     return cfg.algo.feature_views * len(cameras) * c * h * w * 2  # float16

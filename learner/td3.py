@@ -64,22 +64,23 @@ class TD3Config:
     policy_delay: int = option(2, "actor and targets are updated once every `policy_delay` critic steps")
     alpha: float = option(0.5, "TD3+BC: lambda = alpha / mean|Q|, balances the Q term against the BC term "
                                "(the paper's 2.5 imitates few demos with a sparse reward far worse)")
-    freeze_encoder: bool = option(False, "camera policies: keep the image encoder fixed (features computed once "
-                                         "per batch without gradient, shared by actor, critics and targets)")
+    freeze_encoder: bool = option(True, "camera policies: keep the image encoder fixed (features computed once per "
+                                        "frame and cached, see --algo.feature-views; the learner first "
+                                        "pretrains it on the demos, see --encoder-pretrain-steps): the CPU route. "
+                                        "false = DrQ-v2: the critic loss trains the encoder (a GPU default)")
     encoder_weights: str | None = option(None, "camera policies: pretrained encoder weights, a local safetensors "
-                                               "file with torchvision ResNet key names; none = random init")
+                                               "file (a ResNet's with torchvision key names, or `hilrl encoder` "
+                                               "output); none = pretrained by the learner on the demos")
     image_pad: int = option(4, "camera policies: DrQ random-shift augmentation, pixels of replicate padding "
                                "(0 = no augmentation)")
-    feature_views: int = option(0, "camera policies with --algo.freeze-encoder: cache each frame's encoder features "
+    feature_views: int = option(2, "camera policies with a frozen encoder: cache each frame's encoder features "
                                    "once, as N views (the frame and N-1 DrQ shifts, float16), and reuse them in "
-                                   "every update (learner/features.py); 0 = encode every batch")
+                                   "every update (learner/features.py); 0 = encode every batch. Ignored with a "
+                                   "trained encoder (--algo.freeze-encoder false) or --chunk > 1")
 
     def __post_init__(self) -> None:
         if self.feature_views < 0:
             raise ValueError(f"--algo.feature-views must be >= 0, got {self.feature_views}")
-        if self.feature_views and not self.freeze_encoder:
-            raise ValueError("--algo.feature-views caches the features of a fixed encoder: it needs "
-                             "--algo.freeze-encoder (a trained encoder changes its features every update)")
 
 
 @dataclass
@@ -123,9 +124,6 @@ class TD3:
         if policy.encoder is not None and cfg.encoder_weights:
             load_trunk_weights(policy.encoder.trunk, cfg.encoder_weights)
             log.info("image encoder: pretrained weights from %s", cfg.encoder_weights)
-        elif policy.encoder is not None and cfg.freeze_encoder:
-            log.warning("freeze_encoder without encoder_weights: the image features stay those of a random "
-                        "initialisation")
         self.policy = policy.to(self.device)
         self.critic = critic.to(self.device)
         self.target_policy = copy.deepcopy(self.policy).requires_grad_(False)

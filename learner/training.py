@@ -29,6 +29,7 @@ from hilrl.buffers.spec import Spec
 from hilrl.buffers.torch_batch import state_tensor, to_torch
 from hilrl.learner.chunked import ChunkedTD3
 from hilrl.learner.core import OFFLINE, ONLINE, WAITING, LearnerCore
+from hilrl.learner.encoder_pretrain import pretrain_learner_encoder
 from hilrl.learner.features import FeatureCache, cached_batch, dual_indices, feature_cache
 from hilrl.learner.networks import compute_state_stats, policy_metadata
 from hilrl.learner.td3 import TD3
@@ -188,7 +189,7 @@ class Trainer:
             if stage == WAITING:
                 if core.demo_episodes >= self.cfg.demo_episodes and self._has_data() and (
                         self.cfg.demo_episodes > 0 or core.episodes_ended > 0):  # no demos: one whole episode
-                    self._start_offline()
+                    self._start_offline(stop)
                 else:
                     stop.wait(0.05)
             elif stage == OFFLINE:
@@ -239,7 +240,7 @@ class Trainer:
             self.td3.load(latest)
             log.info("resumed training state from %s (step %d)", latest, core.learner_step)
 
-    def _start_offline(self) -> None:
+    def _start_offline(self, stop: threading.Event) -> None:
         states = self.core.normalization_states()
         assert states is not None and self.core.spec is not None
         mean, std = compute_state_stats(states)
@@ -247,7 +248,9 @@ class Trainer:
         side = "human" if len(self.core.buffers.human) else "policy"  # type: ignore[union-attr]
         log.info("normalisation from %d %s transitions; offline TD3+BC for %d updates",
                  len(states), side, self.cfg.offline_steps)
-        self.core.set_stage(OFFLINE)
+        if pretrain_learner_encoder(self.td3, self.cfg, self.core.spec, self.core.buffers.human,  # type: ignore
+                                    self.run_dir.root / "encoder.safetensors", self.device, self.core.lock, stop):
+            self.core.set_stage(OFFLINE)  # not when stopped mid-pretraining: a resumed run pretrains again
 
     # ------------------------------------------------------------------ one update
 

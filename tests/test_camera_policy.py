@@ -57,7 +57,8 @@ def image_batch(seed: int = 0) -> dict:
 
 
 def make_td3(**cfg) -> TD3:
-    td3 = TD3(cam_cfg(), TD3Config(**cfg), CPU, seed=0)
+    """The trained-encoder (DrQ-v2, GPU) path unless a test freezes the encoder (the default CPU route)."""
+    td3 = TD3(cam_cfg(), TD3Config(**{"freeze_encoder": False, **cfg}), CPU, seed=0)
     td3.set_normalization(np.zeros(S), np.ones(S), LOW, HIGH)
     return td3
 
@@ -204,7 +205,7 @@ def test_camera_training_state_survives_save_and_load(tmp_path: Path):
     td3 = make_td3()
     td3.update(image_batch(0), bc_weight=1.0)
     td3.save(tmp_path / "ckpt")
-    restored = TD3(cam_cfg(), TD3Config(), CPU, seed=5)
+    restored = TD3(cam_cfg(), TD3Config(freeze_encoder=False), CPU, seed=5)
     restored.load(tmp_path / "ckpt")
     for i in (1, 2):  # the encoder's Adam moments (in the critic optimiser) and the shift RNG come back too
         assert td3.update(image_batch(i), bc_weight=1.0) == restored.update(image_batch(i), bc_weight=1.0)
@@ -270,7 +271,8 @@ def test_td3_update_on_images_decreases_the_critic_loss_on_a_fixed_batch():
 
 
 def test_trainer_batches_reach_the_device_as_stored(tmp_path: Path):
-    """The Trainer's sampling path: uint8 images stay uint8, the state vector is assembled by torch."""
+    """The Trainer's sampling path with a trained encoder (no feature cache): uint8 images stay uint8, the state
+    vector is assembled by torch."""
     from hilrl.buffers.replay import Transition
     from hilrl.learner.config import LearnerConfig
     from hilrl.learner.core import LearnerCore
@@ -280,7 +282,7 @@ def test_trainer_batches_reach_the_device_as_stored(tmp_path: Path):
                  Feature("front", "uint8", (HW, HW, 3)), Feature("wrist", "uint8", (HW, HW, 3))),
                 Feature("action", "float32", (A,), tuple(LOW), tuple(HIGH)))
     core = LearnerCore(LearnerConfig(output_dir=tmp_path / "out", hidden=(16, 16), batch_size=8, device="cpu",
-                                     human_capacity=64, policy_capacity=64))
+                                     human_capacity=64, policy_capacity=64, algo=TD3Config(freeze_encoder=False)))
     core.open()
     core.hello("a", spec)
     rng = np.random.default_rng(0)
@@ -315,10 +317,10 @@ def test_camera_learner_and_sim_actor_over_grpc(spawn, tmp_path: Path):
     learner = spawn("learner", "--port", str(port), "--output-dir", str(out), "--demo-episodes", "1",
                     "--offline-steps", "2", "--publish-every", "2", "--batch-size", "4", "--hidden", "16,16",
                     "--human-capacity", "400", "--policy-capacity", "400", "--torch-threads", "1",
-                    "--algo.image-pad", "4", "--algo.freeze-encoder", "--algo.feature-views", "2", name="learner")
+                    "--algo.image-pad", "4", "--encoder-pretrain-steps", "2", name="learner")  # camera defaults
     actor = spawn("actor", "--learner", f"127.0.0.1:{port}", "--env", "sim", "--sim-cameras", "--fps", "0",
                   "--state-dir", str(tmp_path / "actor"), "--seed", "0", "--takeover-after", "3",
-                  "--max-episodes", "3", name="actor")
+                  "--max-episodes", "6", name="actor")  # demos go on while the learner pretrains its encoder
     address = f"127.0.0.1:{port}"
 
     def online_with_updates() -> dict | None:
@@ -330,7 +332,8 @@ def test_camera_learner_and_sim_actor_over_grpc(spawn, tmp_path: Path):
                diagnose=lambda: f"learner:\n{learner.stderr[-2000:]}\nactor:\n{actor.stderr[-2000:]}")
     assert actor.wait(120) == 0, actor.stderr[-2000:]
     summary = json.loads(actor.stdout.strip().splitlines()[-1])
-    assert summary["weight_version"] >= 1 and summary["episodes"] == 3  # the actor ran the camera policy
+    assert summary["weight_version"] >= 1 and summary["episodes"] == 6  # the actor ran the camera policy
+    assert (out / "encoder.safetensors").is_file()  # the learner pretrained its frozen encoder on the demos
     spec = json.loads((out / "spec.json").read_text())
     assert {"name": "front", "dtype": "uint8", "shape": [128, 128, 3]} in spec["observation"]
     assert "environment_state" not in {f["name"] for f in spec["observation"]}  # never sent with cameras

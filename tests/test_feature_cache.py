@@ -158,11 +158,14 @@ def test_an_overwritten_frame_is_encoded_again():
     assert torch.allclose(cache.features(frames, live, rng), fresh, atol=2e-2, rtol=1e-2)
 
 
-def test_feature_views_need_a_frozen_encoder_and_one_step_td3():
-    with pytest.raises(ValueError, match="freeze-encoder"):
-        TD3Config(feature_views=2)
-    with pytest.raises(ValueError, match="chunk"):
-        feature_cache(td3(), chunk=3)
+def test_the_cache_serves_a_frozen_encoder_with_one_step_td3_only():
+    with pytest.raises(ValueError, match="feature-views must be >= 0"):
+        TD3Config(feature_views=-1)
+    assert feature_cache(td3()) is not None  # the defaults: frozen encoder, 2 views
+    trained_cfg = policy_config_for(SPEC, (16, 16), "resnet10", image_feature_dim=8)
+    trained = TD3(trained_cfg, TD3Config(freeze_encoder=False), CPU, seed=0)  # DrQ-v2 (GPU): features change
+    assert feature_cache(trained) is None
+    assert feature_cache(td3(), chunk=3) is None  # action chunks: every batch is encoded (with a warning)
     with pytest.raises(ValueError, match="at least 1"):
         FeatureCache(lambda x: x, 0, 4, CPU)  # type: ignore[arg-type, return-value]
     state_cfg = policy_config_for(Spec((Feature("agent_pos", "float32", (S,)),), SPEC.action), (16,))
@@ -196,14 +199,39 @@ def test_hilrl_encoder_pretrains_from_a_camera_recording(tmp_path, capsys):
                          obs(rng) if t == 5 else None))
     out = tmp_path / "enc.safetensors"
     assert main(["encoder", "--demos", str(tmp_path / "demos.zarr"), "--output", str(out), "--steps", "2",
-                 "--batch-size", "4", "--torch-threads", "1"]) == 0
+                 "--batch-size", "4", "--torch-threads", "1", "--encoder", "resnet10"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["transitions"] == 6
     load_trunk_weights(ResNetTrunk("resnet10"), out)  # the learner's --algo.encoder-weights accepts it
 
 
-def test_feature_views_with_chunking_is_refused_at_startup():
+def test_chunking_with_the_camera_defaults_starts_and_sizes_no_cache():
     from hilrl.learner.config import LearnerConfig
+    from hilrl.learner.features import cached_feature_bytes
 
-    with pytest.raises(ValueError, match="one-step TD3 only.*--chunk 3"):
-        LearnerConfig(chunk=3, algo=TD3Config(freeze_encoder=True, feature_views=2))
-    LearnerConfig(chunk=3)  # chunking alone is fine
+    assert cached_feature_bytes(SPEC, LearnerConfig()) == 2 * 2 * 64 * 4 * 4 * 2  # 2 views, 2 cameras, float16
+    assert cached_feature_bytes(SPEC, LearnerConfig(chunk=3)) == 0  # no cache with chunks: nothing to size
+    assert cached_feature_bytes(SPEC, LearnerConfig(algo=TD3Config(freeze_encoder=False))) == 0
+
+
+def test_the_learner_pretrains_a_frozen_encoder_on_the_demos_unless_given_weights(tmp_path):
+    import threading
+
+    from hilrl.learner.config import LearnerConfig
+    from hilrl.learner.encoder_pretrain import pretrain_learner_encoder
+
+    buffers, lock = filled(), threading.Lock()
+    cfg = LearnerConfig(encoder="resnet10", encoder_pretrain_steps=3)
+    agent = td3()
+    before = agent.encoder.trunk.conv1.weight.clone()
+    stop = threading.Event()
+    stop.set()  # stopped before it finished: nothing loaded, and the learner does not go offline
+    assert not pretrain_learner_encoder(agent, cfg, SPEC, buffers.human, tmp_path / "a.safetensors", CPU, lock, stop)
+    assert torch.equal(agent.encoder.trunk.conv1.weight, before) and not (tmp_path / "a.safetensors").exists()
+    assert pretrain_learner_encoder(agent, cfg, SPEC, buffers.human, tmp_path / "e.safetensors", CPU, lock)
+    assert (tmp_path / "e.safetensors").is_file()
+    assert not torch.equal(agent.encoder.trunk.conv1.weight, before)  # behaviour-cloned, then loaded
+    assert not agent.encoder.trunk.conv1.weight.requires_grad  # and still frozen
+    given = LearnerConfig(encoder="resnet10", algo=TD3Config(encoder_weights=str(tmp_path / "e.safetensors")))
+    other = td3()
+    assert pretrain_learner_encoder(other, given, SPEC, buffers.human, tmp_path / "x.safetensors", CPU, lock)
+    assert not (tmp_path / "x.safetensors").exists()  # --algo.encoder-weights: the user's file, no pretraining

@@ -112,13 +112,17 @@ def test_camera_buffers_that_cannot_fit_are_refused_with_capacities_that_would(t
 
 def test_default_capacities_size_camera_buffers_from_memory_and_keep_state_defaults(tmp_path: Path,
                                                                                      monkeypatch) -> None:
+    from hilrl.learner.features import cached_feature_bytes
+
     cams = Spec(observation=(Feature("x", "float32", (3,)), Feature("front", "uint8", (128, 128, 3)),
                              Feature("wrist", "uint8", (128, 128, 3))), action=SPEC.action)
     monkeypatch.setattr(memory, "available_memory", lambda: 24 * 2**30)  # a 24 GiB machine
     c = core(tmp_path)  # default (automatic) capacities: a two-camera actor is accepted
     c.hello("a", cams)
     human, policy = c.buffers.human.capacity, c.buffers.policy.capacity
-    assert 20_000 < human < 30_000 and policy == pytest.approx(2.5 * human, rel=0.01)
+    cache = cached_feature_bytes(cams, c.cfg)  # the default frozen encoder caches 2 views per frame
+    assert cache > 0 and (human, policy) == memory.buffer_capacities(cams, None, None, 24 * 2**30, cache)
+    assert 10_000 < human < 30_000 and policy == pytest.approx(2.5 * human, rel=0.01)
     assert dual_buffer_nbytes(cams, human, policy) <= 0.4 * 24 * 2**30
     assert memory.buffer_capacities(SPEC, None, None, 24 * 2**30) == (200_000, 500_000)
     assert memory.buffer_capacities(cams, 1000, None, 24 * 2**30)[0] == 1000

@@ -319,10 +319,11 @@ def test_learner_seeded_from_a_video_dataset_runs_the_camera_cpu_route(spawn, si
                     "--demo-map.action-low=-1,-1,-1,0", "--demo-map.action-high=1,1,1,2",
                     "--demo-episodes", "2", "--offline-steps", "2", "--batch-size", "4", "--hidden", "16,16",
                     "--human-capacity", "64", "--policy-capacity", "64", "--torch-threads", "1",
-                    "--algo.freeze-encoder", "--algo.feature-views", "2", name="learner")
+                    "--encoder-pretrain-steps", "2", name="learner")  # the camera defaults: frozen, cached
     status = wait_until(lambda: (s := hilrl_status(f"127.0.0.1:{port}")) and s["stage"] == "online" and s,
                         150, "offline camera training from the video dataset", diagnose=lambda: learner.stderr[-2000:])
     assert status["buffers"]["human"]["size"] == len(frames) and status["weight_version"] == 1
+    assert (out / "encoder.safetensors").is_file()  # the learner pretrained its encoder on the video demos
     with SimPickCube(cameras=True) as sim:
         assert Spec.from_dict(json.loads((out / "spec.json").read_text())) == sim.spec
     assert learner.stop() == 0
