@@ -241,8 +241,8 @@ def report(out: Path, plot: Path | None = None) -> str:
         colors = [f"C{i % 10}" for i in range(len(runs))]
         draw_curves([(f"seed {r['seed']}", color, [r]) for r, color in zip(runs, colors, strict=True)],
                     proto.goal_mean, f"eval success, % ({proto.eval_episodes} held-out positions)",
-                    f"pick-cube from two {proto.image_size}x{proto.image_size} cameras + agent_pos, {proto.demos} "
-                    f"demos, frozen BC-pretrained {proto.encoder}; step 0 = offline only", plot)
+                    f"pick-cube, two {proto.image_size}x{proto.image_size} cameras + agent_pos, {proto.demos} demos, "
+                    f"frozen {proto.encoder}; step 0 = offline only", plot)
     lines = ["| seed | offline only | last two evaluations | finished | wall s | time shares |", "| --- " * 6 + "|"]
     last2 = []
     for r in runs:
